@@ -1,0 +1,28 @@
+# Resolves SHARDLORA_CUDA (ON|OFF|AUTO) into SHARDLORA_WITH_CUDA and enables the CUDA
+# language. AUTO finds nvcc on PATH or at /usr/local/cuda; ON fails loudly without it.
+shardlora_tristate(SHARDLORA_CUDA _mode)
+
+set(SHARDLORA_WITH_CUDA OFF)
+if(NOT _mode STREQUAL "OFF")
+  if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      # A100 and H100; CUDA 13 dropped everything before sm_75.
+      set(CMAKE_CUDA_ARCHITECTURES 80 90)
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    set(SHARDLORA_WITH_CUDA ON)
+    message(STATUS "CUDA: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES}")
+  elseif(_mode STREQUAL "ON")
+    message(FATAL_ERROR "SHARDLORA_CUDA=ON but no CUDA compiler was found (set CMAKE_CUDA_COMPILER or put nvcc on PATH)")
+  else()
+    message(STATUS "CUDA: nvcc not found, building CPU only")
+  endif()
+endif()

@@ -1,0 +1,15 @@
+# GoogleTest: the installed package when there is one, else Debian's source tree
+# (/usr/src/googletest) or a copy of it named by GTEST_SOURCE_DIR (the GPU box has only that).
+find_package(GTest QUIET)
+if(NOT TARGET GTest::gtest_main)
+  set(GTEST_SOURCE_DIR /usr/src/googletest CACHE PATH "GoogleTest source tree used when no installed package is found")
+  if(NOT EXISTS ${GTEST_SOURCE_DIR}/CMakeLists.txt)
+    message(FATAL_ERROR "GoogleTest not found: install libgtest-dev or googletest, or set GTEST_SOURCE_DIR")
+  endif()
+  set(INSTALL_GTEST OFF CACHE BOOL "" FORCE)
+  set(BUILD_GMOCK OFF CACHE BOOL "" FORCE)
+  add_subdirectory(${GTEST_SOURCE_DIR} ${PROJECT_BINARY_DIR}/_deps/googletest EXCLUDE_FROM_ALL)
+  add_library(GTest::gtest ALIAS gtest)
+  add_library(GTest::gtest_main ALIAS gtest_main)
+endif()
+include(GoogleTest)

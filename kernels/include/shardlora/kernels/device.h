@@ -1,0 +1,46 @@
+// Where a kernel runs, and the few CUDA runtime services the rest of the project needs
+// without including CUDA headers. A build without CUDA reports zero devices and throws a
+// precise error from anything that would touch one.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace shardlora::kernels {
+
+enum class DeviceType { CPU, CUDA };
+
+struct Device {
+  DeviceType type = DeviceType::CPU;
+  int index = 0;
+
+  static Device cpu() { return {DeviceType::CPU, 0}; }
+  static Device cuda(int index = 0) { return {DeviceType::CUDA, index}; }
+};
+
+// An opaque cudaStream_t; nullptr is the legacy default stream.
+using Stream = void*;
+
+struct CudaRuntimeInfo {
+  bool compiled = false;        // this build has CUDA kernels
+  int runtime_version = 0;      // e.g. 13000; 0 when not compiled
+  int driver_version = 0;       // 0 when no driver is installed
+  int device_count = 0;         // devices this process can see
+  std::string status;           // why device_count is 0, when it is
+  std::string architectures;    // the SASS targets compiled in, e.g. "80;90"
+};
+
+CudaRuntimeInfo cuda_runtime_info();
+
+// Name and memory of one visible device, e.g. "NVIDIA H100 80GB HBM3 (79.1 GiB)".
+std::string cuda_device_description(int index);
+
+// Raw device memory for tests and benchmarks; the framework allocates through libtorch.
+void* cuda_malloc(size_t bytes);
+void cuda_free(void* pointer);
+void cuda_copy_to_device(void* device_dst, const void* host_src, size_t bytes);
+void cuda_copy_to_host(void* host_dst, const void* device_src, size_t bytes);
+void cuda_copy_on_device(void* device_dst, const void* device_src, size_t bytes);
+void cuda_synchronize();
+
+}  // namespace shardlora::kernels

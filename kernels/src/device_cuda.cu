@@ -1,0 +1,60 @@
+// CUDA runtime services behind device.h.
+#include <cuda_runtime.h>
+
+#include <cstdio>
+
+#include "common/cuda_check.h"
+#include "shardlora/kernels/device.h"
+
+namespace shardlora::kernels {
+
+CudaRuntimeInfo cuda_runtime_info() {
+  CudaRuntimeInfo info;
+  info.compiled = true;
+  info.architectures = SHARDLORA_CUDA_ARCHITECTURES;
+  cudaRuntimeGetVersion(&info.runtime_version);
+  cudaDriverGetVersion(&info.driver_version);
+  const cudaError_t status = cudaGetDeviceCount(&info.device_count);
+  if (status != cudaSuccess) {
+    info.device_count = 0;
+    info.status = cudaGetErrorString(status);
+    cudaGetLastError();  // clear the sticky error so later calls start clean
+  } else if (info.device_count == 0) {
+    info.status = "no CUDA device visible";
+  }
+  return info;
+}
+
+std::string cuda_device_description(int index) {
+  cudaDeviceProp prop{};
+  SHARDLORA_CUDA_CHECK(cudaGetDeviceProperties(&prop, index));
+  char text[320];
+  std::snprintf(text, sizeof text, "%s (sm_%d%d, %.1f GiB, %d SMs)", prop.name, prop.major,
+                prop.minor, static_cast<double>(prop.totalGlobalMem) / (1 << 30),
+                prop.multiProcessorCount);
+  return text;
+}
+
+void* cuda_malloc(size_t bytes) {
+  void* pointer = nullptr;
+  SHARDLORA_CUDA_CHECK(cudaMalloc(&pointer, bytes));
+  return pointer;
+}
+
+void cuda_free(void* pointer) { SHARDLORA_CUDA_CHECK(cudaFree(pointer)); }
+
+void cuda_copy_to_device(void* device_dst, const void* host_src, size_t bytes) {
+  SHARDLORA_CUDA_CHECK(cudaMemcpy(device_dst, host_src, bytes, cudaMemcpyHostToDevice));
+}
+
+void cuda_copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
+  SHARDLORA_CUDA_CHECK(cudaMemcpy(host_dst, device_src, bytes, cudaMemcpyDeviceToHost));
+}
+
+void cuda_copy_on_device(void* device_dst, const void* device_src, size_t bytes) {
+  SHARDLORA_CUDA_CHECK(cudaMemcpyAsync(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice));
+}
+
+void cuda_synchronize() { SHARDLORA_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+}  // namespace shardlora::kernels

@@ -1,0 +1,26 @@
+// The subcommands of `shardlora`. Each add_* function registers one on the root app and
+// returns what main() runs when it was chosen.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <vector>
+
+namespace shardlora::launcher {
+
+// Exit codes: 0 success, 1 a run-time error, 2 a usage error or a command not available.
+inline constexpr int kExitError = 1;
+inline constexpr int kExitUsage = 2;
+
+struct Subcommand {
+  CLI::App* app;
+  std::function<int()> run;
+};
+
+Subcommand add_env_command(CLI::App& root);
+
+// Commands whose issues have not landed: each prints "not implemented yet" and exits 2.
+std::vector<Subcommand> add_pending_commands(CLI::App& root);
+
+}  // namespace shardlora::launcher

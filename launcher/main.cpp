@@ -1,0 +1,41 @@
+// `shardlora`: parses the command line, runs the chosen subcommand, maps errors to exit
+// codes (see commands.h). Usage errors go to stderr with the usage text.
+#include <iostream>
+
+#include "commands.h"
+#include "shardlora/kernels/check.h"
+
+int main(int argc, char** argv) {
+  using namespace shardlora::launcher;
+  CLI::App root{"shardlora: QLoRA fine-tuning of large language models across GPUs and nodes", "shardlora"};
+  root.set_version_flag("--version", std::string("shardlora ") + SHARDLORA_VERSION);
+  root.require_subcommand(0, 1);  // extra words are then "not expected", named in the error
+
+  std::vector<Subcommand> commands = add_pending_commands(root);
+  commands.insert(commands.begin(), add_env_command(root));
+
+  try {
+    root.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    if (error.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) {
+      return root.exit(error);  // --help, --version: printed to stdout, exit 0
+    }
+    std::cerr << "shardlora: " << error.what() << "\n\n" << root.help();
+    return kExitUsage;
+  }
+
+  if (root.get_subcommands().empty()) {
+    std::cerr << "shardlora: a subcommand is required\n\n" << root.help();
+    return kExitUsage;
+  }
+  for (const Subcommand& command : commands) {
+    if (!command.app->parsed()) continue;
+    try {
+      return command.run();
+    } catch (const std::exception& error) {
+      std::cerr << "shardlora " << command.app->get_name() << ": error: " << error.what() << "\n";
+      return kExitError;
+    }
+  }
+  return kExitUsage;  // unreachable: every registered subcommand is in `commands`
+}
