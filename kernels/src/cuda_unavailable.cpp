@@ -1,6 +1,9 @@
 // Built instead of the .cu files when CUDA is off: device queries report no CUDA, and
 // every CUDA entry point fails with one precise message.
+#include "blockwise_8bit_impl.h"
 #include "dequantize_4bit_impl.h"
+#include "gemv_4bit_impl.h"
+#include "quantize_4bit_impl.h"
 #include "shardlora/kernels/check.h"
 #include "shardlora/kernels/device.h"
 
@@ -29,5 +32,16 @@ void cuda_copy_on_device(void*, const void*, size_t) { no_cuda("cuda_copy_on_dev
 void cuda_synchronize() { no_cuda("cuda_synchronize"); }
 
 void dequantize_4bit_cuda(const Packed4bit&, void*, DType, Stream) { no_cuda("dequantize_4bit"); }
+void quantize_4bit_cuda(const void*, DType, const Quantized4bit&, Stream) { no_cuda("quantize_4bit"); }
+void quantize_8bit_blockwise_cuda(const float*, float, const Blockwise8bit&, uint8_t*, float*, Stream) {
+  no_cuda("quantize_8bit_blockwise");
+}
+void dequantize_8bit_blockwise_cuda(const uint8_t*, const float*, float, const Blockwise8bit&, float*, Stream) {
+  no_cuda("dequantize_8bit_blockwise");
+}
+void chunk_sums_f64_cuda(const float*, int64_t, int64_t, double*, Stream) { no_cuda("chunk_sums_f64"); }
+void gemv_4bit_cuda(const Packed4bit&, Gemv4bitShape, const void*, DType, void*, DType, Stream) {
+  no_cuda("gemv_4bit");
+}
 
 }  // namespace shardlora::kernels
