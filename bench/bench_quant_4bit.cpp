@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "shardlora/kernels/blockwise_8bit.h"
+#include "shardlora/kernels/cpu_features.h"
 #include "shardlora/kernels/dequantize_4bit.h"
 #include "shardlora/kernels/gemv_4bit.h"
 #include "shardlora/kernels/half_float.h"
@@ -236,8 +237,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  std::printf("NF4, blocksize 64, double quantization; %lld elements; %d CPU threads\n", static_cast<long long>(numel),
-              omp_get_max_threads());
+  std::printf("NF4, blocksize 64, double quantization; %lld elements; %d CPU threads, %s kernels\n",
+              static_cast<long long>(numel), omp_get_max_threads(), cpu_kernel_isa());
   const Nf4Weight weight = make_weight(numel);
   std::vector<Row> rows;
   bench_cpu(weight, iters, rows);

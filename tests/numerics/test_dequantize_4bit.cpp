@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "numerics/dequantize_4bit_cases.h"
+#include "shardlora/kernels/cpu_features.h"
 #include "shardlora/kernels/half_float.h"
 
 using namespace shardlora::kernels;
@@ -64,7 +65,13 @@ TEST(Dequantize4bitRef, RoundsToHalfAndBfloat16FromTheFp32Product) {
   }
 }
 
-TEST(Dequantize4bitCpu, EqualsReferenceBitForBit) {
+class Dequantize4bitCpu : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override { set_cpu_simd_enabled(GetParam()); }
+  void TearDown() override { set_cpu_simd_enabled(true); }
+};
+
+TEST_P(Dequantize4bitCpu, EqualsReferenceBitForBit) {
   for (const QuantType type : kQuant4bitTypes) {
     for (const int64_t blocksize : {32, 64, 128, 4096}) {
       for (const int64_t numel : kAwkwardSizes) {
@@ -82,6 +89,9 @@ TEST(Dequantize4bitCpu, EqualsReferenceBitForBit) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(SimdAndScalar, Dequantize4bitCpu, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "simd" : "scalar"; });
 
 TEST(Dequantize4bit, RejectsBadArguments) {
   const auto tensor = make_random_4bit(64, 64, 1);

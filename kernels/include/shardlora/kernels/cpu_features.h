@@ -1,0 +1,13 @@
+// Which SIMD paths the CPU kernels use. They pick the best the processor supports at run
+// time; every path gives bit-identical results (tests run each one against the reference).
+#pragma once
+
+namespace shardlora::kernels {
+
+// "sse4.1" or "scalar": the path the CPU kernels take now.
+const char* cpu_kernel_isa();
+
+// Tests and benchmarks turn SIMD off to exercise and compare the scalar path.
+void set_cpu_simd_enabled(bool enabled);
+
+}  // namespace shardlora::kernels

@@ -1,0 +1,23 @@
+#include "shardlora/kernels/cpu_features.h"
+
+#include <atomic>
+
+#include "common/cpu_simd.h"
+
+namespace shardlora::kernels {
+namespace {
+
+std::atomic<bool> g_simd_enabled{true};
+
+}  // namespace
+
+bool cpu_has_sse41() {
+  static const bool supported = __builtin_cpu_supports("ssse3") && __builtin_cpu_supports("sse4.1");
+  return supported && g_simd_enabled.load(std::memory_order_relaxed);
+}
+
+const char* cpu_kernel_isa() { return cpu_has_sse41() ? "sse4.1" : "scalar"; }
+
+void set_cpu_simd_enabled(bool enabled) { g_simd_enabled.store(enabled, std::memory_order_relaxed); }
+
+}  // namespace shardlora::kernels
