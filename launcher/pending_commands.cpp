@@ -21,7 +21,6 @@ constexpr PendingCommand kPending[] = {
      "dataset, LoRA fine-tuning on the CPU for a few hundred steps, a PEFT adapter written to\n"
      "runs/demo/. Nothing is downloaded.\n"},
     {"launch", "Spawn and supervise local ranks (torchrun-style)", "issue 8"},
-    {"quantize", "Convert an HF checkpoint to a bitsandbytes 4-bit checkpoint", "issue 3"},
     {"merge", "Merge a LoRA adapter into its base model", "issue 7"},
     {"generate", "Generate text from a base model and an optional adapter", "issue 7"},
     {"eval", "Evaluate loss and perplexity on a dataset", "issue 7"},

@@ -12,14 +12,14 @@ void quantize_8bit_blockwise_cpu(const float* input, float shift, const Blockwis
 #pragma omp parallel for schedule(static)
   for (int64_t block = 0; block < blocks; ++block) {
     const int64_t first = block * shape.blocksize;
-    const Blockwise8bit one_block{shape.map, std::min(shape.blocksize, shape.numel - first), shape.blocksize};
+    const Blockwise8bit one_block{shape.map, std::min(shape.blocksize, shape.numel - first), shape.blocksize, shape.code};
     quantize_8bit_blockwise_ref(input + first, shift, one_block, codes + first, absmax + block);
   }
 }
 
 void dequantize_8bit_blockwise_cpu(const uint8_t* codes, const float* absmax, float offset,
                                    const Blockwise8bit& shape, float* output) {
-  const float* map = quant_type_traits(shape.map).code;
+  const float* map = shape.table();
   const int64_t blocks = (shape.numel + shape.blocksize - 1) / shape.blocksize;
 #pragma omp parallel for schedule(static)
   for (int64_t block = 0; block < blocks; ++block) {

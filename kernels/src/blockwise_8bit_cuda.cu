@@ -14,9 +14,9 @@ struct Map256 {
   float value[256];
 };
 
-Map256 map_of(QuantType type) {
+Map256 map_of(const Blockwise8bit& shape) {
   Map256 map;
-  const float* code = quant_type_traits(type).code;
+  const float* code = shape.table();
   for (int i = 0; i < 256; ++i) map.value[i] = code[i];
   return map;
 }
@@ -82,7 +82,7 @@ void quantize_8bit_blockwise_cuda(const float* input, float shift, const Blockwi
   const int64_t blocks = (shape.numel + shape.blocksize - 1) / shape.blocksize;
   const auto grid = static_cast<unsigned>(std::min<int64_t>((blocks + 7) / 8, 1 << 20));
   quantize_8bit_kernel<<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      input, shift, shape.numel, shape.blocksize, blocks, map_of(shape.map), codes, absmax);
+      input, shift, shape.numel, shape.blocksize, blocks, map_of(shape), codes, absmax);
   SHARDLORA_CUDA_CHECK_LAUNCH();
 }
 
@@ -90,7 +90,7 @@ void dequantize_8bit_blockwise_cuda(const uint8_t* codes, const float* absmax, f
                                     const Blockwise8bit& shape, float* output, Stream stream) {
   const auto grid = static_cast<unsigned>(std::min<int64_t>((shape.numel + 255) / 256, 1 << 20));
   dequantize_8bit_kernel<<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      codes, absmax, offset, shape.numel, log2_exact(shape.blocksize), map_of(shape.map), output);
+      codes, absmax, offset, shape.numel, log2_exact(shape.blocksize), map_of(shape), output);
   SHARDLORA_CUDA_CHECK_LAUNCH();
 }
 

@@ -9,7 +9,7 @@ namespace shardlora::kernels {
 
 void quantize_8bit_blockwise_ref(const float* input, float shift, const Blockwise8bit& shape, uint8_t* codes,
                                  float* absmax) {
-  const float* map = quant_type_traits(shape.map).code;
+  const float* map = shape.table();
   for (int64_t first = 0; first < shape.numel; first += shape.blocksize) {
     const int64_t last = std::min(first + shape.blocksize, shape.numel);
     float block_absmax = 0.0f;
@@ -27,7 +27,7 @@ void quantize_8bit_blockwise_ref(const float* input, float shift, const Blockwis
 
 void dequantize_8bit_blockwise_ref(const uint8_t* codes, const float* absmax, float offset,
                                    const Blockwise8bit& shape, float* output) {
-  const float* map = quant_type_traits(shape.map).code;
+  const float* map = shape.table();
   for (int64_t i = 0; i < shape.numel; ++i) {
     const float product = map[codes[i]] * absmax[i / shape.blocksize];
     output[i] = product + offset;

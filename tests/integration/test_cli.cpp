@@ -14,8 +14,8 @@ ProcessResult run_shardlora(std::vector<std::string> args) {
   return run_process(args, 60.0);
 }
 
-const char* const kSubcommands[] = {"train", "launch", "quantize", "merge", "generate", "eval",
-                                    "estimate", "slurm", "init-model", "plot", "env"};
+const char* const kImplemented[] = {"env", "quantize"};
+const char* const kPending[] = {"train", "launch", "merge", "generate", "eval", "estimate", "slurm", "init-model", "plot"};
 
 }  // namespace
 
@@ -28,8 +28,11 @@ TEST(Cli, VersionPrintsProjectVersion) {
 TEST(Cli, HelpListsEverySubcommand) {
   const auto result = run_shardlora({"--help"});
   EXPECT_EQ(result.exit_code, 0) << result.err;
-  for (const char* name : kSubcommands) {
-    EXPECT_NE(result.out.find(name), std::string::npos) << name << " missing from --help:\n" << result.out;
+  for (const auto& names : {std::vector<const char*>(std::begin(kImplemented), std::end(kImplemented)),
+                            std::vector<const char*>(std::begin(kPending), std::end(kPending))}) {
+    for (const char* name : names) {
+      EXPECT_NE(result.out.find(name), std::string::npos) << name << " missing from --help:\n" << result.out;
+    }
   }
 }
 
@@ -63,8 +66,7 @@ TEST(Cli, UnknownFlagIsAUsageError) {
 }
 
 TEST(Cli, PendingSubcommandsSayNotImplementedAndExit2) {
-  for (const char* name : kSubcommands) {
-    if (std::string(name) == "env") continue;
+  for (const char* name : kPending) {
     const auto result = run_shardlora({name, "recipe.yaml"});
     EXPECT_EQ(result.exit_code, 2) << name;
     EXPECT_NE(result.err.find("not implemented yet"), std::string::npos) << name << ": " << result.err;

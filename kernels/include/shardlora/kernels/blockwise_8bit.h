@@ -18,6 +18,10 @@ struct Blockwise8bit {
   QuantType map = QuantType::DYNAMIC8_SIGNED;  // an 8-bit type
   int64_t numel = 0;
   int64_t blocksize = 256;                     // a power of two in [64, 4096]
+  // Host pointer to 256 sorted values used instead of the map's table: a checkpoint's own
+  // nested_quant_map (bitsandbytes computes its map at run time, so files may differ in an ulp).
+  const float* code = nullptr;
+  const float* table() const { return code ? code : quant_type_traits(map).code; }
 };
 
 void quantize_8bit_blockwise(const float* input, float shift, const Blockwise8bit& shape, uint8_t* codes,

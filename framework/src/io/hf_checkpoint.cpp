@@ -1,0 +1,72 @@
+#include "shardlora/io/hf_checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "shardlora/kernels/check.h"
+
+namespace shardlora::io {
+
+namespace fs = std::filesystem;
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  SHARDLORA_CHECK(in, path, ": cannot open");
+  std::stringstream text;
+  text << in.rdbuf();
+  auto parsed = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  SHARDLORA_CHECK(!parsed.is_discarded(), path, ": not valid JSON");
+  SHARDLORA_CHECK(parsed.is_object(), path, ": not a JSON object");
+  return parsed;
+}
+
+HfCheckpoint open_hf_checkpoint(const std::string& dir) {
+  SHARDLORA_CHECK(fs::is_directory(dir), dir, ": not a directory");
+  HfCheckpoint checkpoint;
+  checkpoint.dir = dir;
+  SHARDLORA_CHECK(fs::exists(checkpoint.path(kConfigFile)), checkpoint.path(kConfigFile),
+                  ": missing (not a Hugging Face model directory?)");
+  checkpoint.config = read_json_file(checkpoint.path(kConfigFile));
+  if (fs::exists(checkpoint.path(kShardIndex))) {
+    const std::string index_path = checkpoint.path(kShardIndex);
+    const auto index = read_json_file(index_path);
+    const auto map = index.find("weight_map");
+    SHARDLORA_CHECK(map != index.end() && map->is_object() && !map->empty(), index_path, ": no weight_map");
+    std::set<std::string> seen;
+    for (const auto& [tensor, shard] : map->items()) {
+      SHARDLORA_CHECK(shard.is_string(), index_path, ": weight_map entry '", tensor, "' is not a file name");
+      const std::string file = shard.get<std::string>();
+      SHARDLORA_CHECK(file.find('/') == std::string::npos && file != ".." && !file.empty(), index_path,
+                      ": weight_map entry '", tensor, "' names '", file, "', outside the directory");
+      SHARDLORA_CHECK(fs::exists(checkpoint.path(file)), index_path, ": shard '", file, "' of tensor '", tensor, "' is missing");
+      checkpoint.weight_map[tensor] = file;
+      if (seen.insert(file).second) checkpoint.shards.push_back(file);
+    }
+    checkpoint.indexed = true;
+  } else if (fs::exists(checkpoint.path(kSingleShard))) {
+    checkpoint.shards.push_back(kSingleShard);
+  } else {
+    const bool pickle = fs::exists(checkpoint.path("pytorch_model.bin")) || fs::exists(checkpoint.path("pytorch_model.bin.index.json"));
+    throw Error(detail::concat(dir, ": no ", kSingleShard, " or ", kShardIndex,
+                               pickle ? " (only PyTorch .bin weights: convert them to safetensors first)" : ""));
+  }
+  return checkpoint;
+}
+
+std::string config_string(const HfCheckpoint& checkpoint, const char* key) {
+  const auto it = checkpoint.config.find(key);
+  SHARDLORA_CHECK(it != checkpoint.config.end() && it->is_string(), checkpoint.path(kConfigFile), ": key '", key,
+                  "' is missing or not a string");
+  return it->get<std::string>();
+}
+
+int64_t config_positive_int(const HfCheckpoint& checkpoint, const char* key) {
+  const auto it = checkpoint.config.find(key);
+  SHARDLORA_CHECK(it != checkpoint.config.end() && it->is_number_integer() && it->get<int64_t>() > 0,
+                  checkpoint.path(kConfigFile), ": key '", key, "' is missing or not a positive integer");
+  return it->get<int64_t>();
+}
+
+}  // namespace shardlora::io

@@ -1,0 +1,268 @@
+#include "shardlora/io/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "shardlora/kernels/check.h"
+
+namespace shardlora::io {
+namespace {
+
+using nlohmann::json;
+
+struct DTypeSize {
+  const char* name;
+  size_t bytes;
+};
+
+constexpr DTypeSize kDTypes[] = {{"BOOL", 1}, {"U8", 1},  {"I8", 1},       {"F8_E4M3", 1}, {"F8_E5M2", 1},
+                                 {"U16", 2},  {"I16", 2}, {"F16", 2},      {"BF16", 2},    {"U32", 4},
+                                 {"I32", 4},  {"F32", 4}, {"U64", 8},      {"I64", 8},     {"F64", 8}};
+
+// Element count of a shape, or an error when a dimension is negative or the product overflows.
+int64_t checked_numel(const std::vector<int64_t>& shape, const std::string& where) {
+  int64_t numel = 1;
+  for (const int64_t dim : shape) {
+    SHARDLORA_CHECK(dim >= 0, where, ": negative dimension ", dim);
+    SHARDLORA_CHECK(dim == 0 || numel <= std::numeric_limits<int64_t>::max() / dim, where, ": shape overflows");
+    numel *= dim;
+  }
+  return numel;
+}
+
+std::string system_error(const std::string& what, const std::string& path) {
+  return what + " " + path + ": " + std::strerror(errno);
+}
+
+void write_all(int fd, const void* data, uint64_t bytes, const std::string& path) {
+  const auto* cursor = static_cast<const uint8_t*>(data);
+  while (bytes > 0) {
+    const ssize_t written = ::write(fd, cursor, std::min<uint64_t>(bytes, 1u << 30));
+    if (written < 0 && errno == EINTR) continue;
+    SHARDLORA_CHECK(written > 0, system_error("cannot write", path));
+    cursor += written;
+    bytes -= static_cast<uint64_t>(written);
+  }
+}
+
+}  // namespace
+
+size_t safetensors_dtype_size(const std::string& dtype) {
+  for (const auto& entry : kDTypes) {
+    if (dtype == entry.name) return entry.bytes;
+  }
+  return 0;
+}
+
+int64_t TensorInfo::numel() const { return checked_numel(shape, name); }
+
+const TensorInfo* SafetensorsHeader::find(const std::string& name) const {
+  for (const auto& tensor : tensors) {
+    if (tensor.name == name) return &tensor;
+  }
+  return nullptr;
+}
+
+SafetensorsHeader parse_safetensors_header(const uint8_t* file, uint64_t file_bytes, const std::string& label) {
+  SHARDLORA_CHECK(file_bytes >= 8, label, ": not a safetensors file (", file_bytes, " bytes, shorter than the header length)");
+  uint64_t header_bytes = 0;
+  for (int i = 7; i >= 0; --i) header_bytes = header_bytes << 8 | file[i];
+  SHARDLORA_CHECK(header_bytes <= kMaxSafetensorsHeaderBytes, label, ": header length ", header_bytes,
+                  " exceeds the limit of ", kMaxSafetensorsHeaderBytes, " bytes");
+  SHARDLORA_CHECK(header_bytes <= file_bytes - 8, label, ": truncated: header length ", header_bytes,
+                  " but only ", file_bytes - 8, " bytes follow");
+  SHARDLORA_CHECK(header_bytes >= 2 && file[8] == '{', label, ": header is not a JSON object");
+
+  // Reject duplicate top-level names: nlohmann would silently keep the last one.
+  std::set<std::string> names;
+  std::string duplicate;
+  const json::parser_callback_t reject_duplicates = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (depth == 1 && event == json::parse_event_t::key && !names.insert(parsed.get<std::string>()).second) {
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
+  const auto* text = reinterpret_cast<const char*>(file + 8);
+  const json header = json::parse(text, text + header_bytes, reject_duplicates, /*allow_exceptions=*/false);
+  SHARDLORA_CHECK(!header.is_discarded() && header.is_object(), label, ": header is not valid JSON");
+  SHARDLORA_CHECK(duplicate.empty(), label, ": tensor '", duplicate, "' appears twice in the header");
+
+  SafetensorsHeader result;
+  result.header_bytes = header_bytes;
+  result.data_bytes = file_bytes - 8 - header_bytes;
+  for (const auto& [name, entry] : header.items()) {
+    const std::string where = label + ": tensor '" + name + "'";
+    if (name == "__metadata__") {
+      SHARDLORA_CHECK(entry.is_object(), label, ": __metadata__ is not an object");
+      for (const auto& [key, value] : entry.items()) {
+        SHARDLORA_CHECK(value.is_string(), label, ": __metadata__ value of '", key, "' is not a string");
+        result.metadata[key] = value.get<std::string>();
+      }
+      continue;
+    }
+    SHARDLORA_CHECK(entry.is_object(), where, ": entry is not an object");
+    for (const auto& [key, value] : entry.items()) {
+      SHARDLORA_CHECK(key == "dtype" || key == "shape" || key == "data_offsets", where, ": unexpected field '", key, "'");
+    }
+    TensorInfo tensor;
+    tensor.name = name;
+    const auto dtype = entry.find("dtype");
+    SHARDLORA_CHECK(dtype != entry.end() && dtype->is_string(), where, ": missing dtype");
+    tensor.dtype = dtype->get<std::string>();
+    const size_t element_bytes = safetensors_dtype_size(tensor.dtype);
+    SHARDLORA_CHECK(element_bytes > 0, where, ": unknown dtype '", tensor.dtype, "'");
+    const auto shape = entry.find("shape");
+    SHARDLORA_CHECK(shape != entry.end() && shape->is_array(), where, ": missing shape");
+    for (const auto& dim : *shape) {
+      SHARDLORA_CHECK(dim.is_number_unsigned(), where, ": shape has a non-integer or negative dimension");
+      SHARDLORA_CHECK(dim.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), where,
+                      ": dimension too large");
+      tensor.shape.push_back(dim.get<int64_t>());
+    }
+    const auto offsets = entry.find("data_offsets");
+    SHARDLORA_CHECK(offsets != entry.end() && offsets->is_array() && offsets->size() == 2 &&
+                        (*offsets)[0].is_number_unsigned() && (*offsets)[1].is_number_unsigned(),
+                    where, ": data_offsets is not a pair of non-negative integers");
+    tensor.begin = (*offsets)[0].get<uint64_t>();
+    tensor.end = (*offsets)[1].get<uint64_t>();
+    SHARDLORA_CHECK(tensor.begin <= tensor.end, where, ": data_offsets end before they begin");
+    SHARDLORA_CHECK(tensor.end <= result.data_bytes, where, ": data ends at byte ", tensor.end,
+                    " of a data section of ", result.data_bytes, " bytes (truncated file?)");
+    const auto numel = static_cast<uint64_t>(checked_numel(tensor.shape, where));
+    SHARDLORA_CHECK(numel <= std::numeric_limits<uint64_t>::max() / element_bytes &&
+                        numel * element_bytes == tensor.end - tensor.begin,
+                    where, ": ", tensor.end - tensor.begin, " bytes of data for a ", tensor.dtype, " tensor of ",
+                    numel, " elements");
+    result.tensors.push_back(std::move(tensor));
+  }
+  std::sort(result.tensors.begin(), result.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t expected = 0;
+  for (const auto& tensor : result.tensors) {
+    SHARDLORA_CHECK(tensor.begin == expected, label, ": tensor '", tensor.name, "' starts at byte ", tensor.begin,
+                    " but the previous one ends at ", expected, " (overlapping or gapped data)");
+    expected = tensor.end;
+  }
+  SHARDLORA_CHECK(expected == result.data_bytes, label, ": the tensors cover ", expected, " of ", result.data_bytes,
+                  " data bytes (trailing garbage or missing entries)");
+  return result;
+}
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  SHARDLORA_CHECK(fd >= 0, system_error("cannot open", path));
+  struct stat info {};
+  if (::fstat(fd, &info) != 0) {
+    ::close(fd);
+    throw Error(system_error("cannot stat", path));
+  }
+  map_bytes_ = static_cast<uint64_t>(info.st_size);
+  if (map_bytes_ > 0) {
+    void* map = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) {
+      ::close(fd);
+      throw Error(system_error("cannot map", path));
+    }
+    map_ = static_cast<const uint8_t*>(map);
+  }
+  ::close(fd);
+  try {
+    header_ = parse_safetensors_header(map_, map_bytes_, path);
+  } catch (...) {
+    if (map_) ::munmap(const_cast<uint8_t*>(map_), map_bytes_);
+    throw;
+  }
+  data_section_ = map_ + 8 + header_.header_bytes;
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (map_) ::munmap(const_cast<uint8_t*>(map_), map_bytes_);
+}
+
+const TensorInfo& SafetensorsFile::info(const std::string& name) const {
+  const TensorInfo* tensor = header_.find(name);
+  SHARDLORA_CHECK(tensor, path_, ": no tensor named '", name, "'");
+  return *tensor;
+}
+
+void SafetensorsFile::release(const TensorInfo& tensor) const {
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(data(tensor)) / page * page;
+  const auto end = reinterpret_cast<uintptr_t>(data(tensor) + tensor.bytes());
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+uint64_t SafetensorsWriter::header_bound(const std::vector<std::pair<std::string, size_t>>& names_and_ranks,
+                                         const std::map<std::string, std::string>& metadata) {
+  // {"name":{"dtype":"F8_E4M3","shape":[d,...],"data_offsets":[b,e]}, with every name
+  // character escaped as \uXXXX at worst and every number 20 digits.
+  uint64_t bound = 64;
+  for (const auto& [name, rank] : names_and_ranks) bound += 6 * name.size() + 64 + 21 * (rank + 2);
+  for (const auto& [key, value] : metadata) bound += 6 * (key.size() + value.size()) + 8;
+  return (bound + 7) / 8 * 8;
+}
+
+SafetensorsWriter::SafetensorsWriter(std::string path, uint64_t max_header_bytes)
+    : path_(std::move(path)), temp_path_(path_ + ".tmp-" + std::to_string(::getpid())), reserved_((max_header_bytes + 7) / 8 * 8) {
+  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  SHARDLORA_CHECK(fd_ >= 0, system_error("cannot create", temp_path_));
+  if (::lseek(fd_, static_cast<off_t>(8 + reserved_), SEEK_SET) < 0) {
+    ::close(fd_);
+    ::unlink(temp_path_.c_str());
+    throw Error(system_error("cannot seek in", temp_path_));
+  }
+}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(temp_path_.c_str());
+  }
+}
+
+void SafetensorsWriter::add(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
+                            const void* data, uint64_t bytes) {
+  SHARDLORA_CHECK(fd_ >= 0, path_, ": add() after finish()");
+  const size_t element_bytes = safetensors_dtype_size(dtype);
+  SHARDLORA_CHECK(element_bytes > 0, path_, ": tensor '", name, "': unknown dtype '", dtype, "'");
+  SHARDLORA_CHECK(static_cast<uint64_t>(checked_numel(shape, name)) * element_bytes == bytes, path_, ": tensor '", name,
+                  "': ", bytes, " bytes do not match its shape and dtype");
+  for (const auto& tensor : tensors_) SHARDLORA_CHECK(tensor.name != name, path_, ": tensor '", name, "' added twice");
+  write_all(fd_, data, bytes, temp_path_);
+  tensors_.push_back({name, dtype, shape, offset_, offset_ + bytes});
+  offset_ += bytes;
+}
+
+void SafetensorsWriter::finish(const std::map<std::string, std::string>& metadata) {
+  SHARDLORA_CHECK(fd_ >= 0, path_, ": finish() called twice");
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  for (const auto& tensor : tensors_) {
+    header[tensor.name] = {{"dtype", tensor.dtype}, {"shape", tensor.shape}, {"data_offsets", {tensor.begin, tensor.end}}};
+  }
+  std::string text = header.dump();
+  SHARDLORA_CHECK(text.size() <= reserved_, path_, ": header of ", text.size(), " bytes exceeds the ", reserved_,
+                  " reserved (header_bound too small)");
+  text.resize(reserved_, ' ');
+  uint8_t length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(reserved_ >> (8 * i));
+  SHARDLORA_CHECK(::lseek(fd_, 0, SEEK_SET) == 0, system_error("cannot seek in", temp_path_));
+  write_all(fd_, length, 8, temp_path_);
+  write_all(fd_, text.data(), text.size(), temp_path_);
+  SHARDLORA_CHECK(::fsync(fd_) == 0, system_error("cannot fsync", temp_path_));
+  SHARDLORA_CHECK(::close(fd_) == 0, system_error("cannot close", temp_path_));
+  fd_ = -1;
+  SHARDLORA_CHECK(::rename(temp_path_.c_str(), path_.c_str()) == 0, system_error("cannot rename " + temp_path_ + " to", path_));
+}
+
+}  // namespace shardlora::io

@@ -1,0 +1,22 @@
+// A one-line progress bar on stderr, drawn only when stderr is a terminal (logs and CI
+// output stay clean). Redraws at most ten times a second.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+namespace shardlora::launcher {
+
+class ProgressBar {
+ public:
+  ProgressBar();
+  ~ProgressBar();  // ends the line if one was drawn
+  void update(double fraction, const std::string& text);
+
+ private:
+  bool enabled_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point last_;
+};
+
+}  // namespace shardlora::launcher

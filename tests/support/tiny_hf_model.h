@@ -1,0 +1,22 @@
+// Writes a small random Llama-shaped Hugging Face model directory for tests: config.json,
+// safetensors weights (one file, or two shards with an index), a tokenizer file to copy.
+#pragma once
+
+#include <torch/types.h>
+
+#include <map>
+#include <string>
+
+namespace shardlora::testing {
+
+struct TinyModelOptions {
+  int64_t hidden = 64, intermediate = 128, kv_hidden = 32, vocab = 48, layers = 2;
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  bool sharded = false;
+  uint64_t seed = 7;
+};
+
+// Returns the tensors written, by name (values N(0, 0.02), norms 1).
+std::map<std::string, torch::Tensor> write_tiny_hf_model(const std::string& dir, const TinyModelOptions& options = {});
+
+}  // namespace shardlora::testing
