@@ -1,8 +1,6 @@
 // gemv_4bit on the CPU: x is converted to fp32 once; OpenMP threads over rows; per block
 // the 16 code values are scaled into a lookup table, and each byte contributes two
 // products to an fp32 accumulator.
-#include <vector>
-
 #include "common/load_element.h"
 #include "gemv_4bit_impl.h"
 
@@ -11,12 +9,7 @@ namespace shardlora::kernels {
 void gemv_4bit_cpu(const Packed4bit& weight, Gemv4bitShape shape, const void* x, DType x_dtype, void* y,
                    DType y_dtype) {
   const float* code = quant_type_traits(weight.type).code;
-  std::vector<float> x_values(static_cast<size_t>(shape.cols));
-  dispatch_float_dtype(x_dtype, [&](auto tag) {
-    using Element = InputElement<decltype(tag)::value>;
-    const auto* src = static_cast<const typename Element::type*>(x);
-    for (int64_t c = 0; c < shape.cols; ++c) x_values[c] = Element::to_float(src[c]);
-  });
+  const std::vector<float> x_values = decode_to_float(x, x_dtype, shape.cols);
   const int64_t blocks_per_row = shape.cols / weight.blocksize;
   const int64_t block_bytes = weight.blocksize / 2;
   dispatch_float_dtype(y_dtype, [&](auto tag) {

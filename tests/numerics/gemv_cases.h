@@ -31,20 +31,6 @@ inline GemvCase make_gemv_case(kernels::QuantType type, int64_t rows, int64_t co
   return gemv;
 }
 
-inline std::vector<uint8_t> encode(const std::vector<float>& values, kernels::DType dtype) {
-  std::vector<uint8_t> bytes(values.size() * kernels::dtype_size(dtype));
-  for (size_t i = 0; i < values.size(); ++i) {
-    if (dtype == kernels::DType::F32) {
-      std::memcpy(bytes.data() + 4 * i, &values[i], 4);
-    } else {
-      const uint16_t bits = dtype == kernels::DType::F16 ? kernels::float_to_f16_bits(values[i])
-                                                         : kernels::float_to_bf16_bits(values[i]);
-      std::memcpy(bytes.data() + 2 * i, &bits, 2);
-    }
-  }
-  return bytes;
-}
-
 inline double decode(const uint8_t* bytes, int64_t i, kernels::DType dtype) {
   if (dtype == kernels::DType::F32) {
     float value;

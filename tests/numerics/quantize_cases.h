@@ -19,16 +19,10 @@ inline std::vector<float> normal_values(int64_t numel, uint32_t seed) {
   return values;
 }
 
-// N(0,1) values (times a per-position scale spread over decades, and some all-zero
-// blocks) encoded in `dtype`, as raw bytes.
-inline std::vector<uint8_t> encoded_normal_values(int64_t numel, kernels::DType dtype, uint32_t seed) {
-  auto values = normal_values(numel, seed);
-  for (int64_t i = 0; i < numel; ++i) {
-    if ((i / 64) % 5 == 2) values[i] = 0.0f;
-    values[i] *= std::exp2(static_cast<float>((i / 97) % 20) - 10.0f);
-  }
-  std::vector<uint8_t> bytes(static_cast<size_t>(numel) * kernels::dtype_size(dtype));
-  for (int64_t i = 0; i < numel; ++i) {
+// Values encoded in a float dtype (F32 exactly, F16 / BF16 rounded to nearest even), as raw bytes.
+inline std::vector<uint8_t> encode(const std::vector<float>& values, kernels::DType dtype) {
+  std::vector<uint8_t> bytes(values.size() * kernels::dtype_size(dtype));
+  for (size_t i = 0; i < values.size(); ++i) {
     if (dtype == kernels::DType::F32) {
       std::memcpy(bytes.data() + 4 * i, &values[i], 4);
     } else {
@@ -38,6 +32,17 @@ inline std::vector<uint8_t> encoded_normal_values(int64_t numel, kernels::DType 
     }
   }
   return bytes;
+}
+
+// N(0,1) values (times a per-position scale spread over decades, and some all-zero
+// blocks) encoded in `dtype`, as raw bytes.
+inline std::vector<uint8_t> encoded_normal_values(int64_t numel, kernels::DType dtype, uint32_t seed) {
+  auto values = normal_values(numel, seed);
+  for (int64_t i = 0; i < numel; ++i) {
+    if ((i / 64) % 5 == 2) values[i] = 0.0f;
+    values[i] *= std::exp2(static_cast<float>((i / 97) % 20) - 10.0f);
+  }
+  return encode(values, dtype);
 }
 
 struct Quantized {
