@@ -1,6 +1,9 @@
-// quantize_4bit on the CPU: OpenMP threads over blocks; within a block one pass for the
-// absmax and one that packs code pairs. The pivot-count rounding has no branches, so the
-// compiler vectorizes the packing loop.
+// quantize_4bit on the CPU: OpenMP threads over blocks. Each block is widened to fp32 once,
+// its absmax found as an integer max over |x| bit patterns (for non-NaN floats the same
+// order, so it vectorizes without fast-math; NaN is skipped as std::max / fmaxf skip it,
+// and patterns >= 0x7f800000 flag the block as non-finite), then
+// codes are computed in one contiguous loop (the pivot count has no branches, so it
+// vectorizes) and packed in pairs. Same fp32 products as the reference: identical bytes.
 #include <algorithm>
 #include <cmath>
 
@@ -9,6 +12,8 @@
 
 namespace shardlora::kernels {
 namespace {
+
+constexpr int64_t kMaxBlocksize = 4096;
 
 template <DType kIn, QuantType kType>
 void quantize_blocks(const typename InputElement<kIn>::type* x, const Quantized4bit& out, uint8_t zero_code) {
@@ -19,25 +24,22 @@ void quantize_blocks(const typename InputElement<kIn>::type* x, const Quantized4
     const int64_t first = block * out.blocksize;
     const int64_t count = std::min(out.blocksize, out.numel - first);
     const auto* src = x + first;
-    float absmax = 0.0f;
-    bool finite = true;
+    alignas(64) float values[kMaxBlocksize];
+    alignas(64) uint8_t codes[kMaxBlocksize + 1];
+    uint32_t max_bits = 0, nonfinite = 0;
     for (int64_t i = 0; i < count; ++i) {
-      const float value = Element::to_float(src[i]);
-      finite &= std::isfinite(value);
-      absmax = std::max(absmax, std::fabs(value));
+      values[i] = Element::to_float(src[i]);
+      const uint32_t magnitude = float_bits(values[i]) & 0x7fffffffu;
+      nonfinite |= magnitude >= 0x7f800000u;
+      max_bits = std::max(max_bits, magnitude > 0x7f800000u ? 0u : magnitude);
     }
-    out.absmax[block] = finite ? absmax : NAN;
+    const float absmax = bits_float(max_bits);
+    out.absmax[block] = nonfinite ? NAN : absmax;
     const float scale = reciprocal_scale(absmax);
+    for (int64_t i = 0; i < count; ++i) codes[i] = quantize_4bit_value(kType, values[i] * scale);
+    codes[count] = zero_code;  // pads an odd tail
     uint8_t* dst = out.codes + first / 2;
-    const int64_t pairs = count / 2;
-    for (int64_t j = 0; j < pairs; ++j) {
-      const uint8_t high = quantize_4bit_value(kType, Element::to_float(src[2 * j]) * scale);
-      const uint8_t low = quantize_4bit_value(kType, Element::to_float(src[2 * j + 1]) * scale);
-      dst[j] = static_cast<uint8_t>(high << 4 | low);
-    }
-    if (count % 2) {
-      dst[pairs] = static_cast<uint8_t>(quantize_4bit_value(kType, Element::to_float(src[count - 1]) * scale) << 4 | zero_code);
-    }
+    for (int64_t j = 0; j < (count + 1) / 2; ++j) dst[j] = static_cast<uint8_t>(codes[2 * j] << 4 | codes[2 * j + 1]);
   }
 }
 

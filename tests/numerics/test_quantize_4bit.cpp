@@ -185,6 +185,24 @@ TEST(Quantize4bitCpu, EqualsReferenceBitForBit) {
   }
 }
 
+TEST(Quantize4bitCpu, NonFiniteBlocksEqualReferenceToo) {
+  auto values = normal_values(64 * 6, 12);
+  values[10] = NAN;
+  values[64 + 3] = INFINITY;
+  values[128 + 5] = -INFINITY;
+  values[192 + 1] = NAN;
+  values[192 + 2] = INFINITY;
+  for (const QuantType type : kQuant4bitTypes) {
+    const auto ref = quantize_with(values.data(), DType::F32, type, 64 * 6, 64, Backend::Reference);
+    const auto cpu = quantize_with(values.data(), DType::F32, type, 64 * 6, 64, Backend::Cpu);
+    EXPECT_EQ(ref.codes, cpu.codes) << quant_type_traits(type).name;
+    for (int block = 0; block < 6; ++block) {
+      EXPECT_EQ(std::isnan(cpu.absmax[block]), block < 4) << block;
+      if (block >= 4) EXPECT_EQ(cpu.absmax[block], ref.absmax[block]);
+    }
+  }
+}
+
 TEST(Quantize4bit, BlockRangeEqualsThatRangeOfTheWholeTensor) {
   const int64_t blocksize = 64, numel = 64 * 1000 + 37;  // the last block is a tail
   const auto values = normal_values(numel, 3);
