@@ -14,6 +14,12 @@ ProgressBar::~ProgressBar() {
   if (drawn_) std::fputc('\n', stderr);
 }
 
+void ProgressBar::finish(const std::string& text) {
+  update(1.0, text);
+  if (drawn_) std::fputc('\n', stderr);
+  drawn_ = false;
+}
+
 void ProgressBar::update(double fraction, const std::string& text) {
   if (!enabled_) return;
   const auto now = std::chrono::steady_clock::now();

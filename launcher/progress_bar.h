@@ -10,8 +10,10 @@ namespace shardlora::launcher {
 class ProgressBar {
  public:
   ProgressBar();
-  ~ProgressBar();  // ends the line if one was drawn
+  ~ProgressBar();  // ends the line if one was drawn (an error message then starts on its own line)
   void update(double fraction, const std::string& text);
+  // Draws the bar full and ends its line, before a summary is printed.
+  void finish(const std::string& text);
 
  private:
   bool enabled_;

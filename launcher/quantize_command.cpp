@@ -48,6 +48,7 @@ int run_quantize(const QuantizeArgs& args) {
   const auto start = std::chrono::steady_clock::now();
   const auto report = quant::quantize_checkpoint(args.in_dir, args.out_dir, options);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  progress.finish(megabytes(report.bytes_in) + " read");
   std::printf("quantized %lld Linear weights (%s, blocksize %lld, %s) on %s; kept %lld tensors in %s\n",
               static_cast<long long>(report.quantized_tensors), args.type.c_str(), static_cast<long long>(args.blocksize),
               args.double_quant ? "double quantization" : "fp32 absmax",

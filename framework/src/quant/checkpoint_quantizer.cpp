@@ -109,9 +109,9 @@ CheckpointQuantizeReport quantize_checkpoint(const std::string& in_dir, const st
   SHARDLORA_CHECK(is_float_type(options.compute_dtype), "compute dtype must be float32, float16 or bfloat16");
 
   CheckpointQuantizeReport report;
-  uint64_t total = 0, done = 0;
-  for (const auto& shard : checkpoint.shards) total += fs::file_size(checkpoint.path(shard));
-  report.bytes_in = total;
+  for (const auto& shard : checkpoint.shards) report.bytes_in += fs::file_size(checkpoint.path(shard));
+  uint64_t total = 0, done = 0;  // tensor bytes, for progress
+  for (const auto& shard : checkpoint.shards) total += SafetensorsFile(checkpoint.path(shard)).header().data_bytes;
 
   StagingDirectory staging(out_dir, options.force);
   nlohmann::json weight_map = nlohmann::json::object();

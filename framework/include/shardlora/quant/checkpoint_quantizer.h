@@ -18,7 +18,7 @@ struct CheckpointQuantizeOptions {
   c10::ScalarType compute_dtype = c10::ScalarType::BFloat16;
   kernels::Device device = kernels::Device::cpu();  // where the quantization runs
   bool force = false;                                // replace an existing output directory
-  // Called after each tensor: bytes of input done, of input in all, the tensor's name.
+  // Called after each tensor: tensor bytes done, tensor bytes in all, the tensor's name.
   std::function<void(uint64_t done, uint64_t total, const std::string& tensor)> on_progress;
 };
 
