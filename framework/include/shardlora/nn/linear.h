@@ -1,0 +1,88 @@
+// The Linear layers of the model: a frozen base (4-bit for QLoRA, float for plain LoRA and
+// merging) with an optional LoRA adapter on top, as PEFT defines it (FORMATS.md §4.4):
+//   y = base(x) + scaling * B(A(dropout(x))),  A [r, in] kaiming-uniform(a=sqrt 5), B [out, r] zeros,
+//   scaling = alpha / r, or alpha / sqrt(r) with use_rslora.
+// Adapter weights are fp32 parameters, used in the compute dtype of x.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <optional>
+
+#include "shardlora/quant/quant_state.h"
+
+namespace shardlora::nn {
+
+class FrozenLinear {
+ public:
+  virtual ~FrozenLinear() = default;
+  virtual torch::Tensor forward(const torch::Tensor& x) = 0;  // [..., in] -> [..., out]
+  virtual torch::Tensor dense_weight(c10::ScalarType dtype) const = 0;  // [out, in]
+  virtual int64_t in_features() const = 0;
+  virtual int64_t out_features() const = 0;
+  const std::optional<torch::Tensor>& bias() const { return bias_; }
+
+ protected:
+  std::optional<torch::Tensor> bias_;
+};
+
+// Holds packed codes and quantization state, never a float copy of the weight: forward
+// dequantizes per call (or runs the fused gemv for one token without autograd), and
+// backward produces only the input gradient, dequantizing again instead of saving W.
+class Linear4bit : public FrozenLinear {
+ public:
+  explicit Linear4bit(quant::QuantState state, std::optional<torch::Tensor> bias = std::nullopt);
+  torch::Tensor forward(const torch::Tensor& x) override;
+  torch::Tensor dense_weight(c10::ScalarType dtype) const override;
+  int64_t in_features() const override { return state_.shape[1]; }
+  int64_t out_features() const override { return state_.shape[0]; }
+  const quant::QuantState& state() const { return state_; }
+
+ private:
+  quant::QuantState state_;
+};
+
+// A frozen float weight (no gradient).
+class DenseLinear : public FrozenLinear {
+ public:
+  explicit DenseLinear(torch::Tensor weight, std::optional<torch::Tensor> bias = std::nullopt);
+  torch::Tensor forward(const torch::Tensor& x) override;
+  torch::Tensor dense_weight(c10::ScalarType dtype) const override { return weight_.to(dtype); }
+  int64_t in_features() const override { return weight_.size(1); }
+  int64_t out_features() const override { return weight_.size(0); }
+
+ private:
+  torch::Tensor weight_;
+};
+
+struct LoraOptions {
+  int64_t r = 0;  // 0: no adapter
+  double alpha = 16.0;
+  double dropout = 0.0;
+  bool use_rslora = false;
+  double scaling() const;
+};
+
+class AdaptedLinearImpl : public torch::nn::Module {
+ public:
+  AdaptedLinearImpl(std::shared_ptr<FrozenLinear> base, const LoraOptions& lora);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  bool has_adapter() const { return lora_.r > 0; }
+  const LoraOptions& lora() const { return lora_; }
+  FrozenLinear& base() { return *base_; }
+  const FrozenLinear& base() const { return *base_; }
+  torch::Tensor lora_A, lora_B;  // [r, in], [out, r] fp32 parameters (undefined without an adapter)
+
+  // W + scaling * B A in `dtype` (for shardlora merge), and its inverse.
+  torch::Tensor merged_weight(c10::ScalarType dtype) const;
+  torch::Tensor unmerge(const torch::Tensor& merged) const;
+
+ private:
+  std::shared_ptr<FrozenLinear> base_;
+  LoraOptions lora_;
+};
+TORCH_MODULE(AdaptedLinear);
+
+}  // namespace shardlora::nn

@@ -1,0 +1,73 @@
+// A decoder-only Llama-family transformer in libtorch, following Hugging Face's
+// modeling_llama / modeling_qwen2: RMSNorm, rotary embeddings (rotate-half, llama3 scaling),
+// grouped-query attention with a causal mask restricted to each document of a packed
+// sequence, SwiGLU MLP, optionally tied embeddings. The decoder Linears are frozen (4-bit or
+// float) with LoRA adapters on the target modules; only the adapters are parameters.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shardlora/nn/linear.h"
+#include "shardlora/nn/llama_config.h"
+#include "shardlora/quant/quant_state.h"
+
+namespace shardlora::nn {
+
+struct ModelOptions {
+  c10::ScalarType compute_dtype = torch::kBFloat16;
+  torch::Device device = torch::kCPU;
+  bool quantize_base = true;            // decoder Linears in 4 bits (QLoRA) or float (LoRA)
+  quant::QuantConfig quant;             // for weights quantized on load
+  LoraOptions lora;                     // r = 0: no adapters
+  std::vector<std::string> target_modules = {"all-linear"};
+};
+
+// Per-token inputs beside the ids, all [batch, seq] int64; defaults: positions 0..T-1, one document.
+struct ForwardOptions {
+  std::optional<torch::Tensor> position_ids;
+  std::optional<torch::Tensor> document_ids;  // attention never crosses a document boundary
+};
+
+// The names of the Linear modules of a decoder layer, as HF writes them.
+const std::vector<std::string>& decoder_linear_names();
+
+class LlamaModelImpl : public torch::nn::Module {
+ public:
+  // weights: tensors by HF name (float, or bnb 4-bit for decoder Linears); `label` names
+  // their origin in errors.
+  LlamaModelImpl(const LlamaConfig& config, const quant::TensorLookup& weights, const ModelOptions& options,
+                 const std::string& label);
+
+  // input_ids [batch, seq] -> logits [batch, seq, vocab] in float32.
+  torch::Tensor forward(const torch::Tensor& input_ids, const ForwardOptions& options = {});
+
+  const LlamaConfig& config() const { return config_; }
+  // Every decoder Linear by its HF module path ("model.layers.0.self_attn.q_proj").
+  const std::vector<std::pair<std::string, AdaptedLinear>>& linears() const { return linears_; }
+
+ private:
+  struct Layer {
+    torch::Tensor input_norm, post_attention_norm;
+    AdaptedLinear q, k, v, o, gate, up, down;
+  };
+  torch::Tensor attention(Layer& layer, const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                          const torch::Tensor& allowed);
+  torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const;
+
+  LlamaConfig config_;
+  ModelOptions options_;
+  torch::Tensor embed_, final_norm_, inv_freq_;
+  std::shared_ptr<FrozenLinear> lm_head_;
+  std::vector<Layer> layers_;
+  std::vector<std::pair<std::string, AdaptedLinear>> linears_;
+};
+TORCH_MODULE(LlamaModel);
+
+// Rotary inverse frequencies [head_dim / 2] in float32, as HF computes them (with llama3 scaling).
+torch::Tensor rotary_inv_freq(const LlamaConfig& config);
+
+}  // namespace shardlora::nn

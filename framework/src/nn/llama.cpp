@@ -1,0 +1,194 @@
+#include "shardlora/nn/llama.h"
+
+#include <torch/version.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "shardlora/kernels/check.h"
+
+namespace shardlora::nn {
+namespace {
+
+std::string shape_text(c10::IntArrayRef shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+torch::Tensor require(const quant::TensorLookup& weights, const std::string& name, std::vector<int64_t> shape,
+                      const std::string& label) {
+  const auto found = weights(name);
+  SHARDLORA_CHECK(found, label, ": missing tensor '", name, "'");
+  SHARDLORA_CHECK(found->sizes().vec() == shape, label, ": tensor '", name, "' has shape ", shape_text(found->sizes()),
+                  ", the config implies ", shape_text(shape));
+  return *found;
+}
+
+bool is_target(const std::vector<std::string>& targets, const std::string& module) {
+  return std::find(targets.begin(), targets.end(), "all-linear") != targets.end() ||
+         std::find(targets.begin(), targets.end(), module) != targets.end();
+}
+
+torch::Tensor rotate_half(const torch::Tensor& x) {
+  const auto halves = x.chunk(2, -1);
+  return torch::cat({-halves[1], halves[0]}, -1);
+}
+
+}  // namespace
+
+const std::vector<std::string>& decoder_linear_names() {
+  static const std::vector<std::string> names = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                 "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                                 "mlp.down_proj"};
+  return names;
+}
+
+torch::Tensor rotary_inv_freq(const LlamaConfig& config) {
+  const int64_t dim = config.head_dim;
+  torch::Tensor inv_freq =
+      1.0 / torch::pow(config.rope_theta, torch::arange(0, dim, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(dim));
+  if (!config.rope_scaling) return inv_freq;
+  // HF _compute_llama3_parameters.
+  const auto& s = *config.rope_scaling;
+  const double old_context = static_cast<double>(s.original_max_position_embeddings);
+  const double low_freq_wavelen = old_context / s.low_freq_factor;
+  const double high_freq_wavelen = old_context / s.high_freq_factor;
+  const torch::Tensor wavelen = 2 * M_PI / inv_freq;
+  torch::Tensor scaled = torch::where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq);
+  const torch::Tensor smooth = (old_context / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+  const torch::Tensor smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+  const torch::Tensor medium = (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
+  return torch::where(medium, smoothed, scaled);
+}
+
+LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLookup& weights, const ModelOptions& options,
+                               const std::string& label)
+    : config_(config), options_(options) {
+  for (const auto& target : options.target_modules) {
+    const bool known = target == "all-linear" || std::any_of(decoder_linear_names().begin(), decoder_linear_names().end(),
+                                                             [&](const std::string& name) { return name.substr(name.find('.') + 1) == target; });
+    SHARDLORA_CHECK(known, "unknown LoRA target module '", target, "' (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, all-linear)");
+  }
+  const auto dtype = options.compute_dtype;
+  const auto to_model = [&](const torch::Tensor& t) { return t.to(options.device, dtype); };
+  const int64_t hidden = config.hidden_size, inter = config.intermediate_size;
+  embed_ = to_model(require(weights, "model.embed_tokens.weight", {config.vocab_size, hidden}, label));
+  final_norm_ = to_model(require(weights, "model.norm.weight", {hidden}, label));
+  inv_freq_ = rotary_inv_freq(config).to(options.device);
+  lm_head_ = config.tie_word_embeddings
+                 ? std::make_shared<DenseLinear>(embed_)
+                 : std::make_shared<DenseLinear>(to_model(require(weights, "lm_head.weight", {config.vocab_size, hidden}, label)));
+
+  const auto make_linear = [&](const std::string& prefix, const std::string& module, int64_t out, int64_t in, bool bias) {
+    const std::string weight_name = prefix + module + ".weight";
+    std::optional<torch::Tensor> bias_tensor;
+    if (bias) bias_tensor = to_model(require(weights, prefix + module + ".bias", {out}, label));
+    std::shared_ptr<FrozenLinear> base;
+    if (quant::is_bnb_4bit_weight(weight_name, weights)) {
+      quant::QuantState state = quant::from_bnb_tensors(weight_name, weights, label);
+      SHARDLORA_CHECK(state.shape == std::vector<int64_t>({out, in}), label, ": tensor '", weight_name, "' has shape ",
+                      shape_text(state.shape), ", the config implies ", shape_text({out, in}));
+      state.codes = state.codes.to(options.device);
+      state.absmax = state.absmax.to(options.device);
+      state.code = state.code.to(options.device);
+      if (state.nested) state.nested_absmax = state.nested_absmax.to(options.device);
+      base = std::make_shared<Linear4bit>(std::move(state), bias_tensor);
+    } else {
+      const torch::Tensor weight = require(weights, weight_name, {out, in}, label).to(options.device);
+      if (options.quantize_base) {
+        try {
+          base = std::make_shared<Linear4bit>(quant::quantize(weight, options.quant), bias_tensor);
+        } catch (const Error& error) {
+          throw Error(label + ": tensor '" + weight_name + "': " + error.what());
+        }
+      } else {
+        base = std::make_shared<DenseLinear>(weight.to(dtype), bias_tensor);
+      }
+    }
+    const std::string short_name = module.substr(module.find('.') + 1);
+    LoraOptions lora = options.lora;
+    if (!is_target(options.target_modules, short_name)) lora.r = 0;
+    AdaptedLinear linear(base, lora);
+    // Module names cannot hold dots: register by index, keep the HF path in linears_.
+    register_module("linear" + std::to_string(linears_.size()), linear);
+    linears_.emplace_back(prefix + module, linear);
+    return linear;
+  };
+
+  for (int64_t index = 0; index < config.num_hidden_layers; ++index) {
+    const std::string prefix = "model.layers." + std::to_string(index) + ".";
+    layers_.push_back(Layer{
+        to_model(require(weights, prefix + "input_layernorm.weight", {hidden}, label)),
+        to_model(require(weights, prefix + "post_attention_layernorm.weight", {hidden}, label)),
+        make_linear(prefix, "self_attn.q_proj", config.q_size(), hidden, config.qkv_bias),
+        make_linear(prefix, "self_attn.k_proj", config.kv_size(), hidden, config.qkv_bias),
+        make_linear(prefix, "self_attn.v_proj", config.kv_size(), hidden, config.qkv_bias),
+        make_linear(prefix, "self_attn.o_proj", hidden, config.q_size(), config.o_bias),
+        make_linear(prefix, "mlp.gate_proj", inter, hidden, config.mlp_bias),
+        make_linear(prefix, "mlp.up_proj", inter, hidden, config.mlp_bias),
+        make_linear(prefix, "mlp.down_proj", hidden, inter, config.mlp_bias),
+    });
+  }
+}
+
+torch::Tensor LlamaModelImpl::rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const {
+  // HF LlamaRMSNorm: normalize in float32, cast back, then scale.
+  const torch::Tensor x32 = x.to(torch::kFloat32);
+  const torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + config_.rms_norm_eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, const torch::Tensor& cos,
+                                        const torch::Tensor& sin, const torch::Tensor& allowed) {
+  const int64_t batch = x.size(0), seq = x.size(1), heads = config_.num_attention_heads,
+                kv_heads = config_.num_key_value_heads, dim = config_.head_dim;
+  torch::Tensor q = layer.q->forward(x).view({batch, seq, heads, dim}).transpose(1, 2);
+  torch::Tensor k = layer.k->forward(x).view({batch, seq, kv_heads, dim}).transpose(1, 2);
+  torch::Tensor v = layer.v->forward(x).view({batch, seq, kv_heads, dim}).transpose(1, 2);
+  q = q * cos + rotate_half(q) * sin;
+  k = k * cos + rotate_half(k) * sin;
+  if (kv_heads != heads) {
+    k = k.repeat_interleave(heads / kv_heads, 1);
+    v = v.repeat_interleave(heads / kv_heads, 1);
+  }
+#if TORCH_VERSION_MAJOR >= 2
+  torch::Tensor out = at::scaled_dot_product_attention(q, k, v, allowed);
+#else
+  // HF eager attention: scores in the compute dtype, softmax in float32.
+  torch::Tensor scores = torch::matmul(q, k.transpose(2, 3)) / std::sqrt(static_cast<double>(dim));
+  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  torch::Tensor out = torch::matmul(torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type()), v);
+#endif
+  return layer.o->forward(out.transpose(1, 2).reshape({batch, seq, heads * dim}));
+}
+
+torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& options) {
+  SHARDLORA_CHECK(input_ids.dim() == 2, "input_ids must be [batch, seq], got ", input_ids.sizes());
+  const int64_t batch = input_ids.size(0), seq = input_ids.size(1);
+  const auto device = embed_.device();
+  const auto ids = input_ids.to(device);
+  const torch::Tensor positions =
+      options.position_ids ? options.position_ids->to(device) : torch::arange(seq, torch::TensorOptions(torch::kInt64).device(device)).expand({batch, seq});
+  // allowed[b, 1, i, j]: token i may attend to j (j <= i, same document).
+  torch::Tensor allowed = torch::ones({seq, seq}, torch::TensorOptions(torch::kBool).device(device)).tril().view({1, 1, seq, seq});
+  if (options.document_ids) {
+    const torch::Tensor docs = options.document_ids->to(device);
+    allowed = allowed.logical_and(docs.unsqueeze(2).eq(docs.unsqueeze(1)).unsqueeze(1));
+  }
+  // HF LlamaRotaryEmbedding: angles in float32, cos / sin cast to the compute dtype.
+  const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq_.view({1, 1, -1});
+  const torch::Tensor emb = torch::cat({angles, angles}, -1);
+  const auto dtype = options_.compute_dtype;
+  const torch::Tensor cos = emb.cos().to(dtype).unsqueeze(1), sin = emb.sin().to(dtype).unsqueeze(1);
+
+  torch::Tensor h = torch::embedding(embed_, ids);
+  for (Layer& layer : layers_) {
+    h = h + attention(layer, rms_norm(h, layer.input_norm), cos, sin, allowed);
+    const torch::Tensor normed = rms_norm(h, layer.post_attention_norm);
+    h = h + layer.down->forward(torch::silu(layer.gate->forward(normed)) * layer.up->forward(normed));
+  }
+  return lm_head_->forward(rms_norm(h, final_norm_)).to(torch::kFloat32);
+}
+
+}  // namespace shardlora::nn

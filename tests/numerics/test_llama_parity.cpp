@@ -1,0 +1,269 @@
+// The model's logits against an fp64 reference written here from Hugging Face's
+// definitions (modeling_llama / modeling_qwen2), on tiny configs that exercise GQA, q/k/v
+// bias, tied embeddings, llama3 rope scaling and packed sequences with document masks.
+// The reference uses the model's dequantized 4-bit weights (dequantization is tested on its own).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <map>
+
+#include "shardlora/nn/llama.h"
+
+using namespace shardlora;
+using namespace shardlora::nn;
+
+namespace {
+
+using Weights = std::map<std::string, torch::Tensor>;
+
+LlamaConfig tiny_config(const std::string& model_type) {
+  return parse_llama_config({{"model_type", model_type}, {"vocab_size", 40}, {"hidden_size", 64}, {"intermediate_size", 96},
+                             {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+                             {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}},
+                            "test");
+}
+
+Weights random_weights(const LlamaConfig& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  const auto normal = [](std::vector<int64_t> shape, double scale) { return torch::randn(shape) * scale; };
+  Weights w;
+  w["model.embed_tokens.weight"] = normal({c.vocab_size, c.hidden_size}, 1.0);
+  w["model.norm.weight"] = 1 + normal({c.hidden_size}, 0.1);
+  if (!c.tie_word_embeddings) w["lm_head.weight"] = normal({c.vocab_size, c.hidden_size}, 0.1);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    w[p + "input_layernorm.weight"] = 1 + normal({c.hidden_size}, 0.1);
+    w[p + "post_attention_layernorm.weight"] = 1 + normal({c.hidden_size}, 0.1);
+    w[p + "self_attn.q_proj.weight"] = normal({c.q_size(), c.hidden_size}, 0.1);
+    w[p + "self_attn.k_proj.weight"] = normal({c.kv_size(), c.hidden_size}, 0.1);
+    w[p + "self_attn.v_proj.weight"] = normal({c.kv_size(), c.hidden_size}, 0.1);
+    w[p + "self_attn.o_proj.weight"] = normal({c.hidden_size, c.q_size()}, 0.1);
+    w[p + "mlp.gate_proj.weight"] = normal({c.intermediate_size, c.hidden_size}, 0.1);
+    w[p + "mlp.up_proj.weight"] = normal({c.intermediate_size, c.hidden_size}, 0.1);
+    w[p + "mlp.down_proj.weight"] = normal({c.hidden_size, c.intermediate_size}, 0.1);
+    if (c.qkv_bias) {
+      for (const char* m : {"q", "k", "v"}) {
+        const auto out = std::string(m) == "q" ? c.q_size() : c.kv_size();
+        w[p + "self_attn." + m + "_proj.bias"] = normal({out}, 0.1);
+      }
+    }
+  }
+  return w;
+}
+
+quant::TensorLookup lookup_in(const Weights& weights) {
+  return [&weights](const std::string& name) -> std::optional<torch::Tensor> {
+    const auto it = weights.find(name);
+    if (it == weights.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+// Rotary inverse frequencies in fp64, HF's formula including llama3 scaling, element by element.
+std::vector<double> reference_inv_freq(const LlamaConfig& c) {
+  std::vector<double> inv_freq;
+  for (int64_t i = 0; i < c.head_dim; i += 2) {
+    double f = 1.0 / std::pow(c.rope_theta, static_cast<double>(i) / c.head_dim);
+    if (c.rope_scaling) {
+      const auto& s = *c.rope_scaling;
+      const double wavelen = 2 * M_PI / f, old_context = s.original_max_position_embeddings;
+      if (wavelen > old_context / s.low_freq_factor) {
+        f = f / s.factor;
+      } else if (wavelen >= old_context / s.high_freq_factor) {
+        const double smooth = (old_context / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        f = (1 - smooth) * f / s.factor + smooth * f;
+      }
+    }
+    inv_freq.push_back(f);
+  }
+  return inv_freq;
+}
+
+torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch::Tensor& ids, const torch::Tensor& positions,
+                               const torch::Tensor& docs) {
+  const LlamaConfig& c = model->config();
+  const auto f64 = torch::kFloat64;
+  std::map<std::string, torch::Tensor> dense;
+  for (auto& [name, linear] : model->linears()) dense[name] = linear->base().dense_weight(f64);
+  const auto norm = [&](const torch::Tensor& x, const torch::Tensor& weight) {
+    return x / torch::sqrt(x.pow(2).mean(-1, true) + c.rms_norm_eps) * weight.to(f64);
+  };
+  const auto linear = [&](const torch::Tensor& x, const std::string& name) {
+    torch::Tensor y = torch::matmul(x, dense.at(name).t());
+    if (w.count(name + ".bias")) y = y + w.at(name + ".bias").to(f64);
+    return y;
+  };
+  const int64_t B = ids.size(0), T = ids.size(1), H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
+  // rotary angles and the attention mask, element by element
+  const auto inv_freq = reference_inv_freq(c);
+  torch::Tensor cos = torch::empty({B, 1, T, D}, f64), sin = torch::empty({B, 1, T, D}, f64);
+  torch::Tensor mask = torch::zeros({B, 1, T, T}, f64);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < D; ++i) {
+        const double angle = positions[b][t].item<int64_t>() * inv_freq[i % (D / 2)];
+        cos[b][0][t][i] = std::cos(angle);
+        sin[b][0][t][i] = std::sin(angle);
+      }
+      for (int64_t s = 0; s < T; ++s) {
+        if (s > t || docs[b][s].item<int64_t>() != docs[b][t].item<int64_t>()) mask[b][0][t][s] = -INFINITY;
+      }
+    }
+  }
+  const auto rope = [&](const torch::Tensor& x) {
+    const auto x1 = x.narrow(-1, 0, D / 2), x2 = x.narrow(-1, D / 2, D / 2);
+    return x * cos + torch::cat({-x2, x1}, -1) * sin;
+  };
+  const auto& embed = w.at("model.embed_tokens.weight");
+  torch::Tensor h = embed.to(f64).index({ids});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const torch::Tensor x = norm(h, w.at(p + "input_layernorm.weight"));
+    const torch::Tensor q = rope(linear(x, p + "self_attn.q_proj").view({B, T, H, D}).transpose(1, 2));
+    const torch::Tensor k = rope(linear(x, p + "self_attn.k_proj").view({B, T, KV, D}).transpose(1, 2)).repeat_interleave(H / KV, 1);
+    const torch::Tensor v = linear(x, p + "self_attn.v_proj").view({B, T, KV, D}).transpose(1, 2).repeat_interleave(H / KV, 1);
+    const torch::Tensor attn = torch::softmax(torch::matmul(q, k.transpose(2, 3)) / std::sqrt(double(D)) + mask, -1);
+    h = h + linear(torch::matmul(attn, v).transpose(1, 2).reshape({B, T, H * D}), p + "self_attn.o_proj");
+    const torch::Tensor y = norm(h, w.at(p + "post_attention_layernorm.weight"));
+    h = h + linear(torch::silu(linear(y, p + "mlp.gate_proj")) * linear(y, p + "mlp.up_proj"), p + "mlp.down_proj");
+  }
+  const torch::Tensor head = c.tie_word_embeddings ? embed : w.at("lm_head.weight");
+  return torch::matmul(norm(h, w.at("model.norm.weight")), head.to(f64).t());
+}
+
+void expect_parity(const LlamaConfig& config, const torch::Tensor& ids, const ForwardOptions& forward,
+                   const torch::Tensor& positions, const torch::Tensor& docs) {
+  const Weights weights = random_weights(config, 11);
+  ModelOptions options;
+  options.compute_dtype = torch::kFloat32;
+  LlamaModel model(config, lookup_in(weights), options, "test weights");
+  const torch::Tensor logits = model->forward(ids, forward);
+  const torch::Tensor expected = reference_logits(model, weights, ids, positions, docs);
+  ASSERT_EQ(logits.sizes(), expected.sizes());
+  const double error = (logits.to(torch::kFloat64) - expected).abs().max().item<double>();
+  const double scale = expected.abs().max().item<double>();
+  EXPECT_LE(error, 1e-5 * scale) << config.model_type << ": max error " << error << " of " << scale;
+}
+
+torch::Tensor sample_ids(int64_t batch, int64_t seq, int64_t vocab) {
+  torch::manual_seed(5);
+  return torch::randint(vocab, {batch, seq}, torch::kInt64);
+}
+
+}  // namespace
+
+TEST(LlamaParity, GroupedQueryAttention) {
+  const auto config = tiny_config("llama");
+  const auto ids = sample_ids(2, 9, config.vocab_size);
+  const auto positions = torch::arange(9).expand({2, 9});
+  expect_parity(config, ids, {}, positions, torch::zeros({2, 9}, torch::kInt64));
+}
+
+TEST(LlamaParity, Qwen2WithQkvBias) {
+  const auto config = tiny_config("qwen2");
+  ASSERT_TRUE(config.qkv_bias);
+  const auto ids = sample_ids(1, 7, config.vocab_size);
+  expect_parity(config, ids, {}, torch::arange(7).expand({1, 7}), torch::zeros({1, 7}, torch::kInt64));
+}
+
+TEST(LlamaParity, TiedEmbeddings) {
+  auto config = tiny_config("llama");
+  config.tie_word_embeddings = true;
+  const auto ids = sample_ids(1, 6, config.vocab_size);
+  expect_parity(config, ids, {}, torch::arange(6).expand({1, 6}), torch::zeros({1, 6}, torch::kInt64));
+}
+
+TEST(LlamaParity, Llama3RopeScaling) {
+  auto config = parse_llama_config({{"model_type", "llama"}, {"vocab_size", 40}, {"hidden_size", 64}, {"intermediate_size", 96},
+                                    {"num_hidden_layers", 2}, {"num_attention_heads", 2}, {"num_key_value_heads", 1},
+                                    {"rope_theta", 500000.0},
+                                    {"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                                                      {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}}}},
+                                   "test");
+  // Wavelengths on both sides of the scaling band and inside it are present at head_dim 32.
+  const auto inv_freq = rotary_inv_freq(config);
+  const auto expected = reference_inv_freq(config);
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_NEAR(inv_freq[i].item<double>(), expected[i], 1e-7 * expected[i]);
+  const auto ids = sample_ids(1, 12, config.vocab_size);
+  const auto positions = (torch::arange(12) * 37).expand({1, 12});  // far positions, where scaling matters
+  expect_parity(config, ids, {.position_ids = positions}, positions, torch::zeros({1, 12}, torch::kInt64));
+}
+
+TEST(LlamaParity, PackedSequencesNeverAttendAcrossDocuments) {
+  const auto config = tiny_config("llama");
+  const auto ids = sample_ids(2, 10, config.vocab_size);
+  const torch::Tensor docs = torch::tensor({0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1}).view({2, 10});
+  const torch::Tensor positions = torch::tensor({0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3}).view({2, 10});
+  expect_parity(config, ids, {.position_ids = positions, .document_ids = docs}, positions, docs);
+
+  // A document's logits do not depend on what precedes it in the pack.
+  const Weights weights = random_weights(config, 11);
+  ModelOptions options;
+  options.compute_dtype = torch::kFloat32;
+  LlamaModel model(config, lookup_in(weights), options, "test weights");
+  const torch::Tensor packed = model->forward(ids.narrow(0, 0, 1), {.position_ids = positions.narrow(0, 0, 1), .document_ids = docs.narrow(0, 0, 1)});
+  const torch::Tensor alone = model->forward(ids.narrow(0, 0, 1).narrow(1, 3, 4));
+  EXPECT_TRUE(torch::allclose(packed.narrow(1, 3, 4), alone, 1e-5, 1e-5));
+}
+
+TEST(LlamaConfigParsing, ErrorsNameTheFileAndKey) {
+  auto error_of = [](nlohmann::json json) {
+    try {
+      parse_llama_config(json, "model/config.json");
+    } catch (const Error& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  nlohmann::json good = {{"model_type", "llama"}, {"vocab_size", 40}, {"hidden_size", 64}, {"intermediate_size", 96},
+                         {"num_hidden_layers", 2}, {"num_attention_heads", 4}};
+  EXPECT_EQ(parse_llama_config(good, "f").num_key_value_heads, 4);
+  auto bad = good;
+  bad["model_type"] = "gpt2";
+  EXPECT_NE(error_of(bad).find("model/config.json: model_type 'gpt2' is not supported"), std::string::npos);
+  bad = good;
+  bad["hidden_size"] = 66;
+  EXPECT_NE(error_of(bad).find("hidden_size (66) is not divisible by num_attention_heads (4)"), std::string::npos);
+  bad = good;
+  bad["num_key_value_heads"] = 3;
+  EXPECT_NE(error_of(bad).find("not a multiple of num_key_value_heads (3)"), std::string::npos);
+  bad = good;
+  bad.erase("vocab_size");
+  EXPECT_NE(error_of(bad).find("key 'vocab_size' is missing"), std::string::npos);
+  bad = good;
+  bad["rope_scaling"] = {{"type", "yarn"}};
+  EXPECT_NE(error_of(bad).find("rope_scaling type 'yarn' is not supported"), std::string::npos);
+  bad = good;
+  bad["hidden_act"] = "gelu";
+  EXPECT_NE(error_of(bad).find("hidden_act 'gelu'"), std::string::npos);
+}
+
+TEST(LlamaModelLoading, ShapeMismatchAndMissingTensorsAreNamed) {
+  const auto config = tiny_config("llama");
+  Weights weights = random_weights(config, 1);
+  weights["model.layers.1.mlp.up_proj.weight"] = torch::randn({95, 64});
+  ModelOptions options;
+  try {
+    LlamaModel model(config, lookup_in(weights), options, "ckpt");
+    FAIL() << "no error";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("ckpt: tensor 'model.layers.1.mlp.up_proj.weight' has shape [95, 64], the config implies [96, 64]"),
+              std::string::npos) << error.what();
+  }
+  weights = random_weights(config, 1);
+  weights.erase("model.norm.weight");
+  EXPECT_THROW(LlamaModel(config, lookup_in(weights), options, "ckpt"), Error);
+}
+
+TEST(LlamaModelLoading, OnlyTheTargetAdaptersAreParameters) {
+  const auto config = tiny_config("llama");
+  const Weights weights = random_weights(config, 1);
+  ModelOptions options;
+  options.lora = {.r = 4, .alpha = 8};
+  options.target_modules = {"q_proj", "v_proj"};
+  LlamaModel model(config, lookup_in(weights), options, "test");
+  EXPECT_EQ(model->parameters().size(), 2u * 2 * config.num_hidden_layers);
+  options.target_modules = {"qkv"};
+  EXPECT_THROW(LlamaModel(config, lookup_in(weights), options, "test"), Error);
+}
