@@ -1,0 +1,40 @@
+// LoRA adapters in PEFT's on-disk format (FORMATS.md §4.1-4.3), so an adapter trained here
+// loads with PeftModel.from_pretrained and one trained with PEFT loads here:
+//   adapter_config.json        peft_type LORA, r, lora_alpha, lora_dropout, target_modules, ...
+//   adapter_model.safetensors  base_model.model.<module path>.lora_A.weight [r, in], .lora_B.weight [out, r]
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "shardlora/nn/llama.h"
+
+namespace shardlora::nn {
+
+constexpr const char kAdapterConfigFile[] = "adapter_config.json";
+constexpr const char kAdapterWeightsFile[] = "adapter_model.safetensors";
+
+struct PeftAdapter {
+  LoraOptions lora;
+  std::vector<std::string> target_modules;  // short names: q_proj, ..., down_proj
+  std::string base_model_name_or_path;
+  std::map<std::string, torch::Tensor> tensors;  // by PEFT key
+};
+
+// base_model.model.<module path>.lora_A.weight / .lora_B.weight
+std::string peft_key(const std::string& module_path, const std::string& matrix);
+
+// Writes both files into `dir` (created if needed), each atomically (temporary file + rename).
+void save_peft_adapter(const LlamaModel& model, const std::string& dir, const std::string& base_model_name_or_path);
+
+// Reads and validates both files; features shardlora does not implement (DoRA, rank or alpha
+// patterns, regex targets, modules_to_save, bias other than "none") are errors naming the key.
+PeftAdapter read_peft_adapter(const std::string& dir);
+
+// Copies the adapter's tensors into a model built with the adapter's LoRA options and targets.
+// Every adapted module needs both matrices with shapes that agree with r and the module;
+// missing or extra keys are errors naming the file and key.
+void load_adapter_weights(LlamaModel& model, const PeftAdapter& adapter, const std::string& label);
+
+}  // namespace shardlora::nn

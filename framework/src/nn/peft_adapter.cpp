@@ -1,0 +1,158 @@
+#include "shardlora/nn/peft_adapter.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "shardlora/io/hf_checkpoint.h"
+#include "shardlora/io/safetensors.h"
+#include "shardlora/kernels/check.h"
+#include "shardlora/tensor/dtypes.h"
+
+namespace shardlora::nn {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string short_name(const std::string& module_path) { return module_path.substr(module_path.rfind('.') + 1); }
+
+std::string shape_text(c10::IntArrayRef shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+void write_atomically(const std::string& path, const std::string& content) {
+  const std::string temp = path + ".tmp-" + std::to_string(::getpid());
+  {
+    std::ofstream out(temp, std::ios::binary);
+    out << content;
+    out.flush();
+    SHARDLORA_CHECK(out, "cannot write ", temp);
+  }
+  fs::rename(temp, path);
+}
+
+}  // namespace
+
+std::string peft_key(const std::string& module_path, const std::string& matrix) {
+  return "base_model.model." + module_path + "." + matrix + ".weight";
+}
+
+void save_peft_adapter(const LlamaModel& model, const std::string& dir, const std::string& base_model_name_or_path) {
+  fs::create_directories(dir);
+  std::set<std::string> targets;
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  LoraOptions lora;
+  for (const auto& [path, linear] : model->linears()) {
+    if (!linear->has_adapter()) continue;
+    lora = linear->lora();
+    targets.insert(short_name(path));
+    tensors.emplace_back(peft_key(path, "lora_A"), linear->lora_A.detach().to(torch::kCPU).contiguous());
+    tensors.emplace_back(peft_key(path, "lora_B"), linear->lora_B.detach().to(torch::kCPU).contiguous());
+  }
+  SHARDLORA_CHECK(!tensors.empty(), "save_peft_adapter: the model has no LoRA adapters");
+  std::vector<std::pair<std::string, size_t>> bound;
+  for (const auto& [key, tensor] : tensors) bound.emplace_back(key, 2);
+  io::SafetensorsWriter writer(dir + "/" + kAdapterWeightsFile, io::SafetensorsWriter::header_bound(bound));
+  for (const auto& [key, tensor] : tensors) {
+    writer.add(key, safetensors_dtype_name(tensor.scalar_type()), tensor.sizes().vec(), tensor.data_ptr(), tensor.nbytes());
+  }
+  writer.finish();
+  // PEFT's LoraConfig fields, with its defaults where shardlora has no counterpart.
+  const nlohmann::json config = {
+      {"alpha_pattern", nlohmann::json::object()}, {"auto_mapping", nullptr},
+      {"base_model_name_or_path", base_model_name_or_path}, {"bias", "none"}, {"fan_in_fan_out", false},
+      {"inference_mode", true}, {"init_lora_weights", true}, {"layer_replication", nullptr},
+      {"layers_pattern", nullptr}, {"layers_to_transform", nullptr}, {"loftq_config", nlohmann::json::object()},
+      {"lora_alpha", lora.alpha}, {"lora_dropout", lora.dropout}, {"megatron_config", nullptr},
+      {"megatron_core", "megatron.core"}, {"modules_to_save", nullptr}, {"peft_type", "LORA"}, {"r", lora.r},
+      {"rank_pattern", nlohmann::json::object()}, {"revision", nullptr},
+      {"target_modules", std::vector<std::string>(targets.begin(), targets.end())}, {"task_type", "CAUSAL_LM"},
+      {"use_dora", false}, {"use_rslora", lora.use_rslora},
+  };
+  write_atomically(dir + "/" + kAdapterConfigFile, config.dump(2) + "\n");
+}
+
+PeftAdapter read_peft_adapter(const std::string& dir) {
+  const std::string config_path = dir + "/" + kAdapterConfigFile;
+  SHARDLORA_CHECK(fs::exists(config_path), config_path, ": missing (not a PEFT adapter directory?)");
+  const nlohmann::json config = io::read_json_file(config_path);
+  const auto field = [&](const char* key) -> const nlohmann::json* {
+    const auto it = config.find(key);
+    return it == config.end() || it->is_null() ? nullptr : &*it;
+  };
+  const auto unsupported_unless = [&](const char* key, bool ok) {
+    SHARDLORA_CHECK(ok, config_path, ": key '", key, "' = ", config.at(key).dump(), " is not supported by shardlora");
+  };
+  PeftAdapter adapter;
+  const auto* type = field("peft_type");
+  SHARDLORA_CHECK(type && type->is_string() && type->get<std::string>() == "LORA", config_path, ": peft_type must be \"LORA\"");
+  const auto* r = field("r");
+  SHARDLORA_CHECK(r && r->is_number_integer() && r->get<int64_t>() > 0, config_path, ": key 'r' must be a positive integer");
+  adapter.lora.r = r->get<int64_t>();
+  const auto* alpha = field("lora_alpha");
+  SHARDLORA_CHECK(alpha && alpha->is_number(), config_path, ": key 'lora_alpha' must be a number");
+  adapter.lora.alpha = alpha->get<double>();
+  if (const auto* dropout = field("lora_dropout")) {
+    SHARDLORA_CHECK(dropout->is_number() && dropout->get<double>() >= 0 && dropout->get<double>() < 1, config_path,
+                    ": key 'lora_dropout' must be in [0, 1)");
+    adapter.lora.dropout = dropout->get<double>();
+  }
+  if (const auto* rslora = field("use_rslora")) adapter.lora.use_rslora = rslora->is_boolean() && rslora->get<bool>();
+  if (const auto* bias = field("bias")) unsupported_unless("bias", bias->is_string() && bias->get<std::string>() == "none");
+  if (const auto* dora = field("use_dora")) unsupported_unless("use_dora", dora->is_boolean() && !dora->get<bool>());
+  if (const auto* fan = field("fan_in_fan_out")) unsupported_unless("fan_in_fan_out", fan->is_boolean() && !fan->get<bool>());
+  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+    if (const auto* pattern = field(key)) unsupported_unless(key, pattern->is_object() && pattern->empty());
+  }
+  if (const auto* saved = field("modules_to_save")) unsupported_unless("modules_to_save", saved->is_array() && saved->empty());
+  const auto* targets = field("target_modules");
+  SHARDLORA_CHECK(targets, config_path, ": key 'target_modules' is missing");
+  if (targets->is_string()) {
+    unsupported_unless("target_modules", targets->get<std::string>() == "all-linear");
+    adapter.target_modules = {"all-linear"};
+  } else {
+    SHARDLORA_CHECK(targets->is_array() && !targets->empty(), config_path, ": key 'target_modules' must be a list of module names");
+    for (const auto& target : *targets) {
+      SHARDLORA_CHECK(target.is_string(), config_path, ": target_modules holds a non-string ", target.dump());
+      adapter.target_modules.push_back(target.get<std::string>());
+    }
+  }
+  if (const auto* base = field("base_model_name_or_path"); base && base->is_string()) adapter.base_model_name_or_path = base->get<std::string>();
+
+  const io::SafetensorsFile weights(dir + "/" + kAdapterWeightsFile);
+  for (const auto& info : weights.header().tensors) {
+    const auto type = scalar_type_from_safetensors(info.dtype);
+    SHARDLORA_CHECK(type && is_float_type(*type), weights.path(), ": tensor '", info.name, "' has dtype ", info.dtype);
+    adapter.tensors[info.name] =
+        torch::from_blob(const_cast<uint8_t*>(weights.data(info)), info.shape, torch::TensorOptions().dtype(*type)).to(torch::kFloat32).clone();
+  }
+  return adapter;
+}
+
+void load_adapter_weights(LlamaModel& model, const PeftAdapter& adapter, const std::string& label) {
+  std::set<std::string> used;
+  torch::NoGradGuard no_grad;
+  for (auto& [path, linear] : model->linears()) {
+    if (!linear->has_adapter()) continue;
+    SHARDLORA_CHECK(linear->lora().r == adapter.lora.r, label, ": the model's adapters have r = ", linear->lora().r,
+                    ", the adapter's ", adapter.lora.r);
+    for (const auto& [matrix, parameter] : {std::pair<std::string, torch::Tensor>{"lora_A", linear->lora_A}, {"lora_B", linear->lora_B}}) {
+      const std::string key = peft_key(path, matrix);
+      const auto it = adapter.tensors.find(key);
+      SHARDLORA_CHECK(it != adapter.tensors.end(), label, ": missing tensor '", key, "'");
+      SHARDLORA_CHECK(it->second.sizes() == parameter.sizes(), label, ": tensor '", key, "' has shape ", shape_text(it->second.sizes()),
+                      ", expected ", shape_text(parameter.sizes()), " (r = ", adapter.lora.r, ")");
+      parameter.copy_(it->second);
+      used.insert(key);
+    }
+  }
+  for (const auto& [key, tensor] : adapter.tensors) {
+    SHARDLORA_CHECK(used.count(key), label, ": tensor '", key, "' matches no adapted module of the model (target_modules?)");
+  }
+}
+
+}  // namespace shardlora::nn

@@ -1,0 +1,129 @@
+// PEFT adapter files: save -> read -> load gives identical logits; keys and config fields
+// are PEFT's; inconsistent adapters fail naming the file, key and shapes.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "shardlora/io/hf_checkpoint.h"
+#include "shardlora/io/safetensors.h"
+#include "shardlora/kernels/check.h"
+#include "shardlora/nn/hf_loader.h"
+#include "shardlora/nn/peft_adapter.h"
+#include "tiny_hf_model.h"
+
+using namespace shardlora;
+namespace fs = std::filesystem;
+
+namespace {
+
+class PeftAdapterFiles : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() / ("shardlora_peft_" + std::to_string(::getpid()) + "_" +
+                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    shardlora::testing::write_tiny_hf_model(path("base"));
+  }
+  void TearDown() override { fs::remove_all(root_); }
+  std::string path(const std::string& name) const { return (root_ / name).string(); }
+
+  nn::LlamaModel adapted_model(const nn::LoraOptions& lora, std::vector<std::string> targets) {
+    nn::ModelOptions options;
+    options.compute_dtype = torch::kFloat32;
+    options.lora = lora;
+    options.target_modules = std::move(targets);
+    return nn::load_hf_model(path("base"), options);
+  }
+
+  fs::path root_;
+};
+
+std::string load_error(nn::LlamaModel& model, const nn::PeftAdapter& adapter) {
+  try {
+    nn::load_adapter_weights(model, adapter, "adapter-dir");
+  } catch (const Error& error) {
+    return error.what();
+  }
+  return "no error";
+}
+
+}  // namespace
+
+TEST_F(PeftAdapterFiles, SaveReadLoadGivesIdenticalLogits) {
+  const nn::LoraOptions lora{.r = 4, .alpha = 8, .dropout = 0.05, .use_rslora = true};
+  auto trained = adapted_model(lora, {"q_proj", "v_proj", "down_proj"});
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& parameter : trained->parameters()) parameter.normal_(0, 0.1);  // as if trained
+  }
+  nn::save_peft_adapter(trained, path("adapter"), "tiny-llama");
+
+  const auto config = io::read_json_file(path("adapter/adapter_config.json"));
+  EXPECT_EQ(config["peft_type"], "LORA");
+  EXPECT_EQ(config["r"], 4);
+  EXPECT_EQ(config["lora_alpha"], 8.0);
+  EXPECT_EQ(config["use_rslora"], true);
+  EXPECT_EQ(config["bias"], "none");
+  EXPECT_EQ(config["task_type"], "CAUSAL_LM");
+  EXPECT_EQ(config["base_model_name_or_path"], "tiny-llama");
+  EXPECT_EQ(config["target_modules"], nlohmann::json({"down_proj", "q_proj", "v_proj"}));
+  const io::SafetensorsFile weights(path("adapter/adapter_model.safetensors"));
+  EXPECT_EQ(weights.header().tensors.size(), 2u * 3 * 2);
+  EXPECT_EQ(weights.info("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").shape, (std::vector<int64_t>{4, 64}));
+  EXPECT_EQ(weights.info("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight").shape, (std::vector<int64_t>{64, 4}));
+  EXPECT_EQ(weights.info("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight").dtype, "F32");
+
+  const nn::PeftAdapter adapter = nn::read_peft_adapter(path("adapter"));
+  EXPECT_EQ(adapter.lora.r, 4);
+  EXPECT_DOUBLE_EQ(adapter.lora.dropout, 0.05);
+  auto loaded = adapted_model(adapter.lora, adapter.target_modules);
+  nn::load_adapter_weights(loaded, adapter, path("adapter"));
+  trained->eval();
+  loaded->eval();
+  const torch::Tensor ids = torch::randint(48, {2, 9}, torch::kInt64);
+  EXPECT_TRUE(torch::equal(trained->forward(ids), loaded->forward(ids)));
+}
+
+TEST_F(PeftAdapterFiles, InconsistentAdaptersAreNamed) {
+  auto model = adapted_model({.r = 4, .alpha = 8}, {"q_proj", "v_proj"});
+  nn::save_peft_adapter(model, path("adapter"), "tiny");
+  nn::PeftAdapter adapter = nn::read_peft_adapter(path("adapter"));
+
+  auto wrong_r = adapted_model({.r = 8, .alpha = 8}, {"q_proj", "v_proj"});
+  EXPECT_NE(load_error(wrong_r, adapter).find("the model's adapters have r = 8, the adapter's 4"), std::string::npos);
+  auto lying = adapter;
+  lying.tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] = torch::zeros({4, 63});
+  EXPECT_NE(load_error(model, lying).find("q_proj.lora_A.weight' has shape [4, 63], expected [4, 64]"), std::string::npos)
+      << load_error(model, lying);
+  auto missing = adapter;
+  missing.tensors.erase("base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight");
+  EXPECT_NE(load_error(model, missing).find("missing tensor 'base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight'"),
+            std::string::npos);
+  auto fewer_targets = adapted_model({.r = 4, .alpha = 8}, {"q_proj"});
+  EXPECT_NE(load_error(fewer_targets, adapter).find("matches no adapted module"), std::string::npos);
+
+  const auto rewrite_config = [&](const std::function<void(nlohmann::json&)>& edit) {
+    auto config = io::read_json_file(path("adapter/adapter_config.json"));
+    edit(config);
+    std::ofstream(path("adapter/adapter_config.json")) << config.dump();
+  };
+  const auto read_error = [&]() {
+    try {
+      nn::read_peft_adapter(path("adapter"));
+    } catch (const Error& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  rewrite_config([](nlohmann::json& c) { c["use_dora"] = true; });
+  EXPECT_NE(read_error().find("adapter_config.json: key 'use_dora' = true is not supported"), std::string::npos) << read_error();
+  rewrite_config([](nlohmann::json& c) { c["use_dora"] = false; c["peft_type"] = "IA3"; });
+  EXPECT_NE(read_error().find("peft_type must be \"LORA\""), std::string::npos);
+  rewrite_config([](nlohmann::json& c) { c["peft_type"] = "LORA"; c["target_modules"] = ".*proj"; });
+  EXPECT_NE(read_error().find("key 'target_modules' = \".*proj\" is not supported"), std::string::npos);
+  rewrite_config([](nlohmann::json& c) { c["target_modules"] = {"q_proj"}; c.erase("r"); });
+  EXPECT_NE(read_error().find("key 'r' must be a positive integer"), std::string::npos);
+}
