@@ -8,57 +8,14 @@
 #include <cmath>
 #include <map>
 
+#include "random_llama.h"
 #include "shardlora/nn/llama.h"
 
 using namespace shardlora;
 using namespace shardlora::nn;
+using namespace shardlora::testing;
 
 namespace {
-
-using Weights = std::map<std::string, torch::Tensor>;
-
-LlamaConfig tiny_config(const std::string& model_type) {
-  return parse_llama_config({{"model_type", model_type}, {"vocab_size", 40}, {"hidden_size", 64}, {"intermediate_size", 96},
-                             {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-                             {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}},
-                            "test");
-}
-
-Weights random_weights(const LlamaConfig& c, uint64_t seed) {
-  torch::manual_seed(seed);
-  const auto normal = [](std::vector<int64_t> shape, double scale) { return torch::randn(shape) * scale; };
-  Weights w;
-  w["model.embed_tokens.weight"] = normal({c.vocab_size, c.hidden_size}, 1.0);
-  w["model.norm.weight"] = 1 + normal({c.hidden_size}, 0.1);
-  if (!c.tie_word_embeddings) w["lm_head.weight"] = normal({c.vocab_size, c.hidden_size}, 0.1);
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    w[p + "input_layernorm.weight"] = 1 + normal({c.hidden_size}, 0.1);
-    w[p + "post_attention_layernorm.weight"] = 1 + normal({c.hidden_size}, 0.1);
-    w[p + "self_attn.q_proj.weight"] = normal({c.q_size(), c.hidden_size}, 0.1);
-    w[p + "self_attn.k_proj.weight"] = normal({c.kv_size(), c.hidden_size}, 0.1);
-    w[p + "self_attn.v_proj.weight"] = normal({c.kv_size(), c.hidden_size}, 0.1);
-    w[p + "self_attn.o_proj.weight"] = normal({c.hidden_size, c.q_size()}, 0.1);
-    w[p + "mlp.gate_proj.weight"] = normal({c.intermediate_size, c.hidden_size}, 0.1);
-    w[p + "mlp.up_proj.weight"] = normal({c.intermediate_size, c.hidden_size}, 0.1);
-    w[p + "mlp.down_proj.weight"] = normal({c.hidden_size, c.intermediate_size}, 0.1);
-    if (c.qkv_bias) {
-      for (const char* m : {"q", "k", "v"}) {
-        const auto out = std::string(m) == "q" ? c.q_size() : c.kv_size();
-        w[p + "self_attn." + m + "_proj.bias"] = normal({out}, 0.1);
-      }
-    }
-  }
-  return w;
-}
-
-quant::TensorLookup lookup_in(const Weights& weights) {
-  return [&weights](const std::string& name) -> std::optional<torch::Tensor> {
-    const auto it = weights.find(name);
-    if (it == weights.end()) return std::nullopt;
-    return it->second;
-  };
-}
 
 // Rotary inverse frequencies in fp64, HF's formula including llama3 scaling, element by element.
 std::vector<double> reference_inv_freq(const LlamaConfig& c) {

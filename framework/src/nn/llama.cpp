@@ -140,7 +140,7 @@ torch::Tensor LlamaModelImpl::rms_norm(const torch::Tensor& x, const torch::Tens
 }
 
 torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, const torch::Tensor& cos,
-                                        const torch::Tensor& sin, const torch::Tensor& allowed) {
+                                        const torch::Tensor& sin, const torch::Tensor& allowed, KvCache* cache, size_t index) {
   const int64_t batch = x.size(0), seq = x.size(1), heads = config_.num_attention_heads,
                 kv_heads = config_.num_key_value_heads, dim = config_.head_dim;
   torch::Tensor q = layer.q->forward(x).view({batch, seq, heads, dim}).transpose(1, 2);
@@ -148,6 +148,18 @@ torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, co
   torch::Tensor v = layer.v->forward(x).view({batch, seq, kv_heads, dim}).transpose(1, 2);
   q = q * cos + rotate_half(q) * sin;
   k = k * cos + rotate_half(k) * sin;
+  if (cache) {
+    if (cache->keys.size() <= index) {
+      cache->keys.resize(index + 1);
+      cache->values.resize(index + 1);
+    }
+    if (cache->keys[index].defined()) {
+      k = torch::cat({cache->keys[index], k}, 2);
+      v = torch::cat({cache->values[index], v}, 2);
+    }
+    cache->keys[index] = k;
+    cache->values[index] = v;
+  }
   if (kv_heads != heads) {
     k = k.repeat_interleave(heads / kv_heads, 1);
     v = v.repeat_interleave(heads / kv_heads, 1);
@@ -166,12 +178,16 @@ torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, co
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& options) {
   SHARDLORA_CHECK(input_ids.dim() == 2, "input_ids must be [batch, seq], got ", input_ids.sizes());
   const int64_t batch = input_ids.size(0), seq = input_ids.size(1);
+  const int64_t past = options.cache ? options.cache->length : 0;
+  SHARDLORA_CHECK(!(options.cache && options.document_ids), "document_ids cannot be combined with a KV cache");
   const auto device = embed_.device();
   const auto ids = input_ids.to(device);
+  const auto longs = torch::TensorOptions(torch::kInt64).device(device);
   const torch::Tensor positions =
-      options.position_ids ? options.position_ids->to(device) : torch::arange(seq, torch::TensorOptions(torch::kInt64).device(device)).expand({batch, seq});
-  // allowed[b, 1, i, j]: token i may attend to j (j <= i, same document).
-  torch::Tensor allowed = torch::ones({seq, seq}, torch::TensorOptions(torch::kBool).device(device)).tril().view({1, 1, seq, seq});
+      options.position_ids ? options.position_ids->to(device) : torch::arange(past, past + seq, longs).expand({batch, seq});
+  // allowed[b, 1, i, j]: token i may attend to j (j <= i counting cached tokens, same document).
+  torch::Tensor allowed =
+      torch::arange(past + seq, longs).view({1, -1}).le(torch::arange(past, past + seq, longs).view({-1, 1})).view({1, 1, seq, past + seq});
   if (options.document_ids) {
     const torch::Tensor docs = options.document_ids->to(device);
     allowed = allowed.logical_and(docs.unsqueeze(2).eq(docs.unsqueeze(1)).unsqueeze(1));
@@ -183,11 +199,13 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const Forw
   const torch::Tensor cos = emb.cos().to(dtype).unsqueeze(1), sin = emb.sin().to(dtype).unsqueeze(1);
 
   torch::Tensor h = torch::embedding(embed_, ids);
-  for (Layer& layer : layers_) {
-    h = h + attention(layer, rms_norm(h, layer.input_norm), cos, sin, allowed);
+  for (size_t index = 0; index < layers_.size(); ++index) {
+    Layer& layer = layers_[index];
+    h = h + attention(layer, rms_norm(h, layer.input_norm), cos, sin, allowed, options.cache, index);
     const torch::Tensor normed = rms_norm(h, layer.post_attention_norm);
     h = h + layer.down->forward(torch::silu(layer.gate->forward(normed)) * layer.up->forward(normed));
   }
+  if (options.cache) options.cache->length += seq;
   return lm_head_->forward(rms_norm(h, final_norm_)).to(torch::kFloat32);
 }
 

@@ -26,10 +26,19 @@ struct ModelOptions {
   std::vector<std::string> target_modules = {"all-linear"};
 };
 
-// Per-token inputs beside the ids, all [batch, seq] int64; defaults: positions 0..T-1, one document.
+// Keys and values of the tokens seen so far, per layer [batch, kv_heads, length, head_dim],
+// for incremental decoding.
+struct KvCache {
+  std::vector<torch::Tensor> keys, values;
+  int64_t length = 0;
+};
+
+// Per-token inputs beside the ids, all [batch, seq] int64; defaults: positions 0..T-1 (after
+// the cached tokens), one document.
 struct ForwardOptions {
   std::optional<torch::Tensor> position_ids;
   std::optional<torch::Tensor> document_ids;  // attention never crosses a document boundary
+  KvCache* cache = nullptr;                   // read and extended when given
 };
 
 // The names of the Linear modules of a decoder layer, as HF writes them.
@@ -55,7 +64,7 @@ class LlamaModelImpl : public torch::nn::Module {
     AdaptedLinear q, k, v, o, gate, up, down;
   };
   torch::Tensor attention(Layer& layer, const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                          const torch::Tensor& allowed);
+                          const torch::Tensor& allowed, KvCache* cache, size_t index);
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const;
 
   LlamaConfig config_;
