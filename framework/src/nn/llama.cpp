@@ -1,5 +1,6 @@
 #include "shardlora/nn/llama.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -34,6 +35,56 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
   const auto halves = x.chunk(2, -1);
   return torch::cat({-halves[1], halves[0]}, -1);
 }
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+// Activation checkpointing for one decoder layer, as torch.utils.checkpoint with
+// use_reentrant=True: forward keeps only the layer input; backward recomputes the layer with
+// autograd on (restoring the CPU RNG state, so dropout masks repeat) and back-propagates
+// through it, which accumulates the adapters' gradients directly.
+struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& h, LlamaModelImpl* model, int64_t index,
+                               const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& allowed) {
+    ctx->save_for_backward({h});
+    ctx->saved_data["model"] = reinterpret_cast<int64_t>(model);
+    ctx->saved_data["index"] = index;
+    ctx->saved_data["cos"] = cos;
+    ctx->saved_data["sin"] = sin;
+    ctx->saved_data["allowed"] = allowed;
+    auto generator = at::detail::getDefaultCPUGenerator();
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      ctx->saved_data["rng"] = generator.get_state();
+    }
+    return model->layer_forward(static_cast<size_t>(index), h, cos, sin, allowed, nullptr);
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grad_outputs) {
+    auto* model = reinterpret_cast<LlamaModelImpl*>(ctx->saved_data["model"].toInt());
+    const torch::Tensor h = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    auto generator = at::detail::getDefaultCPUGenerator();
+    torch::Tensor rng_now;
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      rng_now = generator.get_state();
+      generator.set_state(ctx->saved_data["rng"].toTensor());
+    }
+    torch::Tensor out;
+    {
+      torch::AutoGradMode enable(true);
+      out = model->layer_forward(static_cast<size_t>(ctx->saved_data["index"].toInt()), h,
+                                 ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor(),
+                                 ctx->saved_data["allowed"].toTensor(), nullptr);
+    }
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      generator.set_state(rng_now);
+    }
+    torch::autograd::backward({out}, {grad_outputs[0]});
+    return {h.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
 
 }  // namespace
 
@@ -175,6 +226,14 @@ torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, co
   return layer.o->forward(out.transpose(1, 2).reshape({batch, seq, heads * dim}));
 }
 
+torch::Tensor LlamaModelImpl::layer_forward(size_t index, const torch::Tensor& h, const torch::Tensor& cos,
+                                            const torch::Tensor& sin, const torch::Tensor& allowed, KvCache* cache) {
+  Layer& layer = layers_[index];
+  const torch::Tensor mid = h + attention(layer, rms_norm(h, layer.input_norm), cos, sin, allowed, cache, index);
+  const torch::Tensor normed = rms_norm(mid, layer.post_attention_norm);
+  return mid + layer.down->forward(torch::silu(layer.gate->forward(normed)) * layer.up->forward(normed));
+}
+
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& options) {
   SHARDLORA_CHECK(input_ids.dim() == 2, "input_ids must be [batch, seq], got ", input_ids.sizes());
   const int64_t batch = input_ids.size(0), seq = input_ids.size(1);
@@ -199,11 +258,13 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const Forw
   const torch::Tensor cos = emb.cos().to(dtype).unsqueeze(1), sin = emb.sin().to(dtype).unsqueeze(1);
 
   torch::Tensor h = torch::embedding(embed_, ids);
+  const bool checkpoint = options_.activation_checkpointing && is_training() && torch::GradMode::is_enabled() && !options.cache;
+  // The layers' input must take part in autograd for the recomputation to reach the adapters
+  // (HF's enable_input_require_grads does the same).
+  if (checkpoint) h = h.detach().requires_grad_(true);
   for (size_t index = 0; index < layers_.size(); ++index) {
-    Layer& layer = layers_[index];
-    h = h + attention(layer, rms_norm(h, layer.input_norm), cos, sin, allowed, options.cache, index);
-    const torch::Tensor normed = rms_norm(h, layer.post_attention_norm);
-    h = h + layer.down->forward(torch::silu(layer.gate->forward(normed)) * layer.up->forward(normed));
+    h = checkpoint ? CheckpointedLayer::apply(h, this, static_cast<int64_t>(index), cos, sin, allowed)
+                   : layer_forward(index, h, cos, sin, allowed, options.cache);
   }
   if (options.cache) options.cache->length += seq;
   return lm_head_->forward(rms_norm(h, final_norm_)).to(torch::kFloat32);

@@ -24,6 +24,8 @@ struct ModelOptions {
   quant::QuantConfig quant;             // for weights quantized on load
   LoraOptions lora;                     // r = 0: no adapters
   std::vector<std::string> target_modules = {"all-linear"};
+  // Keep no activations inside decoder layers during training; backward recomputes them.
+  bool activation_checkpointing = false;
 };
 
 // Keys and values of the tokens seen so far, per layer [batch, kv_heads, length, head_dim],
@@ -53,6 +55,10 @@ class LlamaModelImpl : public torch::nn::Module {
 
   // input_ids [batch, seq] -> logits [batch, seq, vocab] in float32.
   torch::Tensor forward(const torch::Tensor& input_ids, const ForwardOptions& options = {});
+
+  // Decoder layer `index` on h [batch, seq, hidden] (used by forward and by its recomputation).
+  torch::Tensor layer_forward(size_t index, const torch::Tensor& h, const torch::Tensor& cos, const torch::Tensor& sin,
+                              const torch::Tensor& allowed, KvCache* cache);
 
   const LlamaConfig& config() const { return config_; }
   // Every decoder Linear by its HF module path ("model.layers.0.self_attn.q_proj").
