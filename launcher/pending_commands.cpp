@@ -26,7 +26,6 @@ constexpr PendingCommand kPending[] = {
     {"eval", "Evaluate loss and perplexity on a dataset", "issue 7"},
     {"estimate", "Estimate GPU and host memory of a recipe", "issue 7"},
     {"slurm", "Write (and submit) a Slurm batch job for a recipe", "issue 9"},
-    {"init-model", "Write a small random HF-format model directory", "issue 4"},
     {"plot", "Plot the metrics of a run", "issue 7"},
 };
 

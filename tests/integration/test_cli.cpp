@@ -14,8 +14,8 @@ ProcessResult run_shardlora(std::vector<std::string> args) {
   return run_process(args, 60.0);
 }
 
-const char* const kImplemented[] = {"env", "quantize"};
-const char* const kPending[] = {"train", "launch", "merge", "generate", "eval", "estimate", "slurm", "init-model", "plot"};
+const char* const kImplemented[] = {"env", "quantize", "init-model"};
+const char* const kPending[] = {"train", "launch", "merge", "generate", "eval", "estimate", "slurm", "plot"};
 
 }  // namespace
 

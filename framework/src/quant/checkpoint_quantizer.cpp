@@ -1,7 +1,5 @@
 #include "shardlora/quant/checkpoint_quantizer.h"
 
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -10,6 +8,7 @@
 
 #include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/io/safetensors.h"
+#include "shardlora/io/staging_directory.h"
 #include "shardlora/kernels/check.h"
 #include "shardlora/tensor/dtypes.h"
 
@@ -25,39 +24,6 @@ const std::regex& decoder_weight_pattern() {
   static const std::regex pattern(R"(^model\.layers\.(\d+)\..+\.weight$)");
   return pattern;
 }
-
-// The output directory is assembled beside its final place and renamed in at the end, so
-// a failure or an interruption never leaves a half-written OUT_DIR.
-class StagingDirectory {
- public:
-  StagingDirectory(const std::string& final_dir, bool force) : final_(final_dir) {
-    SHARDLORA_CHECK(force || !fs::exists(final_), final_, ": already exists (pass --force to replace it)");
-    staging_ = final_ + ".partial-" + std::to_string(::getpid());
-    fs::remove_all(staging_);
-    fs::create_directories(staging_);
-  }
-  ~StagingDirectory() {
-    std::error_code ignored;
-    if (!committed_) fs::remove_all(staging_, ignored);
-  }
-  StagingDirectory(const StagingDirectory&) = delete;
-  StagingDirectory& operator=(const StagingDirectory&) = delete;
-
-  std::string path(const std::string& file) const { return staging_ + "/" + file; }
-
-  void commit() {
-    const std::string previous = final_ + ".old-" + std::to_string(::getpid());
-    const bool replacing = fs::exists(final_);
-    if (replacing) fs::rename(final_, previous);
-    fs::rename(staging_, final_);
-    committed_ = true;
-    if (replacing) fs::remove_all(previous);
-  }
-
- private:
-  std::string final_, staging_;
-  bool committed_ = false;
-};
 
 torch::Tensor tensor_view(const SafetensorsFile& file, const TensorInfo& info) {
   const auto type = scalar_type_from_safetensors(info.dtype);
@@ -113,7 +79,7 @@ CheckpointQuantizeReport quantize_checkpoint(const std::string& in_dir, const st
   uint64_t total = 0, done = 0;  // tensor bytes, for progress
   for (const auto& shard : checkpoint.shards) total += SafetensorsFile(checkpoint.path(shard)).header().data_bytes;
 
-  StagingDirectory staging(out_dir, options.force);
+  io::StagingDirectory staging(out_dir, options.force);
   nlohmann::json weight_map = nlohmann::json::object();
   uint64_t total_tensor_bytes = 0;
   for (const auto& shard : checkpoint.shards) {

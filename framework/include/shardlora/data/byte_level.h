@@ -1,0 +1,13 @@
+// GPT-2's byte-to-unicode mapping (used by byte-level BPE tokenizer.json files): every byte
+// gets a printable character, bytes that are printable keep their own.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace shardlora::data {
+
+// The UTF-8 text of the character standing for `byte`.
+std::string byte_level_char(uint8_t byte);
+
+}  // namespace shardlora::data

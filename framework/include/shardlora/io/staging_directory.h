@@ -1,0 +1,26 @@
+// An output directory assembled beside its final place and renamed in by commit(), so a
+// failure or an interruption never leaves a half-written directory; destroyed uncommitted,
+// it removes what it wrote. An existing directory is replaced only when `replace` is set.
+#pragma once
+
+#include <string>
+
+namespace shardlora::io {
+
+class StagingDirectory {
+ public:
+  StagingDirectory(std::string final_dir, bool replace);
+  ~StagingDirectory();
+  StagingDirectory(const StagingDirectory&) = delete;
+  StagingDirectory& operator=(const StagingDirectory&) = delete;
+
+  const std::string& dir() const { return staging_; }
+  std::string path(const std::string& file) const { return staging_ + "/" + file; }
+  void commit();
+
+ private:
+  std::string final_, staging_;
+  bool committed_ = false;
+};
+
+}  // namespace shardlora::io

@@ -1,0 +1,111 @@
+#include "shardlora/nn/random_model.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "shardlora/data/byte_level.h"
+#include "shardlora/io/hf_checkpoint.h"
+#include "shardlora/io/safetensors.h"
+#include "shardlora/kernels/check.h"
+#include "shardlora/tensor/dtypes.h"
+
+namespace shardlora::nn {
+namespace {
+
+const char* const kSpecialTokens[] = {"<s>", "</s>", "<pad>"};
+
+void write_json(const std::string& path, const nlohmann::json& json) { std::ofstream(path) << json.dump(2) << "\n"; }
+
+void write_byte_tokenizer(const std::string& dir, int64_t max_positions) {
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int byte = 0; byte < kByteVocab; ++byte) vocab[data::byte_level_char(static_cast<uint8_t>(byte))] = byte;
+  nlohmann::json added = nlohmann::json::array();
+  for (int i = 0; i < 3; ++i) {
+    added.push_back({{"id", kByteVocab + i}, {"content", kSpecialTokens[i]}, {"single_word", false}, {"lstrip", false},
+                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+  }
+  const nlohmann::json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}};
+  write_json(dir + "/tokenizer.json",
+             {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
+              {"normalizer", nullptr}, {"pre_tokenizer", byte_level}, {"post_processor", nullptr}, {"decoder", byte_level},
+              {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
+                         {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"vocab", vocab},
+                         {"merges", nlohmann::json::array()}}}});
+  write_json(dir + "/tokenizer_config.json",
+             {{"tokenizer_class", "PreTrainedTokenizerFast"}, {"bos_token", "<s>"}, {"eos_token", "</s>"},
+              {"pad_token", "<pad>"}, {"model_max_length", max_positions}, {"clean_up_tokenization_spaces", false}});
+}
+
+}  // namespace
+
+RandomModelSpec model_preset(const std::string& name) {
+  if (name == "tiny") return {};
+  if (name == "small") return {.hidden = 768, .intermediate = 3072, .layers = 12, .heads = 12, .kv_heads = 4};
+  throw Error("unknown model preset '" + name + "' (tiny, small)");
+}
+
+std::map<std::string, torch::Tensor> write_random_hf_model(const std::string& dir, const RandomModelSpec& spec) {
+  SHARDLORA_CHECK(spec.hidden % spec.heads == 0 && spec.heads % spec.kv_heads == 0, "random model: heads ", spec.heads,
+                  " must divide hidden ", spec.hidden, " and be a multiple of kv_heads ", spec.kv_heads);
+  SHARDLORA_CHECK(!spec.tokenizer || spec.vocab >= kByteVocab + 3, "random model: a byte-level tokenizer needs a vocabulary of at least ",
+                  kByteVocab + 3, " tokens, not ", spec.vocab);
+  std::filesystem::create_directories(dir);
+  torch::manual_seed(spec.seed);
+  const int64_t kv_hidden = spec.hidden / spec.heads * spec.kv_heads;
+  // HF's initializer_range: N(0, 0.02); norms start at 1.
+  const auto normal = [&](std::vector<int64_t> shape) { return (torch::randn(shape) * 0.02).to(spec.dtype); };
+  const auto ones = [&](int64_t size) { return torch::ones({size}).to(spec.dtype); };
+  std::map<std::string, torch::Tensor> tensors;
+  tensors["model.embed_tokens.weight"] = normal({spec.vocab, spec.hidden});
+  for (int64_t layer = 0; layer < spec.layers; ++layer) {
+    const std::string prefix = "model.layers." + std::to_string(layer) + ".";
+    tensors[prefix + "input_layernorm.weight"] = ones(spec.hidden);
+    tensors[prefix + "post_attention_layernorm.weight"] = ones(spec.hidden);
+    tensors[prefix + "self_attn.q_proj.weight"] = normal({spec.hidden, spec.hidden});
+    tensors[prefix + "self_attn.k_proj.weight"] = normal({kv_hidden, spec.hidden});
+    tensors[prefix + "self_attn.v_proj.weight"] = normal({kv_hidden, spec.hidden});
+    tensors[prefix + "self_attn.o_proj.weight"] = normal({spec.hidden, spec.hidden});
+    tensors[prefix + "mlp.gate_proj.weight"] = normal({spec.intermediate, spec.hidden});
+    tensors[prefix + "mlp.up_proj.weight"] = normal({spec.intermediate, spec.hidden});
+    tensors[prefix + "mlp.down_proj.weight"] = normal({spec.hidden, spec.intermediate});
+  }
+  tensors["model.norm.weight"] = ones(spec.hidden);
+  tensors["lm_head.weight"] = normal({spec.vocab, spec.hidden});
+
+  // Sharded: layer 0 and the embeddings in the first file, the rest in the second.
+  std::map<std::string, std::vector<std::string>> shards;
+  for (const auto& [name, tensor] : tensors) {
+    const bool first = name.rfind("model.layers.0.", 0) == 0 || name == "model.embed_tokens.weight";
+    shards[!spec.sharded ? io::kSingleShard : first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors"]
+        .push_back(name);
+  }
+  nlohmann::json weight_map = nlohmann::json::object();
+  uint64_t total = 0;
+  for (const auto& [file, names] : shards) {
+    std::vector<std::pair<std::string, size_t>> bound;
+    for (const auto& name : names) bound.emplace_back(name, tensors[name].dim());
+    io::SafetensorsWriter writer(dir + "/" + file, io::SafetensorsWriter::header_bound(bound));
+    for (const auto& name : names) {
+      const torch::Tensor& tensor = tensors[name];
+      writer.add(name, safetensors_dtype_name(tensor.scalar_type()), tensor.sizes().vec(), tensor.data_ptr(), tensor.nbytes());
+      weight_map[name] = file;
+      total += tensor.nbytes();
+    }
+    writer.finish();
+  }
+  if (spec.sharded) write_json(dir + "/" + io::kShardIndex, {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
+  const int64_t bos = kByteVocab, eos = kByteVocab + 1, pad = kByteVocab + 2;
+  write_json(dir + "/" + io::kConfigFile,
+             {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", spec.hidden},
+              {"intermediate_size", spec.intermediate}, {"num_hidden_layers", spec.layers},
+              {"num_attention_heads", spec.heads}, {"num_key_value_heads", spec.kv_heads}, {"vocab_size", spec.vocab},
+              {"max_position_embeddings", spec.max_positions}, {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0},
+              {"hidden_act", "silu"}, {"tie_word_embeddings", false}, {"initializer_range", 0.02},
+              {"bos_token_id", bos}, {"eos_token_id", eos}, {"pad_token_id", pad}, {"torch_dtype", torch_dtype_name(spec.dtype)}});
+  write_json(dir + "/generation_config.json", {{"bos_token_id", bos}, {"eos_token_id", eos}, {"pad_token_id", pad}});
+  if (spec.tokenizer) write_byte_tokenizer(dir, spec.max_positions);
+  return tensors;
+}
+
+}  // namespace shardlora::nn
