@@ -3,7 +3,6 @@
 // checkpoints whose tensors disagree with the config.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -12,6 +11,7 @@
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/hf_loader.h"
 #include "shardlora/quant/checkpoint_quantizer.h"
+#include "temp_dir.h"
 #include "tiny_hf_model.h"
 
 using namespace shardlora;
@@ -19,17 +19,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class HfLoading : public ::testing::Test {
- protected:
-  void SetUp() override {
-    root_ = fs::temp_directory_path() / ("shardlora_load_" + std::to_string(::getpid()) + "_" +
-                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(root_);
-  }
-  void TearDown() override { fs::remove_all(root_); }
-  std::string path(const std::string& name) const { return (root_ / name).string(); }
-  fs::path root_;
-};
+using HfLoading = shardlora::testing::TempDirTest;
 
 nn::ModelOptions fp32_options() {
   nn::ModelOptions options;

@@ -1,16 +1,14 @@
 // `shardlora init-model`: a complete, loadable HF directory with a byte-level tokenizer,
 // reproducible from its seed, never clobbering an existing directory.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/nn/hf_loader.h"
 #include "shardlora_paths.h"
 #include "subprocess.h"
+#include "temp_dir.h"
 
 using namespace shardlora;
 using namespace shardlora::testing;
@@ -18,28 +16,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class InitModel : public ::testing::Test {
+class InitModel : public TempDirTest {
  protected:
-  void SetUp() override {
-    root_ = fs::temp_directory_path() / ("shardlora_init_" + std::to_string(::getpid()));
-    fs::remove_all(root_);
-    fs::create_directories(root_);
-  }
-  void TearDown() override { fs::remove_all(root_); }
-  std::string path(const std::string& name) const { return (root_ / name).string(); }
   ProcessResult init_model(std::vector<std::string> args) {
     args.insert(args.begin(), {shardlora_binary(), "init-model"});
     return run_process(args, 60.0);
   }
-  fs::path root_;
 };
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 }  // namespace
 

@@ -2,7 +2,6 @@
 // are PEFT's; inconsistent adapters fail naming the file, key and shapes.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -12,6 +11,7 @@
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/hf_loader.h"
 #include "shardlora/nn/peft_adapter.h"
+#include "temp_dir.h"
 #include "tiny_hf_model.h"
 
 using namespace shardlora;
@@ -19,16 +19,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class PeftAdapterFiles : public ::testing::Test {
+class PeftAdapterFiles : public shardlora::testing::TempDirTest {
  protected:
   void SetUp() override {
-    root_ = fs::temp_directory_path() / ("shardlora_peft_" + std::to_string(::getpid()) + "_" +
-                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(root_);
+    TempDirTest::SetUp();
     shardlora::testing::write_tiny_hf_model(path("base"));
   }
-  void TearDown() override { fs::remove_all(root_); }
-  std::string path(const std::string& name) const { return (root_ / name).string(); }
 
   nn::LlamaModel adapted_model(const nn::LoraOptions& lora, std::vector<std::string> targets) {
     nn::ModelOptions options;
@@ -37,8 +33,6 @@ class PeftAdapterFiles : public ::testing::Test {
     options.target_modules = std::move(targets);
     return nn::load_hf_model(path("base"), options);
   }
-
-  fs::path root_;
 };
 
 std::string load_error(nn::LlamaModel& model, const nn::PeftAdapter& adapter) {

@@ -3,12 +3,10 @@
 // bad input that must fail with a message naming the file or key and leave no output.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "shardlora/io/safetensors.h"
 #include "shardlora/quant/checkpoint_quantizer.h"
@@ -16,6 +14,7 @@
 #include "shardlora/tensor/dtypes.h"
 #include "shardlora_paths.h"
 #include "subprocess.h"
+#include "temp_dir.h"
 #include "tiny_hf_model.h"
 
 using namespace shardlora;
@@ -24,32 +23,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class QuantizeCommand : public ::testing::Test {
+class QuantizeCommand : public TempDirTest {
  protected:
-  void SetUp() override {
-    root_ = fs::temp_directory_path() / ("shardlora_quantize_" + std::to_string(::getpid()) + "_" +
-                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(root_);
-    fs::create_directories(root_);
-  }
-  void TearDown() override { fs::remove_all(root_); }
-
-  std::string path(const std::string& name) const { return (root_ / name).string(); }
-
   ProcessResult quantize(std::vector<std::string> args) {
     args.insert(args.begin(), {shardlora_binary(), "quantize"});
     return run_process(args, 120.0);
   }
-
-  fs::path root_;
 };
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 torch::Tensor tensor_of(const io::SafetensorsFile& file, const std::string& name) {
   const auto& info = file.info(name);

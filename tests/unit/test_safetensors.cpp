@@ -1,7 +1,6 @@
 // safetensors reader and writer: round trip, and hand-built corrupt files that must each
 // fail with an error naming the file and the tensor, never crash or read out of bounds.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
@@ -9,6 +8,7 @@
 
 #include "shardlora/io/safetensors.h"
 #include "shardlora/kernels/check.h"
+#include "temp_dir.h"
 
 using namespace shardlora::io;
 
@@ -31,16 +31,7 @@ std::string parse_error(const std::string& image) {
   return "no error";
 }
 
-class TempDir : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() / ("shardlora_st_" + std::to_string(::getpid()));
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  std::filesystem::path dir_;
-};
+using TempDir = shardlora::testing::TempDirTest;
 
 const std::string kTwoTensors =
     R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[3],"data_offsets":[8,11]}})";
@@ -114,7 +105,7 @@ TEST_F(TempDir, UnfinishedWriterLeavesNoFile) {
     const uint8_t byte = 1;
     writer.add("a", "U8", {1}, &byte, 1);
   }
-  EXPECT_TRUE(std::filesystem::is_empty(dir_)) << "neither the file nor its temporary may remain";
+  EXPECT_TRUE(std::filesystem::is_empty(root_)) << "neither the file nor its temporary may remain";
 }
 
 TEST_F(TempDir, WriterRejectsMismatchedSizesAndDuplicates) {
