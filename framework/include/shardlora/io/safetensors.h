@@ -1,4 +1,4 @@
-// safetensors files (https://huggingface.co/docs/safetensors; FORMATS.md §6.1): an 8-byte
+// safetensors files (Hugging Face's safetensors format; FORMATS.md §6.1): an 8-byte
 // little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets}, and
 // optionally "__metadata__": {str: str}}, then the data section.
 //
