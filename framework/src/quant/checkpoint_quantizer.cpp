@@ -1,6 +1,7 @@
 #include "shardlora/quant/checkpoint_quantizer.h"
 
 #include <filesystem>
+#include <memory>
 #include <fstream>
 #include <regex>
 
@@ -75,15 +76,22 @@ CheckpointQuantizeReport quantize_checkpoint(const std::string& in_dir, const st
   SHARDLORA_CHECK(is_float_type(options.compute_dtype), "compute dtype must be float32, float16 or bfloat16");
 
   CheckpointQuantizeReport report;
-  for (const auto& shard : checkpoint.shards) report.bytes_in += fs::file_size(checkpoint.path(shard));
-  uint64_t total = 0, done = 0;  // tensor bytes, for progress
-  for (const auto& shard : checkpoint.shards) total += SafetensorsFile(checkpoint.path(shard)).header().data_bytes;
+  // Each shard is mapped and its header validated once, up front: a corrupt last shard fails
+  // before any output is written, and the tensor bytes give the progress total.
+  std::vector<std::unique_ptr<SafetensorsFile>> inputs;
+  uint64_t total = 0, done = 0;
+  for (const auto& shard : checkpoint.shards) {
+    inputs.push_back(std::make_unique<SafetensorsFile>(checkpoint.path(shard)));
+    report.bytes_in += fs::file_size(checkpoint.path(shard));
+    total += inputs.back()->header().data_bytes;
+  }
 
   io::StagingDirectory staging(out_dir, options.force);
   nlohmann::json weight_map = nlohmann::json::object();
   uint64_t total_tensor_bytes = 0;
-  for (const auto& shard : checkpoint.shards) {
-    const SafetensorsFile in(checkpoint.path(shard));
+  for (size_t shard_index = 0; shard_index < checkpoint.shards.size(); ++shard_index) {
+    const std::string& shard = checkpoint.shards[shard_index];
+    const SafetensorsFile& in = *inputs[shard_index];
     std::vector<std::pair<std::string, size_t>> outputs;
     for (const auto& tensor : in.header().tensors) {
       if (is_decoder_linear_weight(tensor.name, tensor.shape.size())) {
