@@ -12,7 +12,8 @@ int main(int argc, char** argv) {
   root.require_subcommand(0, 1);  // extra words are then "not expected", named in the error
 
   std::vector<Subcommand> commands = add_pending_commands(root);
-  commands.insert(commands.begin(), {add_env_command(root), add_quantize_command(root), add_init_model_command(root)});
+  commands.insert(commands.begin(), {add_env_command(root), add_quantize_command(root), add_init_model_command(root),
+                                      add_generate_command(root)});
 
   try {
     root.parse(argc, argv);

@@ -1,6 +1,7 @@
 // The model's logits against an fp64 reference written here from Hugging Face's
 // definitions (modeling_llama / modeling_qwen2), on tiny configs that exercise GQA, q/k/v
-// bias, tied embeddings, llama3 rope scaling and packed sequences with document masks.
+// bias, tied embeddings, llama3 rope scaling, sliding windows and packed sequences with
+// document masks.
 // The reference uses the model's dequantized 4-bit weights (dequantization is tested on its own).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -55,7 +56,7 @@ torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch:
   // rotary angles and the attention mask, element by element
   const auto inv_freq = reference_inv_freq(c);
   torch::Tensor cos = torch::empty({B, 1, T, D}, f64), sin = torch::empty({B, 1, T, D}, f64);
-  torch::Tensor mask = torch::zeros({B, 1, T, T}, f64);
+  torch::Tensor mask = torch::zeros({B, 1, T, T}, f64), window_mask = torch::zeros({B, 1, T, T}, f64);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t i = 0; i < D; ++i) {
@@ -65,6 +66,10 @@ torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch:
       }
       for (int64_t s = 0; s < T; ++s) {
         if (s > t || docs[b][s].item<int64_t>() != docs[b][t].item<int64_t>()) mask[b][0][t][s] = -INFINITY;
+        if (s > t || docs[b][s].item<int64_t>() != docs[b][t].item<int64_t>() ||
+            (c.sliding_window && t - s >= *c.sliding_window)) {
+          window_mask[b][0][t][s] = -INFINITY;
+        }
       }
     }
   }
@@ -80,7 +85,8 @@ torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch:
     const torch::Tensor q = rope(linear(x, p + "self_attn.q_proj").view({B, T, H, D}).transpose(1, 2));
     const torch::Tensor k = rope(linear(x, p + "self_attn.k_proj").view({B, T, KV, D}).transpose(1, 2)).repeat_interleave(H / KV, 1);
     const torch::Tensor v = linear(x, p + "self_attn.v_proj").view({B, T, KV, D}).transpose(1, 2).repeat_interleave(H / KV, 1);
-    const torch::Tensor attn = torch::softmax(torch::matmul(q, k.transpose(2, 3)) / std::sqrt(double(D)) + mask, -1);
+    const torch::Tensor& layer_mask = c.sliding_window && l >= c.first_sliding_layer ? window_mask : mask;
+    const torch::Tensor attn = torch::softmax(torch::matmul(q, k.transpose(2, 3)) / std::sqrt(double(D)) + layer_mask, -1);
     h = h + linear(torch::matmul(attn, v).transpose(1, 2).reshape({B, T, H * D}), p + "self_attn.o_proj");
     const torch::Tensor y = norm(h, w.at(p + "post_attention_layernorm.weight"));
     h = h + linear(torch::silu(linear(y, p + "mlp.gate_proj")) * linear(y, p + "mlp.up_proj"), p + "mlp.down_proj");
@@ -147,6 +153,33 @@ TEST(LlamaParity, Llama3RopeScaling) {
   expect_parity(config, ids, {.position_ids = positions}, positions, torch::zeros({1, 12}, torch::kInt64));
 }
 
+LlamaConfig sliding_window_config(nlohmann::json fields) {
+  nlohmann::json json = {{"vocab_size", 40}, {"hidden_size", 64}, {"intermediate_size", 96}, {"num_hidden_layers", 2},
+                         {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"sliding_window", 4}};
+  json.update(fields);
+  return parse_llama_config(json, "test");
+}
+
+TEST(LlamaParity, MistralSlidingWindow) {
+  const auto config = sliding_window_config({{"model_type", "mistral"}});
+  ASSERT_EQ(config.sliding_window, 4);
+  const auto ids = sample_ids(2, 11, config.vocab_size);
+  const auto docs = torch::tensor({0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1}).view({2, 11});
+  const auto positions = torch::tensor({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4}).view({2, 11});
+  expect_parity(config, ids, {.position_ids = positions, .document_ids = docs}, positions, docs);
+}
+
+TEST(LlamaParity, Qwen2SlidingWindowFromMaxWindowLayers) {
+  const auto config = sliding_window_config({{"model_type", "qwen2"}, {"use_sliding_window", true}, {"max_window_layers", 1}});
+  ASSERT_TRUE(config.sliding_window);
+  EXPECT_FALSE(config.layer_uses_window(0));
+  EXPECT_TRUE(config.layer_uses_window(1));
+  const auto ids = sample_ids(1, 9, config.vocab_size);
+  expect_parity(config, ids, {}, torch::arange(9).expand({1, 9}), torch::zeros({1, 9}, torch::kInt64));
+  EXPECT_FALSE(sliding_window_config({{"model_type", "qwen2"}}).sliding_window) << "use_sliding_window defaults to false";
+  EXPECT_FALSE(sliding_window_config({{"model_type", "llama"}}).sliding_window) << "Llama has no sliding window";
+}
+
 TEST(LlamaParity, PackedSequencesNeverAttendAcrossDocuments) {
   const auto config = tiny_config("llama");
   const auto ids = sample_ids(2, 10, config.vocab_size);
@@ -191,6 +224,10 @@ TEST(LlamaConfigParsing, ErrorsNameTheFileAndKey) {
   bad = good;
   bad["rope_scaling"] = {{"type", "yarn"}};
   EXPECT_NE(error_of(bad).find("rope_scaling type 'yarn' is not supported"), std::string::npos);
+  bad = good;
+  bad["model_type"] = "mistral";
+  bad["sliding_window"] = 0;
+  EXPECT_NE(error_of(bad).find("key 'sliding_window' must be a positive integer, found 0"), std::string::npos);
   bad = good;
   bad["hidden_act"] = "gelu";
   EXPECT_NE(error_of(bad).find("hidden_act 'gelu'"), std::string::npos);

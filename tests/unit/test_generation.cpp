@@ -21,6 +21,17 @@ LlamaModel make_model() {
 
 const std::vector<int64_t> kPrompt = {3, 17, 5, 29, 11};
 
+void expect_cached_logits_equal_full(LlamaModel& model) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor ids = torch::randint(40, {2, 10}, torch::kInt64);
+  const torch::Tensor full = model->forward(ids);
+  KvCache cache;
+  std::vector<torch::Tensor> pieces = {model->forward(ids.narrow(1, 0, 6), {.cache = &cache})};
+  for (int64_t t = 6; t < 10; ++t) pieces.push_back(model->forward(ids.narrow(1, t, 1), {.cache = &cache}));
+  EXPECT_EQ(cache.length, 10);
+  EXPECT_TRUE(torch::allclose(torch::cat(pieces, 1), full, 1e-5, 1e-5));
+}
+
 }  // namespace
 
 TEST(Generation, GreedyWithCacheEqualsFullRecomputation) {
@@ -37,15 +48,16 @@ TEST(Generation, GreedyWithCacheEqualsFullRecomputation) {
 }
 
 TEST(Generation, CachedLogitsEqualFullLogits) {
-  auto model = make_model();
-  torch::NoGradGuard no_grad;
-  const torch::Tensor ids = torch::randint(40, {2, 10}, torch::kInt64);
-  const torch::Tensor full = model->forward(ids);
-  KvCache cache;
-  std::vector<torch::Tensor> pieces = {model->forward(ids.narrow(1, 0, 6), {.cache = &cache})};
-  for (int64_t t = 6; t < 10; ++t) pieces.push_back(model->forward(ids.narrow(1, t, 1), {.cache = &cache}));
-  EXPECT_EQ(cache.length, 10);
-  EXPECT_TRUE(torch::allclose(torch::cat(pieces, 1), full, 1e-5, 1e-5));
+  // Mistral's sliding window (3 tokens) must hold across the cached prefix as well.
+  auto mistral_config = tiny_config("llama");
+  mistral_config.model_type = "mistral";
+  mistral_config.sliding_window = 3;
+  const Weights mistral_weights = random_weights(mistral_config, 22);
+  ModelOptions options;
+  options.compute_dtype = torch::kFloat32;
+  for (auto model : {make_model(), LlamaModel(mistral_config, lookup_in(mistral_weights), options, "test")}) {
+    expect_cached_logits_equal_full(model);
+  }
 }
 
 TEST(Generation, StopsAtEndOfSequence) {

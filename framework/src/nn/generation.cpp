@@ -33,6 +33,10 @@ int64_t choose(torch::Tensor logits, const GenerationOptions& options, at::Gener
 std::vector<int64_t> generate(LlamaModel& model, const std::vector<int64_t>& prompt, const GenerationOptions& options) {
   SHARDLORA_CHECK(!prompt.empty(), "generate: empty prompt");
   SHARDLORA_CHECK(options.top_p > 0 && options.top_p <= 1, "generate: top_p must be in (0, 1]");
+  const int64_t vocab = model->config().vocab_size;
+  for (const int64_t id : prompt) {
+    SHARDLORA_CHECK(id >= 0 && id < vocab, "generate: prompt token id ", id, " is outside the vocabulary [0, ", vocab, ")");
+  }
   torch::NoGradGuard no_grad;
   model->eval();
   at::Generator generator = at::detail::createCPUGenerator(options.seed);

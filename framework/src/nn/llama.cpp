@@ -39,9 +39,33 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
+// The default generators a layer on `device` draws dropout masks from: the CPU's, and the
+// accelerator's when the layer runs on one.
+std::vector<at::Generator> dropout_generators(const torch::Device& device) {
+  std::vector<at::Generator> generators = {at::detail::getDefaultCPUGenerator()};
+  if (!device.is_cpu()) generators.push_back(at::globalContext().defaultGenerator(device));
+  return generators;
+}
+
+std::vector<torch::Tensor> rng_states(std::vector<at::Generator>& generators) {
+  std::vector<torch::Tensor> states;
+  for (at::Generator& generator : generators) {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    states.push_back(generator.get_state());
+  }
+  return states;
+}
+
+void set_rng_states(std::vector<at::Generator>& generators, const std::vector<torch::Tensor>& states) {
+  for (size_t i = 0; i < generators.size(); ++i) {
+    std::lock_guard<std::mutex> lock(generators[i].mutex());
+    generators[i].set_state(states[i]);
+  }
+}
+
 // Activation checkpointing for one decoder layer, as torch.utils.checkpoint with
 // use_reentrant=True: forward keeps only the layer input; backward recomputes the layer with
-// autograd on (restoring the CPU RNG state, so dropout masks repeat) and back-propagates
+// autograd on (restoring the RNG states, so dropout masks repeat) and back-propagates
 // through it, which accumulates the adapters' gradients directly.
 struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& h, LlamaModelImpl* model, int64_t index,
@@ -52,24 +76,17 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     ctx->saved_data["cos"] = cos;
     ctx->saved_data["sin"] = sin;
     ctx->saved_data["allowed"] = allowed;
-    auto generator = at::detail::getDefaultCPUGenerator();
-    {
-      std::lock_guard<std::mutex> lock(generator.mutex());
-      ctx->saved_data["rng"] = generator.get_state();
-    }
+    std::vector<at::Generator> generators = dropout_generators(h.device());
+    ctx->saved_data["rng"] = rng_states(generators);
     return model->layer_forward(static_cast<size_t>(index), h, cos, sin, allowed, nullptr);
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_outputs) {
     auto* model = reinterpret_cast<LlamaModelImpl*>(ctx->saved_data["model"].toInt());
     const torch::Tensor h = ctx->get_saved_variables()[0].detach().requires_grad_(true);
-    auto generator = at::detail::getDefaultCPUGenerator();
-    torch::Tensor rng_now;
-    {
-      std::lock_guard<std::mutex> lock(generator.mutex());
-      rng_now = generator.get_state();
-      generator.set_state(ctx->saved_data["rng"].toTensor());
-    }
+    std::vector<at::Generator> generators = dropout_generators(h.device());
+    const std::vector<torch::Tensor> states_now = rng_states(generators);
+    set_rng_states(generators, ctx->saved_data["rng"].toTensorVector());
     torch::Tensor out;
     {
       torch::AutoGradMode enable(true);
@@ -77,10 +94,7 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
                                  ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor(),
                                  ctx->saved_data["allowed"].toTensor(), nullptr);
     }
-    {
-      std::lock_guard<std::mutex> lock(generator.mutex());
-      generator.set_state(rng_now);
-    }
+    set_rng_states(generators, states_now);
     torch::autograd::backward({out}, {grad_outputs[0]});
     return {h.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
@@ -251,6 +265,13 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const Forw
     const torch::Tensor docs = options.document_ids->to(device);
     allowed = allowed.logical_and(docs.unsqueeze(2).eq(docs.unsqueeze(1)).unsqueeze(1));
   }
+  // Sliding window (HF: by cache position, not position id): j > i - window.
+  torch::Tensor windowed;
+  if (config_.sliding_window) {
+    const torch::Tensor distance =
+        torch::arange(past, past + seq, longs).view({-1, 1}) - torch::arange(past + seq, longs).view({1, -1});
+    windowed = allowed.logical_and(distance.lt(*config_.sliding_window).view({1, 1, seq, past + seq}));
+  }
   // HF LlamaRotaryEmbedding: angles in float32, cos / sin cast to the compute dtype.
   const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq_.view({1, 1, -1});
   const torch::Tensor emb = torch::cat({angles, angles}, -1);
@@ -263,8 +284,9 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const Forw
   // (HF's enable_input_require_grads does the same).
   if (checkpoint) h = h.detach().requires_grad_(true);
   for (size_t index = 0; index < layers_.size(); ++index) {
-    h = checkpoint ? CheckpointedLayer::apply(h, this, static_cast<int64_t>(index), cos, sin, allowed)
-                   : layer_forward(index, h, cos, sin, allowed, options.cache);
+    const torch::Tensor& mask = config_.layer_uses_window(static_cast<int64_t>(index)) ? windowed : allowed;
+    h = checkpoint ? CheckpointedLayer::apply(h, this, static_cast<int64_t>(index), cos, sin, mask)
+                   : layer_forward(index, h, cos, sin, mask, options.cache);
   }
   if (options.cache) options.cache->length += seq;
   return lm_head_->forward(rms_norm(h, final_norm_)).to(torch::kFloat32);

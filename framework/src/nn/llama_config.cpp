@@ -22,6 +22,14 @@ class Fields {
     return it->get<int64_t>();
   }
 
+  int64_t non_negative_int(const char* key, int64_t fallback) const {
+    const auto it = json_.find(key);
+    if (it == json_.end() || it->is_null()) return fallback;
+    SHARDLORA_CHECK(it->is_number_integer() && it->get<int64_t>() >= 0, file_, ": key '", key,
+                    "' must be a non-negative integer, found ", it->dump());
+    return it->get<int64_t>();
+  }
+
   double positive_number(const char* key, double fallback) const {
     const auto it = json_.find(key);
     if (it == json_.end() || it->is_null()) return fallback;
@@ -93,7 +101,15 @@ LlamaConfig parse_llama_config(const nlohmann::json& json, const std::string& fi
   SHARDLORA_CHECK(activation == "silu", file, ": hidden_act '", activation, "' is not supported (silu)");
   if (config.model_type == "qwen2") {
     config.qkv_bias = true;
+    // HF Qwen2: the window applies only with use_sliding_window, to layers >= max_window_layers.
+    if (fields.boolean("use_sliding_window", false)) {
+      config.sliding_window = fields.positive_int("sliding_window");
+      config.first_sliding_layer = fields.non_negative_int("max_window_layers", 28);  // HF's default
+    }
   } else {
+    if (config.model_type == "mistral" && json.contains("sliding_window") && !json["sliding_window"].is_null()) {
+      config.sliding_window = fields.positive_int("sliding_window");
+    }
     config.qkv_bias = config.o_bias = fields.boolean("attention_bias", false);
     config.mlp_bias = fields.boolean("mlp_bias", false);
   }

@@ -1,5 +1,5 @@
 // The Llama-family architecture as Hugging Face's config.json describes it: Llama 2 / 3 /
-// 3.1 / 3.2 (rope_scaling "llama3"), Mistral, Qwen2 (q/k/v bias), TinyLlama, SmolLM (tied
+// 3.1 / 3.2 (rope_scaling "llama3"), Mistral (sliding window), Qwen2 (q/k/v bias), TinyLlama, SmolLM (tied
 // embeddings). Parsing validates every field and names the file and key on error.
 #pragma once
 
@@ -34,9 +34,14 @@ struct LlamaConfig {
   bool qkv_bias = false;  // Qwen2 always; Llama with attention_bias
   bool o_bias = false;    // Llama attention_bias
   bool mlp_bias = false;  // Llama mlp_bias
+  // Sliding-window attention (Mistral; Qwen2 with use_sliding_window): layers from
+  // first_sliding_layer on attend to the last `sliding_window` tokens only, themselves included.
+  std::optional<int64_t> sliding_window;
+  int64_t first_sliding_layer = 0;  // Qwen2's max_window_layers
 
   int64_t q_size() const { return num_attention_heads * head_dim; }
   int64_t kv_size() const { return num_key_value_heads * head_dim; }
+  bool layer_uses_window(int64_t layer) const { return sliding_window && layer >= first_sliding_layer; }
 };
 
 // `file` names config.json in errors.

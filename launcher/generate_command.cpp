@@ -1,0 +1,149 @@
+// `shardlora generate MODEL_DIR --prompt-ids ...`: continues a prompt with the model (4-bit
+// base by default, as it was fine-tuned) and an optional PEFT adapter. Token ids in and out
+// until the tokenizers land (issue 6); the end-of-sequence ids come from the model directory.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "commands.h"
+#include "shardlora/io/hf_checkpoint.h"
+#include "shardlora/kernels/check.h"
+#include "shardlora/nn/generation.h"
+#include "shardlora/nn/hf_loader.h"
+#include "shardlora/nn/peft_adapter.h"
+#include "shardlora/tensor/dtypes.h"
+
+namespace shardlora::launcher {
+namespace {
+
+struct GenerateArgs {
+  std::string model_dir;
+  std::string adapter_dir;
+  std::string prompt_ids;
+  std::string quant = "nf4";
+  std::string dtype = "bf16";
+  nn::GenerationOptions generation;
+  std::vector<int64_t> eos_ids;
+  bool ignore_eos = false;
+  bool json = false;
+};
+
+// "1, 2,3" or "1 2 3" -> {1, 2, 3}; errors name the offending word.
+std::vector<int64_t> parse_ids(const std::string& text) {
+  std::string spaced = text;
+  for (char& c : spaced) c = c == ',' ? ' ' : c;
+  std::istringstream words(spaced);
+  std::vector<int64_t> ids;
+  for (std::string word; words >> word;) {
+    size_t used = 0;
+    int64_t id = -1;
+    try {
+      id = std::stoll(word, &used);
+    } catch (const std::exception&) {
+    }
+    SHARDLORA_CHECK(used == word.size() && id >= 0, "--prompt-ids: '", word, "' is not a token id (a non-negative integer)");
+    ids.push_back(id);
+  }
+  SHARDLORA_CHECK(!ids.empty(), "--prompt-ids: no token ids given");
+  return ids;
+}
+
+// eos_token_id of generation_config.json, else of config.json: an integer or a list of them.
+std::vector<int64_t> model_eos_ids(const std::string& dir) {
+  for (const char* file : {"generation_config.json", io::kConfigFile}) {
+    const std::string path = dir + "/" + file;
+    if (!std::filesystem::exists(path)) continue;
+    const nlohmann::json json = io::read_json_file(path);
+    const auto it = json.find("eos_token_id");
+    if (it == json.end() || it->is_null()) continue;
+    const nlohmann::json list = it->is_array() ? *it : nlohmann::json::array({*it});
+    std::vector<int64_t> ids;
+    for (const auto& id : list) {
+      SHARDLORA_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0, path, ": key 'eos_token_id' must hold token ids, found ",
+                      it->dump());
+      ids.push_back(id.get<int64_t>());
+    }
+    return ids;
+  }
+  return {};
+}
+
+std::string join(const std::vector<int64_t>& ids) {
+  std::string text;
+  for (size_t i = 0; i < ids.size(); ++i) text += (i ? " " : "") + std::to_string(ids[i]);
+  return text;
+}
+
+int run_generate(GenerateArgs args) {
+  const std::vector<int64_t> prompt = parse_ids(args.prompt_ids);
+  nn::ModelOptions options;
+  options.compute_dtype = *scalar_type_from_name(args.dtype);
+  options.quantize_base = args.quant != "none";
+  if (options.quantize_base) options.quant.type = args.quant == "fp4" ? kernels::QuantType::FP4 : kernels::QuantType::NF4;
+  options.lora.r = 0;
+  std::optional<nn::PeftAdapter> adapter;
+  if (!args.adapter_dir.empty()) {
+    adapter = nn::read_peft_adapter(args.adapter_dir);
+    options.lora = adapter->lora;
+    options.target_modules = adapter->target_modules;
+  }
+  nn::LlamaModel model = nn::load_hf_model(args.model_dir, options);
+  if (adapter) nn::load_adapter_weights(model, *adapter, args.adapter_dir);
+
+  args.generation.eos_token_ids = args.ignore_eos ? std::vector<int64_t>{} : !args.eos_ids.empty() ? args.eos_ids : model_eos_ids(args.model_dir);
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<int64_t> generated = nn::generate(model, prompt, args.generation);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto& eos = args.generation.eos_token_ids;
+  const bool stopped_at_eos = !generated.empty() && std::find(eos.begin(), eos.end(), generated.back()) != eos.end();
+  if (args.json) {
+    const nlohmann::json result = {{"prompt_ids", prompt},
+                                   {"generated_ids", generated},
+                                   {"stop_reason", stopped_at_eos ? "eos" : "max_new_tokens"},
+                                   {"seconds", seconds}};
+    std::cout << result.dump() << "\n";
+  } else {
+    std::cout << join(generated) << "\n";
+    std::fprintf(stderr, "generated %zu tokens in %.2f s (%s)\n", generated.size(), seconds,
+                 stopped_at_eos ? "end of sequence" : "max new tokens");
+  }
+  return 0;
+}
+
+}  // namespace
+
+Subcommand add_generate_command(CLI::App& root) {
+  auto args = std::make_shared<GenerateArgs>();
+  CLI::App* app = root.add_subcommand("generate", "Generate from a base model and an optional adapter (token ids in and out)");
+  app->add_option("MODEL_DIR", args->model_dir, "Hugging Face model directory (float or bnb 4-bit)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  app->add_option("--adapter", args->adapter_dir, "PEFT adapter directory")->check(CLI::ExistingDirectory);
+  app->add_option("--prompt-ids", args->prompt_ids, "Prompt token ids, comma or space separated")->required();
+  app->add_option("--max-new-tokens", args->generation.max_new_tokens, "Most tokens to generate")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
+      ->capture_default_str();
+  app->add_option("--temperature", args->generation.temperature, "Sampling temperature (0: greedy)")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
+  app->add_option("--top-k", args->generation.top_k, "Sample from the k most likely tokens (0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app->add_option("--top-p", args->generation.top_p, "Nucleus sampling: smallest set with this probability (1: off)")
+      ->check(CLI::Range(1e-9, 1.0))
+      ->capture_default_str();
+  app->add_option("--seed", args->generation.seed, "Sampling seed")->capture_default_str();
+  app->add_option("--eos-id", args->eos_ids, "End-of-sequence token id(s) (default: the model's generation_config.json)");
+  app->add_flag("--ignore-eos", args->ignore_eos, "Always generate --max-new-tokens tokens")->excludes("--eos-id");
+  app->add_option("--quant", args->quant, "How float base weights are held: nf4, fp4 (double-quantized) or none (float)")
+      ->check(CLI::IsMember({"nf4", "fp4", "none"}))
+      ->capture_default_str();
+  app->add_option("--dtype", args->dtype, "Compute dtype")->check(CLI::IsMember({"bf16", "fp32"}))->capture_default_str();
+  app->add_flag("--json", args->json, "Print prompt, generated ids and stop reason as one JSON object");
+  return {app, [args] { return run_generate(*args); }};
+}
+
+}  // namespace shardlora::launcher

@@ -1,0 +1,136 @@
+// `shardlora generate`: the executable's tokens equal nn::generate run here on the same model
+// (4-bit base by default, with and without an adapter), it stops at the model's
+// end-of-sequence id, and bad input is an error with a non-zero exit.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "shardlora/nn/generation.h"
+#include "shardlora/nn/hf_loader.h"
+#include "shardlora/nn/peft_adapter.h"
+#include "shardlora_paths.h"
+#include "subprocess.h"
+#include "temp_dir.h"
+#include "tiny_hf_model.h"
+
+using namespace shardlora;
+using namespace shardlora::testing;
+
+namespace {
+
+const std::vector<int64_t> kPrompt = {5, 17, 3, 40, 22};
+
+class GenerateCommand : public TempDirTest {
+ protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    write_tiny_hf_model(path("base"));
+  }
+
+  ProcessResult generate(std::vector<std::string> args) {
+    args.insert(args.begin(), {shardlora_binary(), "generate", path("base"), "--prompt-ids", "5,17,3,40,22"});
+    return run_process(args, 120.0);
+  }
+
+  // The model the command builds by default: NF4 double-quantized base, bf16 compute.
+  nn::LlamaModel load(const std::optional<nn::PeftAdapter>& adapter = std::nullopt) {
+    nn::ModelOptions options;
+    if (adapter) {
+      options.lora = adapter->lora;
+      options.target_modules = adapter->target_modules;
+    }
+    nn::LlamaModel model = nn::load_hf_model(path("base"), options);
+    if (adapter) nn::load_adapter_weights(model, *adapter, path("adapter"));
+    return model;
+  }
+};
+
+std::string ids_line(const std::vector<int64_t>& ids) {
+  std::string line;
+  for (size_t i = 0; i < ids.size(); ++i) line += (i ? " " : "") + std::to_string(ids[i]);
+  return line + "\n";
+}
+
+}  // namespace
+
+TEST_F(GenerateCommand, GreedyTokensEqualTheLibrary) {
+  const auto result = generate({"--max-new-tokens", "12"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  auto model = load();
+  EXPECT_EQ(result.out, ids_line(nn::generate(model, kPrompt, {.max_new_tokens = 12})));
+  EXPECT_NE(result.err.find("generated 12 tokens"), std::string::npos) << result.err;
+}
+
+TEST_F(GenerateCommand, AdapterChangesTheContinuation) {
+  {
+    // An adapter with random (non-zero) B, so it changes the logits.
+    nn::ModelOptions options;
+    options.lora = {.r = 4, .alpha = 16};
+    options.target_modules = {"q_proj", "v_proj", "down_proj"};
+    auto trained = nn::load_hf_model(path("base"), options);
+    torch::NoGradGuard no_grad;
+    torch::manual_seed(9);
+    for (auto& parameter : trained->parameters()) parameter.normal_(0, 0.5);
+    nn::save_peft_adapter(trained, path("adapter"), path("base"));
+  }
+  const auto with_adapter = generate({"--adapter", path("adapter"), "--max-new-tokens", "12"});
+  const auto without = generate({"--max-new-tokens", "12"});
+  ASSERT_EQ(with_adapter.exit_code, 0) << with_adapter.err;
+  auto model = load(nn::read_peft_adapter(path("adapter")));
+  EXPECT_EQ(with_adapter.out, ids_line(nn::generate(model, kPrompt, {.max_new_tokens = 12})));
+  EXPECT_NE(with_adapter.out, without.out) << "the adapter did not change greedy decoding";
+}
+
+TEST_F(GenerateCommand, SamplingIsReproducibleFromTheSeed) {
+  const std::vector<std::string> sampling = {"--temperature", "1.3", "--top-k", "20", "--top-p", "0.95", "--seed", "7"};
+  const auto first = generate(sampling), second = generate(sampling);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_EQ(first.out, second.out);
+  auto model = load();
+  EXPECT_EQ(first.out, ids_line(nn::generate(model, kPrompt, {.temperature = 1.3, .top_k = 20, .top_p = 0.95, .seed = 7})));
+}
+
+TEST_F(GenerateCommand, StopsAtTheEndOfSequenceIdOfGenerationConfig) {
+  const auto free_run = generate({"--max-new-tokens", "10", "--json"});
+  ASSERT_EQ(free_run.exit_code, 0) << free_run.err;
+  const auto ids = nlohmann::json::parse(free_run.out)["generated_ids"].get<std::vector<int64_t>>();
+  ASSERT_EQ(ids.size(), 10u);
+  std::ofstream(path("base/generation_config.json")) << nlohmann::json{{"eos_token_id", {999, ids[3]}}}.dump();
+
+  const auto stopped = generate({"--max-new-tokens", "10", "--json"});
+  ASSERT_EQ(stopped.exit_code, 0) << stopped.err;
+  const auto result = nlohmann::json::parse(stopped.out);
+  const auto first_eos = std::find(ids.begin(), ids.end(), ids[3]) - ids.begin();
+  EXPECT_EQ(result["generated_ids"].get<std::vector<int64_t>>(), std::vector<int64_t>(ids.begin(), ids.begin() + first_eos + 1));
+  EXPECT_EQ(result["stop_reason"], "eos");
+  EXPECT_EQ(result["prompt_ids"].get<std::vector<int64_t>>(), kPrompt);
+
+  const auto ignored = generate({"--max-new-tokens", "10", "--ignore-eos"});
+  EXPECT_EQ(ignored.out, ids_line(ids));
+}
+
+TEST_F(GenerateCommand, BadInputIsAnErrorNamingIt) {
+  const auto out_of_vocabulary = run_process({shardlora_binary(), "generate", path("base"), "--prompt-ids", "1,48"});
+  EXPECT_EQ(out_of_vocabulary.exit_code, 1);
+  EXPECT_NE(out_of_vocabulary.err.find("prompt token id 48 is outside the vocabulary [0, 48)"), std::string::npos)
+      << out_of_vocabulary.err;
+  const auto not_an_id = run_process({shardlora_binary(), "generate", path("base"), "--prompt-ids", "1,-2"});
+  EXPECT_EQ(not_an_id.exit_code, 1);
+  EXPECT_NE(not_an_id.err.find("'-2' is not a token id"), std::string::npos) << not_an_id.err;
+
+  std::ofstream(path("base/generation_config.json")) << R"({"eos_token_id": "two"})";
+  const auto bad_config = generate({});
+  EXPECT_EQ(bad_config.exit_code, 1);
+  EXPECT_NE(bad_config.err.find("generation_config.json: key 'eos_token_id' must hold token ids"), std::string::npos)
+      << bad_config.err;
+
+  std::filesystem::create_directories(path("not_an_adapter"));
+  const auto no_adapter = generate({"--adapter", path("not_an_adapter")});
+  EXPECT_EQ(no_adapter.exit_code, 1);
+  EXPECT_NE(no_adapter.err.find("adapter_config.json: missing"), std::string::npos) << no_adapter.err;
+
+  const auto missing_prompt = run_process({shardlora_binary(), "generate", path("base")});
+  EXPECT_EQ(missing_prompt.exit_code, 2);
+  EXPECT_NE(missing_prompt.err.find("--prompt-ids"), std::string::npos) << missing_prompt.err;
+}
