@@ -118,6 +118,52 @@ TEST_F(PeftAdapterFiles, InconsistentAdaptersAreNamed) {
   EXPECT_NE(read_error().find("peft_type must be \"LORA\""), std::string::npos);
   rewrite_config([](nlohmann::json& c) { c["peft_type"] = "LORA"; c["target_modules"] = ".*proj"; });
   EXPECT_NE(read_error().find("key 'target_modules' = \".*proj\" is not supported"), std::string::npos);
-  rewrite_config([](nlohmann::json& c) { c["target_modules"] = {"q_proj"}; c.erase("r"); });
+  rewrite_config([](nlohmann::json& c) { c["target_modules"] = {"q_proj"}; c["layers_to_transform"] = {0}; });
+  EXPECT_NE(read_error().find("key 'layers_to_transform' = [0] is not supported"), std::string::npos) << read_error();
+  rewrite_config([](nlohmann::json& c) { c.erase("layers_to_transform"); c["lora_bias"] = true; });
+  EXPECT_NE(read_error().find("key 'lora_bias' = true is not supported"), std::string::npos) << read_error();
+  rewrite_config([](nlohmann::json& c) { c.erase("lora_bias"); c.erase("r"); });
   EXPECT_NE(read_error().find("key 'r' must be a positive integer"), std::string::npos);
+}
+
+// An adapter as PEFT 0.17 writes it: every LoraConfig field (the newer ones at their
+// defaults), target_modules in PEFT's set order, bf16 tensors, {"format": "pt"} metadata.
+TEST_F(PeftAdapterFiles, LoadsAnAdapterWrittenByPeft) {
+  fs::create_directories(path("peft"));
+  std::ofstream(path("peft/adapter_config.json")) << R"({
+  "alpha_pattern": {}, "auto_mapping": null, "base_model_name_or_path": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+  "bias": "none", "corda_config": null, "eva_config": null, "exclude_modules": null, "fan_in_fan_out": false,
+  "inference_mode": true, "init_lora_weights": true, "layer_replication": null, "layers_pattern": null,
+  "layers_to_transform": null, "loftq_config": {}, "lora_alpha": 32, "lora_bias": false, "lora_dropout": 0.05,
+  "megatron_config": null, "megatron_core": "megatron.core", "modules_to_save": null, "peft_type": "LORA",
+  "qalora_group_size": 16, "r": 8, "rank_pattern": {}, "revision": null, "target_modules": ["v_proj", "q_proj"],
+  "target_parameters": null, "task_type": "CAUSAL_LM", "trainable_token_indices": null, "use_dora": false,
+  "use_qalora": false, "use_rslora": false
+})";
+  torch::manual_seed(4);
+  std::map<std::string, torch::Tensor> tensors;
+  for (int layer = 0; layer < 2; ++layer) {
+    for (const auto& [module, out] : {std::pair<std::string, int64_t>{"q_proj", 64}, {"v_proj", 32}}) {
+      const std::string path = "model.layers." + std::to_string(layer) + ".self_attn." + module;
+      tensors[nn::peft_key(path, "lora_A")] = torch::randn({8, 64}).to(torch::kBFloat16);
+      tensors[nn::peft_key(path, "lora_B")] = torch::randn({out, 8}).to(torch::kBFloat16);
+    }
+  }
+  std::vector<std::pair<std::string, size_t>> bound;
+  for (const auto& [key, tensor] : tensors) bound.emplace_back(key, 2);
+  io::SafetensorsWriter writer(path("peft/adapter_model.safetensors"), io::SafetensorsWriter::header_bound(bound));
+  for (const auto& [key, tensor] : tensors) writer.add(key, "BF16", tensor.sizes().vec(), tensor.data_ptr(), tensor.nbytes());
+  writer.finish();
+
+  const nn::PeftAdapter adapter = nn::read_peft_adapter(path("peft"));
+  EXPECT_EQ(adapter.lora.r, 8);
+  EXPECT_DOUBLE_EQ(adapter.lora.scaling(), 4.0);
+  EXPECT_EQ(adapter.base_model_name_or_path, "TinyLlama/TinyLlama-1.1B-Chat-v1.0");
+  auto model = adapted_model(adapter.lora, adapter.target_modules);
+  nn::load_adapter_weights(model, adapter, path("peft"));
+  for (const auto& [module_path, linear] : model->linears()) {
+    if (!linear->has_adapter()) continue;
+    EXPECT_TRUE(torch::equal(linear->lora_A, tensors.at(nn::peft_key(module_path, "lora_A")).to(torch::kFloat32))) << module_path;
+    EXPECT_TRUE(torch::equal(linear->lora_B, tensors.at(nn::peft_key(module_path, "lora_B")).to(torch::kFloat32))) << module_path;
+  }
 }

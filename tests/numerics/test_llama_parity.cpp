@@ -261,3 +261,18 @@ TEST(LlamaModelLoading, OnlyTheTargetAdaptersAreParameters) {
   options.target_modules = {"qkv"};
   EXPECT_THROW(LlamaModel(config, lookup_in(weights), options, "test"), Error);
 }
+
+TEST(LlamaModelLoading, FreshAdaptersLeaveTheLogitsBitIdentical) {
+  const auto config = tiny_config("qwen2");
+  const Weights weights = random_weights(config, 3);
+  const auto ids = sample_ids(2, 7, config.vocab_size);
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    ModelOptions options;
+    options.compute_dtype = dtype;
+    LlamaModel base(config, lookup_in(weights), options, "test");
+    options.lora = {.r = 8, .alpha = 16};
+    LlamaModel adapted(config, lookup_in(weights), options, "test");
+    ASSERT_FALSE(adapted->parameters().empty());
+    EXPECT_TRUE(torch::equal(adapted->forward(ids), base->forward(ids))) << dtype;
+  }
+}

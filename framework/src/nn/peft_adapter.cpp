@@ -103,12 +103,14 @@ PeftAdapter read_peft_adapter(const std::string& dir) {
   }
   if (const auto* rslora = field("use_rslora")) adapter.lora.use_rslora = rslora->is_boolean() && rslora->get<bool>();
   if (const auto* bias = field("bias")) unsupported_unless("bias", bias->is_string() && bias->get<std::string>() == "none");
-  if (const auto* dora = field("use_dora")) unsupported_unless("use_dora", dora->is_boolean() && !dora->get<bool>());
-  if (const auto* fan = field("fan_in_fan_out")) unsupported_unless("fan_in_fan_out", fan->is_boolean() && !fan->get<bool>());
-  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
-    if (const auto* pattern = field(key)) unsupported_unless(key, pattern->is_object() && pattern->empty());
+  // Variants of LoRA, and options that change which modules are adapted: none implemented.
+  for (const char* key : {"use_dora", "fan_in_fan_out", "lora_bias", "use_qalora"}) {
+    if (const auto* flag = field(key)) unsupported_unless(key, flag->is_boolean() && !flag->get<bool>());
   }
-  if (const auto* saved = field("modules_to_save")) unsupported_unless("modules_to_save", saved->is_array() && saved->empty());
+  for (const char* key : {"rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform", "exclude_modules",
+                          "layer_replication", "trainable_token_indices", "target_parameters"}) {
+    if (const auto* value = field(key)) unsupported_unless(key, (value->is_object() || value->is_array()) && value->empty());
+  }
   const auto* targets = field("target_modules");
   SHARDLORA_CHECK(targets, config_path, ": key 'target_modules' is missing");
   if (targets->is_string()) {
