@@ -5,27 +5,11 @@
 #include "blockwise_8bit_impl.h"
 #include "common/bits.h"
 #include "common/cuda_check.h"
+#include "common/map256_cuda.cuh"
 #include "common/quantize_value.h"
 
 namespace shardlora::kernels {
 namespace {
-
-struct Map256 {
-  float value[256];
-};
-
-Map256 map_of(const Blockwise8bit& shape) {
-  Map256 map;
-  const float* code = shape.table();
-  for (int i = 0; i < 256; ++i) map.value[i] = code[i];
-  return map;
-}
-
-// The map travels as a kernel parameter (1 KiB) and is staged in shared memory.
-__device__ void stage_map(const Map256& map, float* shared) {
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) shared[i] = map.value[i];
-  __syncthreads();
-}
 
 __global__ void quantize_8bit_kernel(const float* __restrict__ input, float shift, int64_t numel, int64_t blocksize,
                                      int64_t blocks, const Map256 map_param, uint8_t* __restrict__ codes,
@@ -82,7 +66,7 @@ void quantize_8bit_blockwise_cuda(const float* input, float shift, const Blockwi
   const int64_t blocks = (shape.numel + shape.blocksize - 1) / shape.blocksize;
   const auto grid = static_cast<unsigned>(std::min<int64_t>((blocks + 7) / 8, 1 << 20));
   quantize_8bit_kernel<<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      input, shift, shape.numel, shape.blocksize, blocks, map_of(shape), codes, absmax);
+      input, shift, shape.numel, shape.blocksize, blocks, map256_of(shape.table()), codes, absmax);
   SHARDLORA_CUDA_CHECK_LAUNCH();
 }
 
@@ -90,7 +74,7 @@ void dequantize_8bit_blockwise_cuda(const uint8_t* codes, const float* absmax, f
                                     const Blockwise8bit& shape, float* output, Stream stream) {
   const auto grid = static_cast<unsigned>(std::min<int64_t>((shape.numel + 255) / 256, 1 << 20));
   dequantize_8bit_kernel<<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      codes, absmax, offset, shape.numel, log2_exact(shape.blocksize), map_of(shape), output);
+      codes, absmax, offset, shape.numel, log2_exact(shape.blocksize), map256_of(shape.table()), output);
   SHARDLORA_CUDA_CHECK_LAUNCH();
 }
 

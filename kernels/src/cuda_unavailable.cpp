@@ -1,5 +1,6 @@
 // Built instead of the .cu files when CUDA is off: device queries report no CUDA, and
 // every CUDA entry point fails with one precise message.
+#include "adamw_impl.h"
 #include "blockwise_8bit_impl.h"
 #include "dequantize_4bit_impl.h"
 #include "gemv_4bit_impl.h"
@@ -30,6 +31,15 @@ void cuda_copy_to_device(void*, const void*, size_t) { no_cuda("cuda_copy_to_dev
 void cuda_copy_to_host(void*, const void*, size_t) { no_cuda("cuda_copy_to_host"); }
 void cuda_copy_on_device(void*, const void*, size_t) { no_cuda("cuda_copy_on_device"); }
 void cuda_synchronize() { no_cuda("cuda_synchronize"); }
+void cuda_set_device(int) { no_cuda("cuda_set_device"); }
+Stream cuda_stream_create() { no_cuda("cuda_stream_create"); }
+void cuda_stream_destroy(Stream) { no_cuda("cuda_stream_destroy"); }
+void cuda_stream_synchronize(Stream) { no_cuda("cuda_stream_synchronize"); }
+Event cuda_event_create() { no_cuda("cuda_event_create"); }
+void cuda_event_destroy(Event) { no_cuda("cuda_event_destroy"); }
+void cuda_event_record(Event, Stream) { no_cuda("cuda_event_record"); }
+void cuda_stream_wait_event(Stream, Event) { no_cuda("cuda_stream_wait_event"); }
+void cuda_copy_async(void*, const void*, size_t, Stream) { no_cuda("cuda_copy_async"); }
 
 void dequantize_4bit_cuda(const Packed4bit&, void*, DType, Stream) { no_cuda("dequantize_4bit"); }
 void quantize_4bit_cuda(const void*, DType, const Quantized4bit&, Stream) { no_cuda("quantize_4bit"); }
@@ -40,6 +50,12 @@ void dequantize_8bit_blockwise_cuda(const uint8_t*, const float*, float, const B
   no_cuda("dequantize_8bit_blockwise");
 }
 void chunk_sums_f64_cuda(const float*, int64_t, int64_t, double*, Stream) { no_cuda("chunk_sums_f64"); }
+void adamw_step_32bit_cuda(float*, const float*, AdamW32bitState, int64_t, const AdamWScalars&, Stream) {
+  no_cuda("adamw_step_32bit");
+}
+void adamw_step_8bit_cuda(float*, const float*, AdamW8bitState, int64_t, const AdamWScalars&, Stream) {
+  no_cuda("adamw_step_8bit");
+}
 void gemv_4bit_cuda(const Packed4bit&, Gemv4bitShape, const void*, DType, void*, DType, Stream) {
   no_cuda("gemv_4bit");
 }

@@ -57,4 +57,38 @@ void cuda_copy_on_device(void* device_dst, const void* device_src, size_t bytes)
 
 void cuda_synchronize() { SHARDLORA_CUDA_CHECK(cudaDeviceSynchronize()); }
 
+void cuda_set_device(int index) { SHARDLORA_CUDA_CHECK(cudaSetDevice(index)); }
+
+Stream cuda_stream_create() {
+  cudaStream_t stream = nullptr;
+  SHARDLORA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  return stream;
+}
+
+void cuda_stream_destroy(Stream stream) { SHARDLORA_CUDA_CHECK(cudaStreamDestroy(static_cast<cudaStream_t>(stream))); }
+
+void cuda_stream_synchronize(Stream stream) {
+  SHARDLORA_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+}
+
+Event cuda_event_create() {
+  cudaEvent_t event = nullptr;
+  SHARDLORA_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  return event;
+}
+
+void cuda_event_destroy(Event event) { SHARDLORA_CUDA_CHECK(cudaEventDestroy(static_cast<cudaEvent_t>(event))); }
+
+void cuda_event_record(Event event, Stream stream) {
+  SHARDLORA_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)));
+}
+
+void cuda_stream_wait_event(Stream stream, Event event) {
+  SHARDLORA_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event), 0));
+}
+
+void cuda_copy_async(void* dst, const void* src, size_t bytes, Stream stream) {
+  SHARDLORA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)));
+}
+
 }  // namespace shardlora::kernels

@@ -1,11 +1,13 @@
 // CUDA kernels against the scalar references: bit for bit where the result is defined
-// element by element (quantize, dequantize, 8-bit blockwise, ordered chunk sums), within
+// element by element (quantize, dequantize, 8-bit blockwise, ordered chunk sums, AdamW with
+// 32-bit and 8-bit state), within
 // the fp32 dot-product bound for gemv. Skipped, with the reason, when the build has no
 // CUDA or no device is visible.
 #include <gtest/gtest.h>
 
 #include <cstring>
 
+#include "numerics/adamw_cases.h"
 #include "numerics/gemv_cases.h"
 #include "shardlora/kernels/blockwise_8bit.h"
 
@@ -176,5 +178,33 @@ TEST_F(KernelsCuda, Gemv4bitMatchesReferenceWithinDotProductBound) {
         }
       }
     }
+  }
+}
+
+TEST_F(KernelsCuda, AdamWEqualsReferenceBitForBit) {
+  for (const int64_t numel : {int64_t{1}, int64_t{255}, int64_t{4097}, int64_t{1} << 20 | 3}) {
+    AdamWProblem expected = random_adamw_problem(numel, 11);
+    DeviceBuffer param(expected.param), grad(expected.grad), m(expected.m), v(expected.v);
+    DeviceBuffer param8(expected.param), m_codes(expected.m_codes), m_absmax(expected.m_absmax),
+        v_codes(expected.v_codes), v_absmax(expected.v_absmax);
+    AdamWProblem expected8 = expected;
+    for (int64_t t = 1; t <= 3; ++t) {
+      adamw_step_32bit_ref(expected.param.data(), expected.grad.data(), expected.state32(), numel, adamw_scalars(t));
+      adamw_step_32bit(param.as<float>(), grad.as<float>(), {m.as<float>(), v.as<float>()}, numel, adamw_scalars(t),
+                       Device::cuda());
+      adamw_step_8bit_ref(expected8.param.data(), expected8.grad.data(), expected8.state8(), numel, adamw_scalars(t));
+      adamw_step_8bit(param8.as<float>(), grad.as<float>(),
+                      {m_codes.as<uint8_t>(), m_absmax.as<float>(), v_codes.as<uint8_t>(), v_absmax.as<float>()}, numel,
+                      adamw_scalars(t), Device::cuda());
+    }
+    const size_t blocks = static_cast<size_t>(adamw_8bit_blocks(numel));
+    EXPECT_EQ(param.to_host<float>(numel), expected.param) << numel;
+    EXPECT_EQ(m.to_host<float>(numel), expected.m) << numel;
+    EXPECT_EQ(v.to_host<float>(numel), expected.v) << numel;
+    EXPECT_EQ(param8.to_host<float>(numel), expected8.param) << numel;
+    EXPECT_EQ(m_codes.to_host<uint8_t>(numel), expected8.m_codes) << numel;
+    EXPECT_EQ(v_codes.to_host<uint8_t>(numel), expected8.v_codes) << numel;
+    EXPECT_EQ(m_absmax.to_host<float>(blocks), expected8.m_absmax) << numel;
+    EXPECT_EQ(v_absmax.to_host<float>(blocks), expected8.v_absmax) << numel;
   }
 }

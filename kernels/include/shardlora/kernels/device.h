@@ -43,4 +43,17 @@ void cuda_copy_to_host(void* host_dst, const void* device_src, size_t bytes);
 void cuda_copy_on_device(void* device_dst, const void* device_src, size_t bytes);
 void cuda_synchronize();
 
+// Streams, events and asynchronous copies (any direction; host memory should be pinned for
+// the copy to overlap), for double-buffered transfers such as the paged optimizer's.
+using Event = void*;
+void cuda_set_device(int index);
+Stream cuda_stream_create();  // non-blocking with respect to the legacy default stream
+void cuda_stream_destroy(Stream stream);
+void cuda_stream_synchronize(Stream stream);
+Event cuda_event_create();
+void cuda_event_destroy(Event event);
+void cuda_event_record(Event event, Stream stream);
+void cuda_stream_wait_event(Stream stream, Event event);
+void cuda_copy_async(void* dst, const void* src, size_t bytes, Stream stream);
+
 }  // namespace shardlora::kernels
