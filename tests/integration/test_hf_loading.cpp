@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "shardlora/io/safetensors.h"
+#include "shardlora/io/tensor_file.h"
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/hf_loader.h"
 #include "shardlora/quant/checkpoint_quantizer.h"
@@ -71,11 +71,7 @@ TEST_F(HfLoading, InconsistentCheckpointsAreNamed) {
   auto tensors = shardlora::testing::write_tiny_hf_model(path("base"));
   const auto rewrite = [&](const std::string& dir, const std::map<std::string, torch::Tensor>& contents) {
     fs::copy(path("base"), dir, fs::copy_options::recursive);
-    std::vector<std::pair<std::string, size_t>> bound;
-    for (const auto& [name, tensor] : contents) bound.emplace_back(name, tensor.dim());
-    io::SafetensorsWriter writer(dir + "/model.safetensors", io::SafetensorsWriter::header_bound(bound));
-    for (const auto& [name, tensor] : contents) writer.add(name, "F32", tensor.sizes().vec(), tensor.data_ptr(), tensor.nbytes());
-    writer.finish();
+    io::write_tensor_file(dir + "/model.safetensors", contents);
   };
   auto extra = tensors;
   extra["model.layers.0.mlp.extra_proj.weight"] = torch::zeros({2, 2});

@@ -8,6 +8,7 @@
 
 #include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/io/safetensors.h"
+#include "shardlora/io/tensor_file.h"
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/hf_loader.h"
 #include "shardlora/nn/peft_adapter.h"
@@ -149,11 +150,7 @@ TEST_F(PeftAdapterFiles, LoadsAnAdapterWrittenByPeft) {
       tensors[nn::peft_key(path, "lora_B")] = torch::randn({out, 8}).to(torch::kBFloat16);
     }
   }
-  std::vector<std::pair<std::string, size_t>> bound;
-  for (const auto& [key, tensor] : tensors) bound.emplace_back(key, 2);
-  io::SafetensorsWriter writer(path("peft/adapter_model.safetensors"), io::SafetensorsWriter::header_bound(bound));
-  for (const auto& [key, tensor] : tensors) writer.add(key, "BF16", tensor.sizes().vec(), tensor.data_ptr(), tensor.nbytes());
-  writer.finish();
+  io::write_tensor_file(path("peft/adapter_model.safetensors"), tensors);
 
   const nn::PeftAdapter adapter = nn::read_peft_adapter(path("peft"));
   EXPECT_EQ(adapter.lora.r, 8);

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "shardlora/io/safetensors.h"
+#include "shardlora/io/tensor_file.h"
 #include "shardlora/quant/checkpoint_quantizer.h"
 #include "shardlora/quant/quant_state.h"
 #include "shardlora/tensor/dtypes.h"
@@ -178,11 +179,7 @@ TEST_F(QuantizeCommand, NonFiniteWeightIsNamed) {
   auto tensors = write_tiny_hf_model(path("in"));
   // Rewrite the file with a NaN inside one Linear weight.
   tensors["model.layers.1.self_attn.o_proj.weight"][3][7] = std::nanf("");
-  std::vector<std::pair<std::string, size_t>> bound;
-  for (const auto& [name, tensor] : tensors) bound.emplace_back(name, tensor.dim());
-  io::SafetensorsWriter writer(path("in/model.safetensors"), io::SafetensorsWriter::header_bound(bound));
-  for (const auto& [name, tensor] : tensors) writer.add(name, "F32", tensor.sizes().vec(), tensor.data_ptr(), tensor.nbytes());
-  writer.finish();
+  io::write_tensor_file(path("in/model.safetensors"), tensors);
   const auto result = quantize({path("in"), path("out")});
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(result.err.find("tensor 'model.layers.1.self_attn.o_proj.weight': weight holds NaN or Inf"), std::string::npos)

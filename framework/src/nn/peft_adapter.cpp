@@ -7,7 +7,7 @@
 #include <set>
 
 #include "shardlora/io/hf_checkpoint.h"
-#include "shardlora/io/safetensors.h"
+#include "shardlora/io/tensor_file.h"
 #include "shardlora/kernels/check.h"
 #include "shardlora/tensor/dtypes.h"
 
@@ -44,23 +44,17 @@ std::string peft_key(const std::string& module_path, const std::string& matrix) 
 void save_peft_adapter(const LlamaModel& model, const std::string& dir, const std::string& base_model_name_or_path) {
   fs::create_directories(dir);
   std::set<std::string> targets;
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  std::map<std::string, torch::Tensor> tensors;
   LoraOptions lora;
   for (const auto& [path, linear] : model->linears()) {
     if (!linear->has_adapter()) continue;
     lora = linear->lora();
     targets.insert(short_name(path));
-    tensors.emplace_back(peft_key(path, "lora_A"), linear->lora_A.detach().to(torch::kCPU).contiguous());
-    tensors.emplace_back(peft_key(path, "lora_B"), linear->lora_B.detach().to(torch::kCPU).contiguous());
+    tensors[peft_key(path, "lora_A")] = linear->lora_A.detach();
+    tensors[peft_key(path, "lora_B")] = linear->lora_B.detach();
   }
   SHARDLORA_CHECK(!tensors.empty(), "save_peft_adapter: the model has no LoRA adapters");
-  std::vector<std::pair<std::string, size_t>> bound;
-  for (const auto& [key, tensor] : tensors) bound.emplace_back(key, 2);
-  io::SafetensorsWriter writer(dir + "/" + kAdapterWeightsFile, io::SafetensorsWriter::header_bound(bound));
-  for (const auto& [key, tensor] : tensors) {
-    writer.add(key, safetensors_dtype_name(tensor.scalar_type()), tensor.sizes().vec(), tensor.data_ptr(), tensor.nbytes());
-  }
-  writer.finish();
+  io::write_tensor_file(dir + "/" + kAdapterWeightsFile, tensors);
   // PEFT's LoraConfig fields, with its defaults where shardlora has no counterpart.
   const nlohmann::json config = {
       {"alpha_pattern", nlohmann::json::object()}, {"auto_mapping", nullptr},
@@ -125,12 +119,11 @@ PeftAdapter read_peft_adapter(const std::string& dir) {
   }
   if (const auto* base = field("base_model_name_or_path"); base && base->is_string()) adapter.base_model_name_or_path = base->get<std::string>();
 
-  const io::SafetensorsFile weights(dir + "/" + kAdapterWeightsFile);
-  for (const auto& info : weights.header().tensors) {
-    const auto type = scalar_type_from_safetensors(info.dtype);
-    SHARDLORA_CHECK(type && is_float_type(*type), weights.path(), ": tensor '", info.name, "' has dtype ", info.dtype);
-    adapter.tensors[info.name] =
-        torch::from_blob(const_cast<uint8_t*>(weights.data(info)), info.shape, torch::TensorOptions().dtype(*type)).to(torch::kFloat32).clone();
+  const std::string weights_path = dir + "/" + kAdapterWeightsFile;
+  for (auto& [name, tensor] : io::read_tensor_file(weights_path)) {
+    SHARDLORA_CHECK(is_float_type(tensor.scalar_type()), weights_path, ": tensor '", name, "' has dtype ",
+                    safetensors_dtype_name(tensor.scalar_type()));
+    adapter.tensors[name] = tensor.to(torch::kFloat32);
   }
   return adapter;
 }
