@@ -266,7 +266,8 @@ StepReport AdamW::step(const SquaredNormReduce& reduce) {
   for (const ParamState& state : params_) {
     const torch::Tensor grad = state.param.grad();
     if (!grad.defined()) continue;
-    squared_norm += std::pow(at::linalg_vector_norm(grad, 2, c10::nullopt, false, torch::kFloat64).item<double>(), 2);
+    // fp32 accumulation (torch's cascade sum, as clip_grad_norm_ does): no fp64 copy of the gradient.
+    squared_norm += std::pow(at::linalg_vector_norm(grad, 2).item<double>(), 2);
   }
   if (reduce) squared_norm = reduce(squared_norm);
   report.grad_norm = std::sqrt(squared_norm);
