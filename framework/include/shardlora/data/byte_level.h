@@ -10,4 +10,7 @@ namespace shardlora::data {
 // The UTF-8 text of the character standing for `byte`.
 std::string byte_level_char(uint8_t byte);
 
+// The byte a byte-level character stands for, or -1 when `character` is not one.
+int byte_level_byte(const std::string& character);
+
 }  // namespace shardlora::data
