@@ -29,6 +29,7 @@ ChatTemplate builtin_chat_template(const std::string& name) {
     t.roles["system"] = {"", "\n\n"};
     t.roles["user"] = {"### Instruction:\n", "\n\n"};
     t.roles["assistant"] = {"### Response:\n", "</s>"};
+    t.input_separator = "\n\n### Input:\n";
     t.begin = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n";
   } else {
     throw Error("unknown chat template '" + name + "' (llama-3, chatml, mistral, llama-2, alpaca, or custom roles in the recipe)");

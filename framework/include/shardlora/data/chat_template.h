@@ -35,6 +35,7 @@ struct ChatTemplate {
   std::map<std::string, RoleFormat> roles;   // by role
   std::string system_into_user_prefix;       // mistral / llama-2: system folded into the first user turn
   std::string system_into_user_suffix;
+  std::string input_separator = "\n\n";    // between an alpaca record's instruction and input
 };
 
 // llama-3, chatml, mistral, llama-2, alpaca; anything else is an error naming the choices.

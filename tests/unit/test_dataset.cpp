@@ -1,0 +1,173 @@
+// Datasets from local files: JSONL (blank lines skipped), JSON arrays (nested brackets and
+// escaped quotes inside strings), directories of .txt; every format with mapped field names;
+// the cached index is used and invalidated by size and mtime; errors name file, line, key.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "shardlora/data/dataset.h"
+#include "shardlora/kernels/check.h"
+#include "shardlora/nn/random_model.h"
+#include "temp_dir.h"
+
+using namespace shardlora;
+using namespace shardlora::data;
+namespace fs = std::filesystem;
+
+namespace {
+
+class Datasets : public shardlora::testing::TempDirTest {
+ protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    nn::write_random_hf_model(path("model"), {});
+    tokenizer_ = load_tokenizer(path("model"));
+  }
+
+  std::string write(const std::string& name, const std::string& content) {
+    std::ofstream(path(name), std::ios::binary) << content;
+    return path(name);
+  }
+
+  std::string text_of(const Example& example) const { return tokenizer_->decode(example.input_ids); }
+  std::string trained_text(const Example& example) const {
+    std::vector<int64_t> trained;
+    for (const int64_t label : example.labels) {
+      if (label != kIgnoreIndex) trained.push_back(label);
+    }
+    return tokenizer_->decode(trained);
+  }
+
+  std::string error_of(const Dataset& dataset, int64_t index, const PromptOptions& prompt) {
+    try {
+      dataset.example(index, *tokenizer_, prompt);
+    } catch (const Error& error) {
+      return error.what();
+    }
+    return "no error";
+  }
+
+  std::unique_ptr<Tokenizer> tokenizer_;
+  ChatTemplate chatml_ = builtin_chat_template("chatml");
+};
+
+}  // namespace
+
+TEST_F(Datasets, JsonlChatRecordsSkipBlankLines) {
+  const std::string file = write("chat.jsonl",
+                                 R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})"
+                                 "\n\n   \n"
+                                 R"({"messages": [{"role": "user", "content": "2+2"}, {"role": "assistant", "content": "4"}]})"
+                                 "\r\n");
+  const Dataset dataset({file, DatasetFormat::Chat});
+  ASSERT_EQ(dataset.size(), 2);
+  EXPECT_EQ(dataset.location(1), file + ":4");
+  const Example example = dataset.example(1, *tokenizer_, {&chatml_});
+  EXPECT_EQ(text_of(example), "<|im_start|>user\n2+2<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n");
+  EXPECT_EQ(trained_text(example), "4<|im_end|>\n");
+}
+
+TEST_F(Datasets, JsonArrayElementsWithNestedBracketsAndEscapes) {
+  const std::string file = write("data.json", R"([
+    {"instruction": "Say ] and [", "input": "", "output": "{ok}"},
+    {"instruction": "Quote", "input": "a \"q\" ,", "output": "\\done", "extra": [1, [2, {"x": "]"}]]}
+  ])");
+  const Dataset dataset({file, DatasetFormat::Alpaca});
+  ASSERT_EQ(dataset.size(), 2);
+  EXPECT_EQ(dataset.location(1), file + "[1] (line 3)");
+  const ChatTemplate alpaca = builtin_chat_template("alpaca");
+  EXPECT_EQ(trained_text(dataset.example(0, *tokenizer_, {&alpaca})), "{ok}</s>");
+  const Example second = dataset.example(1, *tokenizer_, {&alpaca});
+  EXPECT_NE(text_of(second).find("### Instruction:\nQuote\n\n### Input:\na \"q\" ,\n\n### Response:\n\\done</s>"), std::string::npos)
+      << text_of(second);
+  // Without input, no input section; with another template, a blank line between them.
+  EXPECT_EQ(text_of(dataset.example(0, *tokenizer_, {&alpaca})).find("### Input"), std::string::npos);
+  EXPECT_NE(text_of(dataset.example(1, *tokenizer_, {&chatml_})).find("Quote\n\na \"q\" ,<|im_end|>"), std::string::npos);
+}
+
+TEST_F(Datasets, TextTokenizedAndTxtDirectoriesWithMappedFields) {
+  const std::string text_file = write("text.jsonl", R"({"body": "hello"})" "\n");
+  DatasetOptions options{text_file, DatasetFormat::Text};
+  options.fields.text = "body";
+  const Example text = Dataset(options).example(0, *tokenizer_, {});
+  EXPECT_EQ(text.input_ids, (std::vector<int64_t>{'h', 'e', 'l', 'l', 'o', nn::kByteVocab + 1}));
+  EXPECT_EQ(text.labels, text.input_ids);
+
+  const std::string tokenized_file = write("ids.jsonl", R"({"input_ids": [1, 2, 3], "labels": [-100, 2, 3]})" "\n");
+  const Example tokenized = Dataset({tokenized_file, DatasetFormat::Tokenized}).example(0, *tokenizer_, {});
+  EXPECT_EQ(tokenized.input_ids, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(tokenized.labels, (std::vector<int64_t>{kIgnoreIndex, 2, 3}));
+
+  fs::create_directories(path("texts"));
+  write("texts/b.txt", "second");
+  write("texts/a.txt", "first");
+  write("texts/notes.md", "ignored");
+  const Dataset texts({path("texts"), DatasetFormat::Text});
+  ASSERT_EQ(texts.size(), 2);
+  EXPECT_EQ(texts.location(0), path("texts/a.txt"));
+  EXPECT_EQ(text_of(texts.example(1, *tokenizer_, {})), "second</s>");
+}
+
+TEST_F(Datasets, IndexIsCachedAndInvalidatedBySizeAndMtime) {
+  const std::string file = write("t.jsonl", R"({"text": "aa"})" "\n" R"({"text": "bbbb"})" "\n");
+  fs::create_directories(path("cache"));
+  DatasetOptions options{file, DatasetFormat::Text};
+  options.cache_dir = path("cache");
+  EXPECT_EQ(Dataset(options).record(1), R"({"text": "bbbb"})");
+  const std::string index = path("cache/t.jsonl.shardlora-index");
+  ASSERT_TRUE(fs::exists(index));
+  {
+    // Point the cached span of record 1 elsewhere: a dataset that reads it proves the cache is used.
+    std::fstream patch(index, std::ios::in | std::ios::out | std::ios::binary);
+    patch.seekp(32 + 24);  // header, then record 1's begin
+    const uint64_t begin = 0;
+    patch.write(reinterpret_cast<const char*>(&begin), 8);
+  }
+  EXPECT_EQ(Dataset(options).record(1).substr(0, 8), R"({"text":)") << "the cached index was not used";
+  EXPECT_NE(Dataset(options).record(1), R"({"text": "bbbb"})");
+  // Appending a record changes size and mtime: the index is rebuilt.
+  std::ofstream(file, std::ios::app) << R"({"text": "c"})" "\n";
+  const Dataset rebuilt(options);
+  EXPECT_EQ(rebuilt.size(), 3);
+  EXPECT_EQ(rebuilt.record(1), R"({"text": "bbbb"})");
+}
+
+TEST_F(Datasets, BadRecordsNameFileLineAndKey) {
+  const std::string file = write("bad.jsonl",
+                                 R"({"messages": [{"role": "user", "content": "Hi"}]})" "\n"
+                                 R"({"messages": [{"role": "user"}]})" "\n"
+                                 R"({"messages": "nope"})" "\n"
+                                 R"({not json)" "\n"
+                                 R"({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]})" "\n");
+  const Dataset dataset({file, DatasetFormat::Chat});
+  EXPECT_NE(error_of(dataset, 0, {&chatml_}).find(file + ":1: the conversation has no assistant message"), std::string::npos)
+      << error_of(dataset, 0, {&chatml_});
+  EXPECT_NE(error_of(dataset, 1, {&chatml_}).find(file + ":2: messages[0]: key 'content' is missing"), std::string::npos);
+  EXPECT_NE(error_of(dataset, 2, {&chatml_}).find(file + ":3: key 'messages' must be a non-empty list"), std::string::npos);
+  EXPECT_NE(error_of(dataset, 3, {&chatml_}).find(file + ":4: invalid JSON"), std::string::npos);
+  EXPECT_NE(error_of(dataset, 4, {&chatml_}).find(file + ":5: message 0: role 'robot' has no format"), std::string::npos)
+      << error_of(dataset, 4, {&chatml_});
+  EXPECT_NE(error_of(dataset, 0, {}).find("needs a chat template"), std::string::npos);
+  const std::string ids = write("ids.jsonl", R"({"input_ids": [1, 99999]})" "\n");
+  EXPECT_NE(error_of(Dataset({ids, DatasetFormat::Tokenized}), 0, {}).find("holds 99999, not a token id"), std::string::npos);
+  EXPECT_THROW(Dataset({write("x.csv", "a,b"), DatasetFormat::Text}), Error);
+  EXPECT_THROW(Dataset({write("open.json", R"([{"a": 1})"), DatasetFormat::Text}), Error);
+  EXPECT_THROW(Dataset({write("empty.jsonl", "\n\n"), DatasetFormat::Text}), Error);
+}
+
+TEST(DatasetSplit, DeterministicDisjointAndNearTheFraction) {
+  std::vector<int64_t> train, validation, train2, validation2;
+  split_indices(1000, 0.2, 7, &train, &validation);
+  split_indices(1000, 0.2, 7, &train2, &validation2);
+  EXPECT_EQ(validation, validation2);
+  EXPECT_EQ(train.size() + validation.size(), 1000u);
+  std::set<int64_t> all(train.begin(), train.end());
+  all.insert(validation.begin(), validation.end());
+  EXPECT_EQ(all.size(), 1000u);
+  EXPECT_GT(validation.size(), 150u);
+  EXPECT_LT(validation.size(), 250u);
+  split_indices(1000, 0.2, 8, &train2, &validation2);
+  EXPECT_NE(validation, validation2) << "the seed matters";
+}
