@@ -1,12 +1,14 @@
 // Datasets from local files: JSONL (blank lines skipped), JSON arrays (nested brackets and
 // escaped quotes inside strings), directories of .txt; every format with mapped field names;
-// the cached index is used and invalidated by size and mtime; errors name file, line, key.
+// the cached index is used and invalidated by size and mtime; errors name file, line, key;
+// the loader's batches, length policy counters and exact resume.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 #include <set>
 
+#include "shardlora/data/data_loader.h"
 #include "shardlora/data/dataset.h"
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/random_model.h"
@@ -170,4 +172,46 @@ TEST(DatasetSplit, DeterministicDisjointAndNearTheFraction) {
   EXPECT_LT(validation.size(), 250u);
   split_indices(1000, 0.2, 8, &train2, &validation2);
   EXPECT_NE(validation, validation2) << "the seed matters";
+}
+
+TEST_F(Datasets, LoaderResumesToTheIdenticalBatchesAndCountsTheLengthPolicy) {
+  std::string lines;
+  for (int i = 0; i < 40; ++i) lines += R"({"text": ")" + std::string(1 + (i * 7) % 13, static_cast<char>('a' + i % 26)) + "\"}\n";
+  const Dataset dataset({write("texts.jsonl", lines), DatasetFormat::Text});
+  std::vector<int64_t> all(40);
+  for (int64_t i = 0; i < 40; ++i) all[i] = i;
+  for (const bool packing : {false, true}) {
+    LoaderOptions options;
+    options.micro_batch_size = 2;
+    options.max_seq_len = 12;
+    options.packing = packing;
+    options.over_length = OverLength::Drop;
+    DataLoader straight(dataset, *tokenizer_, all, 2, 1, 3, options);
+    std::vector<Batch> expected;
+    for (int i = 0; i < 30; ++i) expected.push_back(straight.next());  // several epochs of rank 1's 20 samples
+    DataLoader first(dataset, *tokenizer_, all, 2, 1, 3, options);
+    for (int i = 0; i < 11; ++i) first.next();
+    DataLoader second(dataset, *tokenizer_, all, 2, 1, 3, options);
+    second.restore(first.position());
+    for (int i = 11; i < 30; ++i) {
+      const Batch batch = second.next();
+      ASSERT_TRUE(torch::equal(batch.input_ids, expected[i].input_ids)) << "batch " << i << ", packing " << packing;
+      ASSERT_TRUE(torch::equal(batch.document_ids, expected[i].document_ids)) << "batch " << i;
+    }
+    EXPECT_EQ(second.stats().dropped, straight.stats().dropped);
+    // Texts of 12-13 characters plus eos exceed 12 tokens: dropped, and counted.
+    EXPECT_GT(straight.stats().dropped, 0);
+    EXPECT_EQ(straight.stats().truncated, 0);
+    for (const Batch& batch : expected) {
+      EXPECT_EQ(batch.input_ids.size(0), 2) << "micro_batch_size rows";
+      EXPECT_LE(batch.input_ids.size(1), 12);
+    }
+  }
+  LoaderOptions truncating;
+  truncating.max_seq_len = 12;
+  DataLoader loader(dataset, *tokenizer_, all, 1, 0, 3, truncating);
+  for (int i = 0; i < 40; ++i) loader.next();
+  EXPECT_GT(loader.stats().truncated, 0);
+  EXPECT_EQ(loader.stats().dropped, 0);
+  EXPECT_EQ(loader.stats().examples, 40);
 }

@@ -1,0 +1,59 @@
+// Batches for one rank: samples in the sharded sampler's order, tokenized by format and
+// template, fitted to max_seq_len (truncated or dropped, counted), then padded per batch or
+// packed into micro_batch_size rows of max_seq_len. Packing never splits an example: one
+// that does not fit in the last row is left for the next batch (the sampler is rewound to
+// it), so the position after a batch is exact and a restored loader yields the same batches.
+#pragma once
+
+#include <vector>
+
+#include "shardlora/data/dataset.h"
+#include "shardlora/data/sampler.h"
+
+namespace shardlora::data {
+
+struct LoaderOptions {
+  int64_t micro_batch_size = 1;  // rows per batch
+  int64_t max_seq_len = 2048;
+  bool packing = false;
+  OverLength over_length = OverLength::Truncate;
+  PromptOptions prompt;
+};
+
+struct LoaderStats {
+  int64_t examples = 0, truncated = 0, dropped = 0;
+};
+
+struct LoaderPosition {
+  SamplerPosition sampler;
+  LoaderStats stats;
+};
+
+class DataLoader {
+ public:
+  // `indices`: the dataset samples this loader draws from (e.g. the training split); the
+  // sampler shards them over `world_size` ranks.
+  DataLoader(const Dataset& dataset, const Tokenizer& tokenizer, std::vector<int64_t> indices, int64_t world_size,
+             int64_t rank, uint64_t seed, LoaderOptions options);
+
+  Batch next();
+
+  LoaderPosition position() const { return {sampler_.position(), stats_}; }
+  void restore(const LoaderPosition& position);
+  const LoaderStats& stats() const { return stats_; }
+  int64_t epoch() const { return sampler_.position().epoch; }
+
+ private:
+  // The next example that survives the length policy (drops are counted and skipped).
+  Example next_example();
+
+  const Dataset& dataset_;
+  const Tokenizer& tokenizer_;
+  std::vector<int64_t> indices_;
+  LoaderOptions options_;
+  ShardedSampler sampler_;
+  LoaderStats stats_;
+  int64_t pad_id_;
+};
+
+}  // namespace shardlora::data

@@ -1,0 +1,67 @@
+#include "shardlora/data/data_loader.h"
+
+#include "shardlora/kernels/check.h"
+
+namespace shardlora::data {
+
+DataLoader::DataLoader(const Dataset& dataset, const Tokenizer& tokenizer, std::vector<int64_t> indices, int64_t world_size,
+                       int64_t rank, uint64_t seed, LoaderOptions options)
+    : dataset_(dataset),
+      tokenizer_(tokenizer),
+      indices_(std::move(indices)),
+      options_(options),
+      sampler_(static_cast<int64_t>(indices_.size()), world_size, rank, seed),
+      pad_id_(tokenizer.special().pad.value_or(tokenizer.special().eos.value_or(0))) {
+  SHARDLORA_CHECK(options.micro_batch_size >= 1, "micro_batch_size must be at least 1, found ", options.micro_batch_size);
+  SHARDLORA_CHECK(options.max_seq_len >= 2, "max_seq_len must be at least 2, found ", options.max_seq_len);
+}
+
+Example DataLoader::next_example() {
+  // A dataset whose every sample is too long would loop forever: give up after a full epoch of drops.
+  for (int64_t attempts = 0; attempts <= static_cast<int64_t>(indices_.size()); ++attempts) {
+    const int64_t index = indices_[static_cast<size_t>(sampler_.next())];
+    Example example = dataset_.example(index, tokenizer_, options_.prompt);
+    const bool too_long = static_cast<int64_t>(example.input_ids.size()) > options_.max_seq_len;
+    if (!fit_to_length(&example, options_.max_seq_len, options_.over_length)) {
+      ++stats_.dropped;
+      continue;
+    }
+    stats_.truncated += too_long;
+    ++stats_.examples;
+    return example;
+  }
+  throw Error(dataset_.location(0) + ": every sample is longer than max_seq_len " + std::to_string(options_.max_seq_len) +
+              " and the policy drops them");
+}
+
+Batch DataLoader::next() {
+  std::vector<Example> examples;
+  if (!options_.packing) {
+    for (int64_t i = 0; i < options_.micro_batch_size; ++i) examples.push_back(next_example());
+    return pad_batch(examples, pad_id_);
+  }
+  int64_t rows = 0, used = options_.max_seq_len;
+  while (true) {
+    const LoaderPosition before = position();
+    Example example = next_example();
+    const auto length = static_cast<int64_t>(example.input_ids.size());
+    if (used + length > options_.max_seq_len) {
+      if (rows == options_.micro_batch_size) {
+        restore(before);  // it starts the next batch
+        break;
+      }
+      ++rows;
+      used = 0;
+    }
+    used += length;
+    examples.push_back(std::move(example));
+  }
+  return pack_batch(examples, options_.max_seq_len, pad_id_);
+}
+
+void DataLoader::restore(const LoaderPosition& position) {
+  sampler_.restore(position.sampler);
+  stats_ = position.stats;
+}
+
+}  // namespace shardlora::data
