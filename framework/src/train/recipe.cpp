@@ -1,0 +1,352 @@
+#include "shardlora/train/recipe.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "shardlora/kernels/check.h"
+
+namespace shardlora::train {
+namespace {
+
+KeySpec integer(std::string name, std::string fallback, double min, double max, std::string help) {
+  return {std::move(name), KeyType::Int, std::move(fallback), false, min, max, {}, 0, std::move(help)};
+}
+KeySpec number(std::string name, std::string fallback, double min, double max, std::string help) {
+  return {std::move(name), KeyType::Float, std::move(fallback), false, min, max, {}, 0, std::move(help)};
+}
+KeySpec flag(std::string name, std::string fallback, std::string help) {
+  return {std::move(name), KeyType::Bool, std::move(fallback), false, 0, 0, {}, 0, std::move(help)};
+}
+KeySpec text(std::string name, std::string fallback, std::string help) {
+  return {std::move(name), KeyType::String, std::move(fallback), false, 0, 0, {}, 0, std::move(help)};
+}
+KeySpec required_text(std::string name, std::string help) {
+  return {std::move(name), KeyType::String, "", true, 0, 0, {}, 0, std::move(help)};
+}
+KeySpec choice(std::string name, std::string fallback, std::vector<std::string> choices, std::string help) {
+  return {std::move(name), KeyType::Choice, std::move(fallback), false, 0, 0, std::move(choices), 0, std::move(help)};
+}
+KeySpec text_list(std::string name, std::string fallback, std::string help) {
+  return {std::move(name), KeyType::StringList, std::move(fallback), false, 0, 0, {}, 0, std::move(help)};
+}
+
+const char* type_name(const KeySpec& spec) {
+  switch (spec.type) {
+    case KeyType::Int: return "integer";
+    case KeyType::Float: return "number";
+    case KeyType::Bool: return "true/false";
+    case KeyType::String: return "string";
+    case KeyType::Choice: return "choice";
+    case KeyType::StringList: return "list of strings";
+    case KeyType::FloatList: return "list of numbers";
+  }
+  return "?";
+}
+
+const KeySpec* find_spec(const std::string& name) {
+  const auto& schema = recipe_schema();
+  const auto it = std::find_if(schema.begin(), schema.end(), [&](const KeySpec& spec) { return spec.name == name; });
+  return it == schema.end() ? nullptr : &*it;
+}
+
+bool is_section(const std::string& prefix) {
+  for (const KeySpec& spec : recipe_schema()) {
+    if (spec.name.rfind(prefix + ".", 0) == 0) return true;
+  }
+  return false;
+}
+
+std::string range_text(const KeySpec& spec) {
+  std::ostringstream text;
+  text << "[" << spec.min << ", " << spec.max << "]";
+  return text.str();
+}
+
+// What a value of `spec` must be, for errors.
+std::string expected_text(const KeySpec& spec) {
+  const std::string range = spec.min < spec.max ? " in " + range_text(spec) : "";
+  switch (spec.type) {
+    case KeyType::Int: return "an integer" + range;
+    case KeyType::Float: return "a number" + range;
+    case KeyType::Bool: return "true or false";
+    case KeyType::String: return "a string";
+    case KeyType::Choice: {
+      std::string options;
+      for (const auto& c : spec.choices) options += (options.empty() ? "" : " | ") + c;
+      return "one of " + options;
+    }
+    case KeyType::StringList: return "a non-empty list of strings";
+    case KeyType::FloatList: return "a list of " + std::to_string(spec.list_size) + " numbers" + range;
+  }
+  return "?";
+}
+
+// Checks `node` against `spec` and returns its canonical YAML; errors name `where` and the key.
+std::string validate(const KeySpec& spec, const YAML::Node& node, const std::string& where) {
+  const auto fail = [&](const std::string& expected) -> std::string {
+    std::ostringstream found;
+    found << node;
+    throw Error(where + ": key '" + spec.name + "' must be " + expected + ", found '" + found.str() + "'");
+  };
+  const auto in_range = [&](double value) { return spec.min >= spec.max || (value >= spec.min && value <= spec.max); };
+  YAML::Emitter out;
+  out << YAML::Flow;
+  try {
+    switch (spec.type) {
+      case KeyType::Int: {
+        if (!node.IsScalar()) fail(expected_text(spec));
+        const auto value = node.as<int64_t>();
+        if (!in_range(static_cast<double>(value))) fail(expected_text(spec));
+        out << value;
+        break;
+      }
+      case KeyType::Float: {
+        if (!node.IsScalar()) fail(expected_text(spec));
+        const auto value = node.as<double>();
+        if (!std::isfinite(value) || !in_range(value)) fail(expected_text(spec));
+        out << value;
+        break;
+      }
+      case KeyType::Bool:
+        if (!node.IsScalar()) fail(expected_text(spec));
+        out << node.as<bool>();
+        break;
+      case KeyType::String:
+        if (!node.IsScalar()) fail(expected_text(spec));
+        out << node.as<std::string>();
+        break;
+      case KeyType::Choice: {
+        const std::string value = node.IsScalar() ? node.as<std::string>() : "";
+        if (std::find(spec.choices.begin(), spec.choices.end(), value) == spec.choices.end()) fail(expected_text(spec));
+        out << value;
+        break;
+      }
+      case KeyType::StringList: {
+        if (!node.IsSequence() || node.size() == 0) fail(expected_text(spec));
+        out << YAML::BeginSeq;
+        for (const auto& item : node) {
+          if (!item.IsScalar()) fail(expected_text(spec));
+          out << item.as<std::string>();
+        }
+        out << YAML::EndSeq;
+        break;
+      }
+      case KeyType::FloatList: {
+        if (!node.IsSequence() || node.size() != spec.list_size) fail(expected_text(spec));
+        out << YAML::BeginSeq;
+        for (const auto& item : node) {
+          if (!item.IsScalar() || !in_range(item.as<double>())) fail(expected_text(spec));
+          out << item.as<double>();
+        }
+        out << YAML::EndSeq;
+        break;
+      }
+    }
+  } catch (const YAML::BadConversion&) {
+    fail(expected_text(spec));
+  }
+  return out.c_str();
+}
+
+// Walks a mapping, validating each leaf against the schema.
+void collect(const YAML::Node& node, const std::string& prefix, const std::string& name,
+             std::map<std::string, std::pair<YAML::Node, int>>* leaves) {
+  for (const auto& entry : node) {
+    const std::string key = entry.first.as<std::string>();
+    const std::string path = prefix.empty() ? key : prefix + "." + key;
+    const int line = entry.first.Mark().line + 1;
+    const std::string where = name + ":" + std::to_string(line);
+    if (find_spec(path)) {
+      SHARDLORA_CHECK(!leaves->count(path), where, ": key '", path, "' is given twice");
+      (*leaves)[path] = {entry.second, line};
+      continue;
+    }
+    SHARDLORA_CHECK(is_section(path), where, ": unknown key '", path, "' (shardlora train --help-recipe lists them)");
+    SHARDLORA_CHECK(entry.second.IsMap(), where, ": '", path, "' is a section and must hold keys");
+    collect(entry.second, path, name, leaves);
+  }
+}
+
+}  // namespace
+
+const std::vector<KeySpec>& recipe_schema() {
+  static const std::vector<KeySpec> schema = [] {
+    KeySpec betas{"optimizer.betas", KeyType::FloatList, "[0.9, 0.999]", false, 0.0, 0.999999, {}, 2, "AdamW beta1, beta2"};
+    return std::vector<KeySpec>{
+        required_text("model.path", "Hugging Face model directory (float or bnb 4-bit)"),
+        choice("model.dtype", "bf16", {"bf16", "fp32"}, "compute dtype of the model"),
+        choice("model.quantization.type", "nf4", {"nf4", "fp4", "none"}, "how float base weights are held (none: float, plain LoRA)"),
+        choice("model.quantization.blocksize", "64", {"32", "64", "128", "256", "512", "1024", "2048", "4096"}, "4-bit block size"),
+        flag("model.quantization.double_quant", "true", "quantize the absmax values too (0.127 bit/param instead of 0.5)"),
+        integer("lora.r", "16", 1, 4096, "adapter rank"),
+        number("lora.alpha", "32", 1e-6, 1e6, "scaling numerator: alpha / r (alpha / sqrt(r) with rslora)"),
+        number("lora.dropout", "0.05", 0, 0.999, "dropout on the adapter input"),
+        text_list("lora.target_modules", "[all-linear]", "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear"),
+        flag("lora.rslora", "false", "rank-stabilised scaling alpha / sqrt(r)"),
+        required_text("data.train", "training data: .jsonl, .json or a directory of .txt files"),
+        text("data.val", "", "validation data (empty: data.val_fraction of data.train)"),
+        number("data.val_fraction", "0", 0, 0.99, "share of data.train held out for validation when data.val is empty"),
+        choice("data.format", "chat", {"alpaca", "chat", "text", "tokenized"}, "record format"),
+        text("data.fields.instruction", "instruction", "alpaca: instruction field"),
+        text("data.fields.input", "input", "alpaca: input field"),
+        text("data.fields.output", "output", "alpaca: output field"),
+        text("data.fields.messages", "messages", "chat: messages field"),
+        text("data.fields.role", "role", "chat: role field of a message"),
+        text("data.fields.content", "content", "chat: content field of a message"),
+        text("data.fields.text", "text", "text: text field"),
+        text("data.fields.input_ids", "input_ids", "tokenized: ids field"),
+        text("data.fields.labels", "labels", "tokenized: labels field (optional in records)"),
+        choice("data.template", "chatml", {"llama-3", "chatml", "mistral", "llama-2", "alpaca"}, "chat template"),
+        integer("data.max_seq_len", "2048", 2, 1 << 20, "tokens per sequence"),
+        flag("data.packing", "true", "pack several examples into each sequence (attention never crosses them)"),
+        choice("data.over_length", "truncate", {"truncate", "drop"}, "examples longer than max_seq_len"),
+        choice("data.on_error", "fail", {"fail", "skip"}, "a malformed record: stop, or skip it and count it"),
+        flag("data.train_on_prompt", "false", "also compute the loss on prompt tokens"),
+        choice("optimizer.name", "paged_adamw_32bit", {"adamw", "paged_adamw_32bit", "paged_adamw_8bit"}, "optimizer and state bits"),
+        number("optimizer.lr", "2e-4", 0, 10, "peak learning rate"),
+        betas,
+        number("optimizer.eps", "1e-8", 1e-30, 1, "AdamW epsilon"),
+        number("optimizer.weight_decay", "0.0", 0, 10, "decoupled weight decay"),
+        choice("optimizer.placement", "cpu", {"device", "cpu", "paged"}, "where optimizer state lives"),
+        integer("optimizer.gpu_pages", "4", 1, 1 << 20, "paged: staging buffer size in pages"),
+        choice("schedule.type", "cosine", {"constant", "linear", "cosine"}, "learning-rate schedule"),
+        integer("schedule.warmup_steps", "0", 0, 1LL << 40, "linear warmup steps"),
+        integer("training.seed", "0", 0, 1LL << 62, "seed for initialisation, sampling and dropout"),
+        integer("training.micro_batch_size", "1", 1, 1 << 20, "sequences per forward/backward"),
+        integer("training.gradient_accumulation_steps", "1", 1, 1 << 20, "micro-batches per optimizer step"),
+        integer("training.max_steps", "0", 0, 1LL << 40, "optimizer steps (0: run training.epochs)"),
+        integer("training.epochs", "1", 1, 1 << 20, "epochs when max_steps is 0"),
+        number("training.grad_clip", "1.0", 0, 1e6, "global gradient-norm clip (0: off)"),
+        flag("training.activation_checkpointing", "true", "recompute decoder layers in backward"),
+        integer("training.eval_every", "0", 0, 1LL << 40, "steps between evaluations (0: never)"),
+        integer("training.save_every", "0", 0, 1LL << 40, "steps between checkpoints (0: at the end only)"),
+        integer("training.keep_last", "3", 1, 1 << 20, "checkpoints kept"),
+        integer("training.log_every", "10", 1, 1LL << 40, "steps between log lines"),
+        choice("distributed.strategy", "shard", {"shard", "replicate"}, "4-bit base split across ranks, or a full copy on each"),
+        choice("distributed.backend", "auto", {"auto", "nccl", "mpi"}, "collectives backend (auto: NCCL on GPUs, MPI on CPUs)"),
+        integer("distributed.bucket_mb", "25", 1, 1 << 16, "gradient all-reduce bucket size"),
+        integer("distributed.timeout_s", "600", 1, 1 << 24, "collective timeout before the job is aborted"),
+        text("output.dir", "runs/run", "run directory: resolved recipe, metrics, checkpoints, adapter"),
+    };
+  }();
+  return schema;
+}
+
+std::string recipe_help() {
+  std::ostringstream text;
+  text << "Recipe keys (section.key: type = default  help); override any with section.key=value\n";
+  std::string section;
+  for (const KeySpec& spec : recipe_schema()) {
+    const std::string top = spec.name.substr(0, spec.name.find('.'));
+    if (top != section) text << "\n" << (section = top) << ":\n";
+    text << "  " << spec.name << ": " << type_name(spec);
+    if (spec.type == KeyType::Choice) {
+      std::string options;
+      for (const auto& c : spec.choices) options += (options.empty() ? "" : "|") + c;
+      text << " (" << options << ")";
+    } else if (spec.min < spec.max) {
+      text << " in " << range_text(spec);
+    }
+    text << (spec.required ? " (required)" : " = " + (spec.default_value.empty() ? "\"\"" : spec.default_value)) << "\n      "
+         << spec.help << "\n";
+  }
+  return text.str();
+}
+
+Recipe Recipe::parse(const std::string& yaml, const std::string& name, const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& error) {
+    throw Error(name + ":" + std::to_string(error.mark.line + 1) + ": invalid YAML: " + error.msg);
+  }
+  SHARDLORA_CHECK(root.IsNull() || root.IsMap(), name, ": a recipe is a mapping of sections");
+  std::map<std::string, std::pair<YAML::Node, int>> leaves;
+  if (root.IsMap()) collect(root, "", name, &leaves);
+  Recipe recipe;
+  for (const auto& [key, leaf] : leaves) {
+    const std::string where = name + ":" + std::to_string(leaf.second);
+    recipe.values_[key] = {validate(*find_spec(key), leaf.first, where), where};
+  }
+  for (const std::string& override_text : overrides) {
+    const size_t equals = override_text.find('=');
+    SHARDLORA_CHECK(equals != std::string::npos && equals > 0, "override '", override_text, "' is not section.key=value");
+    const std::string key = override_text.substr(0, equals);
+    const KeySpec* spec = find_spec(key);
+    SHARDLORA_CHECK(spec, "override '", override_text, "': unknown key '", key, "' (shardlora train --help-recipe lists them)");
+    YAML::Node node;
+    try {
+      node = YAML::Load(override_text.substr(equals + 1));
+    } catch (const YAML::Exception& error) {
+      throw Error("override '" + override_text + "': invalid value: " + error.msg);
+    }
+    recipe.values_[key] = {validate(*spec, node, "override '" + override_text + "'"), "override"};
+  }
+  for (const KeySpec& spec : recipe_schema()) {
+    if (recipe.values_.count(spec.name)) continue;
+    SHARDLORA_CHECK(!spec.required, name, ": key '", spec.name, "' is required (", spec.help, ")");
+    recipe.values_[spec.name] = {spec.default_value.empty() ? "\"\"" : spec.default_value, "default"};
+  }
+  return recipe;
+}
+
+Recipe Recipe::load(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path, std::ios::binary);
+  SHARDLORA_CHECK(in, path, ": cannot open the recipe");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse(text.str(), path, overrides);
+}
+
+const Recipe::Value& Recipe::value(const std::string& key, KeyType type) const {
+  const KeySpec* spec = find_spec(key);
+  SHARDLORA_CHECK(spec, "recipe: no key '", key, "' in the schema");
+  const bool compatible = spec->type == type || (type == KeyType::String && spec->type == KeyType::Choice);
+  SHARDLORA_CHECK(compatible, "recipe: key '", key, "' is a ", type_name(*spec));
+  return values_.at(key);
+}
+
+int64_t Recipe::get_int(const std::string& key) const { return YAML::Load(value(key, KeyType::Int).yaml).as<int64_t>(); }
+double Recipe::get_float(const std::string& key) const { return YAML::Load(value(key, KeyType::Float).yaml).as<double>(); }
+bool Recipe::get_bool(const std::string& key) const { return YAML::Load(value(key, KeyType::Bool).yaml).as<bool>(); }
+std::string Recipe::get_string(const std::string& key) const {
+  return YAML::Load(value(key, KeyType::String).yaml).as<std::string>();
+}
+std::vector<std::string> Recipe::get_strings(const std::string& key) const {
+  return YAML::Load(value(key, KeyType::StringList).yaml).as<std::vector<std::string>>();
+}
+std::vector<double> Recipe::get_floats(const std::string& key) const {
+  return YAML::Load(value(key, KeyType::FloatList).yaml).as<std::vector<double>>();
+}
+
+std::string Recipe::origin(const std::string& key) const {
+  const auto it = values_.find(key);
+  SHARDLORA_CHECK(it != values_.end(), "recipe: no key '", key, "'");
+  return it->second.origin;
+}
+
+std::string Recipe::dump() const {
+  // Nested sections in schema order, values in their canonical flow form.
+  std::ostringstream text;
+  std::vector<std::string> open;
+  for (const KeySpec& spec : recipe_schema()) {
+    std::vector<std::string> parts;
+    std::stringstream split(spec.name);
+    for (std::string part; std::getline(split, part, '.');) parts.push_back(part);
+    size_t common = 0;
+    while (common < open.size() && common + 1 < parts.size() && open[common] == parts[common]) ++common;
+    open.resize(common);
+    for (size_t depth = common; depth + 1 < parts.size(); ++depth) {
+      text << std::string(2 * depth, ' ') << parts[depth] << ":\n";
+      open.push_back(parts[depth]);
+    }
+    text << std::string(2 * (parts.size() - 1), ' ') << parts.back() << ": " << values_.at(spec.name).yaml << "\n";
+  }
+  return text.str();
+}
+
+}  // namespace shardlora::train
