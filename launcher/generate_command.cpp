@@ -1,6 +1,7 @@
-// `shardlora generate MODEL_DIR --prompt-ids ...`: continues a prompt with the model (4-bit
-// base by default, as it was fine-tuned) and an optional PEFT adapter. Token ids in and out
-// until the tokenizers land (issue 6); the end-of-sequence ids come from the model directory.
+// `shardlora generate MODEL_DIR (--prompt TEXT | --prompt-ids ...)`: continues a prompt with
+// the model (4-bit base by default, as it was fine-tuned) and an optional PEFT adapter. Text
+// goes through the model directory's tokenizer (bos added as the tokenizer does); ids go in
+// and out as they are. The end-of-sequence ids come from the model directory.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -9,6 +10,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "shardlora/data/tokenizer.h"
 #include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/generation.h"
@@ -23,6 +25,7 @@ struct GenerateArgs {
   std::string model_dir;
   std::string adapter_dir;
   std::string prompt_ids;
+  std::string prompt_text;
   std::string quant = "nf4";
   std::string dtype = "bf16";
   nn::GenerationOptions generation;
@@ -78,7 +81,14 @@ std::string join(const std::vector<int64_t>& ids) {
 }
 
 int run_generate(GenerateArgs args) {
-  const std::vector<int64_t> prompt = parse_ids(args.prompt_ids);
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  std::vector<int64_t> prompt;
+  if (!args.prompt_text.empty()) {
+    tokenizer = data::load_tokenizer(args.model_dir);
+    prompt = tokenizer->encode(args.prompt_text, /*add_special_tokens=*/true);
+  } else {
+    prompt = parse_ids(args.prompt_ids);
+  }
   nn::ModelOptions options;
   options.compute_dtype = *scalar_type_from_name(args.dtype);
   options.quantize_base = args.quant != "none";
@@ -100,13 +110,15 @@ int run_generate(GenerateArgs args) {
   const auto& eos = args.generation.eos_token_ids;
   const bool stopped_at_eos = !generated.empty() && std::find(eos.begin(), eos.end(), generated.back()) != eos.end();
   if (args.json) {
-    const nlohmann::json result = {{"prompt_ids", prompt},
-                                   {"generated_ids", generated},
-                                   {"stop_reason", stopped_at_eos ? "eos" : "max_new_tokens"},
-                                   {"seconds", seconds}};
-    std::cout << result.dump() << "\n";
+    nlohmann::json result = {{"prompt_ids", prompt},
+                             {"generated_ids", generated},
+                             {"stop_reason", stopped_at_eos ? "eos" : "max_new_tokens"},
+                             {"seconds", seconds}};
+    if (tokenizer) result["text"] = tokenizer->decode(generated, /*skip_special=*/true);
+    // Generated text need not be valid UTF-8 (a random model, a cut multi-byte character).
+    std::cout << result.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
-    std::cout << join(generated) << "\n";
+    std::cout << (tokenizer ? tokenizer->decode(generated, /*skip_special=*/true) : join(generated)) << "\n";
     std::fprintf(stderr, "generated %zu tokens in %.2f s (%s)\n", generated.size(), seconds,
                  stopped_at_eos ? "end of sequence" : "max new tokens");
   }
@@ -117,12 +129,18 @@ int run_generate(GenerateArgs args) {
 
 Subcommand add_generate_command(CLI::App& root) {
   auto args = std::make_shared<GenerateArgs>();
-  CLI::App* app = root.add_subcommand("generate", "Generate from a base model and an optional adapter (token ids in and out)");
+  CLI::App* app = root.add_subcommand("generate", "Generate from a base model and an optional adapter (text or token ids)");
   app->add_option("MODEL_DIR", args->model_dir, "Hugging Face model directory (float or bnb 4-bit)")
       ->required()
       ->check(CLI::ExistingDirectory);
   app->add_option("--adapter", args->adapter_dir, "PEFT adapter directory")->check(CLI::ExistingDirectory);
-  app->add_option("--prompt-ids", args->prompt_ids, "Prompt token ids, comma or space separated")->required();
+  auto* ids = app->add_option("--prompt-ids", args->prompt_ids, "Prompt token ids, comma or space separated; output: ids");
+  auto* text = app->add_option("--prompt", args->prompt_text, "Prompt text, through the model's tokenizer; output: text");
+  ids->excludes(text);
+  CLI::Option_group* prompt = app->add_option_group("prompt");
+  prompt->add_option(ids);
+  prompt->add_option(text);
+  prompt->require_option(1);
   app->add_option("--max-new-tokens", args->generation.max_new_tokens, "Most tokens to generate")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
       ->capture_default_str();
@@ -142,7 +160,7 @@ Subcommand add_generate_command(CLI::App& root) {
       ->check(CLI::IsMember({"nf4", "fp4", "none"}))
       ->capture_default_str();
   app->add_option("--dtype", args->dtype, "Compute dtype")->check(CLI::IsMember({"bf16", "fp32"}))->capture_default_str();
-  app->add_flag("--json", args->json, "Print prompt, generated ids and stop reason as one JSON object");
+  app->add_flag("--json", args->json, "Print prompt and generated ids (and text), stop reason as one JSON object");
   return {app, [args] { return run_generate(*args); }};
 }
 

@@ -1,14 +1,18 @@
 // `shardlora generate`: the executable's tokens equal nn::generate run here on the same model
-// (4-bit base by default, with and without an adapter), it stops at the model's
-// end-of-sequence id, and bad input is an error with a non-zero exit.
+// (4-bit base by default, with and without an adapter, from ids or from text through the
+// model's tokenizer), it stops at the model's end-of-sequence id, and bad input is an error
+// with a non-zero exit.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include <fstream>
 
+#include "shardlora/data/tokenizer.h"
+#include "shardlora/data/utf8.h"
 #include "shardlora/nn/generation.h"
 #include "shardlora/nn/hf_loader.h"
 #include "shardlora/nn/peft_adapter.h"
+#include "shardlora/nn/random_model.h"
 #include "shardlora_paths.h"
 #include "subprocess.h"
 #include "temp_dir.h"
@@ -110,6 +114,24 @@ TEST_F(GenerateCommand, StopsAtTheEndOfSequenceIdOfGenerationConfig) {
   EXPECT_EQ(ignored.out, ids_line(ids));
 }
 
+TEST_F(GenerateCommand, TextPromptsGoThroughTheModelsTokenizer) {
+  nn::write_random_hf_model(path("byte_model"), {});  // byte-level tokenizer: one byte, one token
+  const auto result = run_process({shardlora_binary(), "generate", path("byte_model"), "--prompt", "Hi!", "--max-new-tokens",
+                                   "6", "--ignore-eos", "--json"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const auto json = nlohmann::json::parse(result.out);
+  EXPECT_EQ(json["prompt_ids"].get<std::vector<int64_t>>(), (std::vector<int64_t>{'H', 'i', '!'}));
+  nn::ModelOptions options;
+  auto model = nn::load_hf_model(path("byte_model"), options);
+  const auto expected = nn::generate(model, {'H', 'i', '!'}, {.max_new_tokens = 6});
+  EXPECT_EQ(json["generated_ids"].get<std::vector<int64_t>>(), expected);
+  const auto tokenizer = data::load_tokenizer(path("byte_model"));
+  const std::string text = tokenizer->decode(expected, /*skip_special=*/true);
+  if (data::is_valid_utf8(text)) EXPECT_EQ(json["text"], text);
+  const auto both = run_process({shardlora_binary(), "generate", path("byte_model"), "--prompt", "x", "--prompt-ids", "1"});
+  EXPECT_EQ(both.exit_code, 2);
+}
+
 TEST_F(GenerateCommand, BadInputIsAnErrorNamingIt) {
   const auto out_of_vocabulary = run_process({shardlora_binary(), "generate", path("base"), "--prompt-ids", "1,48"});
   EXPECT_EQ(out_of_vocabulary.exit_code, 1);
@@ -132,5 +154,10 @@ TEST_F(GenerateCommand, BadInputIsAnErrorNamingIt) {
 
   const auto missing_prompt = run_process({shardlora_binary(), "generate", path("base")});
   EXPECT_EQ(missing_prompt.exit_code, 2);
-  EXPECT_NE(missing_prompt.err.find("--prompt-ids"), std::string::npos) << missing_prompt.err;
+  EXPECT_NE(missing_prompt.err.find("Exactly 1 option from [--prompt-ids,--prompt] is required"), std::string::npos)
+      << missing_prompt.err;
+  // The fixture's tokenizer.json is a stub without a vocabulary: named, not a crash.
+  const auto stub_tokenizer = run_process({shardlora_binary(), "generate", path("base"), "--prompt", "hello"});
+  EXPECT_EQ(stub_tokenizer.exit_code, 1);
+  EXPECT_NE(stub_tokenizer.err.find("tokenizer.json: model has no 'vocab'"), std::string::npos) << stub_tokenizer.err;
 }
