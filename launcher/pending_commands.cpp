@@ -21,7 +21,6 @@ constexpr PendingCommand kPending[] = {
      "dataset, LoRA fine-tuning on the CPU for a few hundred steps, a PEFT adapter written to\n"
      "runs/demo/. Nothing is downloaded.\n"},
     {"launch", "Spawn and supervise local ranks (torchrun-style)", "issue 8"},
-    {"merge", "Merge a LoRA adapter into its base model", "issue 7"},
     {"eval", "Evaluate loss and perplexity on a dataset", "issue 7"},
     {"estimate", "Estimate GPU and host memory of a recipe", "issue 7"},
     {"slurm", "Write (and submit) a Slurm batch job for a recipe", "issue 9"},

@@ -67,17 +67,7 @@ TEST_F(GenerateCommand, GreedyTokensEqualTheLibrary) {
 }
 
 TEST_F(GenerateCommand, AdapterChangesTheContinuation) {
-  {
-    // An adapter with random (non-zero) B, so it changes the logits.
-    nn::ModelOptions options;
-    options.lora = {.r = 4, .alpha = 16};
-    options.target_modules = {"q_proj", "v_proj", "down_proj"};
-    auto trained = nn::load_hf_model(path("base"), options);
-    torch::NoGradGuard no_grad;
-    torch::manual_seed(9);
-    for (auto& parameter : trained->parameters()) parameter.normal_(0, 0.5);
-    nn::save_peft_adapter(trained, path("adapter"), path("base"));
-  }
+  write_random_adapter(path("base"), path("adapter"), 16, 0.5, 9);
   const auto with_adapter = generate({"--adapter", path("adapter"), "--max-new-tokens", "12"});
   const auto without = generate({"--max-new-tokens", "12"});
   ASSERT_EQ(with_adapter.exit_code, 0) << with_adapter.err;

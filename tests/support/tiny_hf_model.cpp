@@ -1,7 +1,11 @@
 #include "tiny_hf_model.h"
 
+#include <torch/torch.h>
+
 #include <fstream>
 
+#include "shardlora/nn/hf_loader.h"
+#include "shardlora/nn/peft_adapter.h"
 #include "shardlora/nn/random_model.h"
 
 namespace shardlora::testing {
@@ -14,6 +18,20 @@ std::map<std::string, torch::Tensor> write_tiny_hf_model(const std::string& dir,
   auto tensors = nn::write_random_hf_model(dir, spec);
   std::ofstream(dir + "/tokenizer.json") << R"({"version": "1.0", "model": {"type": "BPE"}})";  // a file to copy
   return tensors;
+}
+
+void write_random_adapter(const std::string& base_dir, const std::string& adapter_dir, double alpha, double scale,
+                          uint64_t seed) {
+  nn::ModelOptions options;
+  options.compute_dtype = torch::kFloat32;
+  options.quantize_base = false;
+  options.lora = {.r = 4, .alpha = alpha};
+  options.target_modules = {"q_proj", "v_proj", "down_proj"};
+  auto trained = nn::load_hf_model(base_dir, options);
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(seed);
+  for (auto& parameter : trained->parameters()) parameter.normal_(0, scale);
+  nn::save_peft_adapter(trained, adapter_dir, base_dir);
 }
 
 }  // namespace shardlora::testing

@@ -19,4 +19,9 @@ struct TinyModelOptions {
 // Returns the tensors written, by name (values N(0, 0.02), norms 1).
 std::map<std::string, torch::Tensor> write_tiny_hf_model(const std::string& dir, const TinyModelOptions& options = {});
 
+// A PEFT adapter for the model in `base_dir` on q_proj, v_proj and down_proj, r = 4, with
+// A and B drawn from N(0, scale^2) (non-zero B, so it changes the model), as if trained.
+void write_random_adapter(const std::string& base_dir, const std::string& adapter_dir, double alpha, double scale,
+                          uint64_t seed);
+
 }  // namespace shardlora::testing

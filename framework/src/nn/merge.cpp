@@ -1,0 +1,94 @@
+#include "shardlora/nn/merge.h"
+
+#include <set>
+
+#include "shardlora/io/checkpoint_rewriter.h"
+#include "shardlora/kernels/check.h"
+#include "shardlora/nn/llama_config.h"
+#include "shardlora/nn/peft_adapter.h"
+#include "shardlora/quant/checkpoint_quantizer.h"
+#include "shardlora/tensor/dtypes.h"
+
+namespace shardlora::nn {
+namespace {
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// bitsandbytes' companions of a packed weight: consumed with it, not written.
+bool is_quant_companion(const std::string& name) {
+  for (const char* suffix : {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map"}) {
+    if (ends_with(name, suffix)) return true;
+  }
+  return name.find(".quant_state.bitsandbytes__") != std::string::npos;
+}
+
+}  // namespace
+
+MergeReport merge_adapter(const std::string& base_dir, const std::string& adapter_dir, const std::string& out_dir,
+                          const MergeOptions& options) {
+  SHARDLORA_CHECK(is_float_type(options.dtype), "merge: the output dtype must be float32, float16 or bfloat16");
+  const io::HfCheckpoint checkpoint = io::open_hf_checkpoint(base_dir);
+  parse_llama_config(checkpoint.config, checkpoint.path(io::kConfigFile));
+  const PeftAdapter adapter = read_peft_adapter(adapter_dir);
+  const bool all_linear = std::find(adapter.target_modules.begin(), adapter.target_modules.end(), "all-linear") !=
+                          adapter.target_modules.end();
+
+  MergeReport report;
+  std::set<std::string> used;
+  io::CheckpointRewrite rewrite;
+  rewrite.force = options.force;
+  rewrite.plan = [](const io::TensorInfo& tensor) -> std::vector<std::pair<std::string, size_t>> {
+    if (is_quant_companion(tensor.name)) return {};
+    return {{tensor.name, std::max<size_t>(tensor.shape.size(), 2)}};  // a bnb weight [n, 1] becomes [out, in]
+  };
+  rewrite.rewrite = [&](const io::TensorInfo& tensor, const torch::Tensor& view, const io::CheckpointLookup& lookup,
+                        const std::string& where) -> std::vector<std::pair<std::string, torch::Tensor>> {
+    if (is_quant_companion(tensor.name)) return {};
+    const bool packed = quant::is_bnb_4bit_weight(tensor.name, lookup);
+    if (!packed && !quant::is_decoder_linear_weight(tensor.name, tensor.shape.size())) {
+      return {{tensor.name, is_float_type(view.scalar_type()) ? view.to(options.dtype) : view}};
+    }
+    std::shared_ptr<FrozenLinear> base;
+    if (packed) {
+      base = std::make_shared<Linear4bit>(quant::from_bnb_tensors(tensor.name, lookup, where));
+    } else {
+      base = std::make_shared<DenseLinear>(view.to(torch::kFloat32));
+    }
+    const std::string module_path = tensor.name.substr(0, tensor.name.size() - std::string(".weight").size());
+    const std::string short_name = module_path.substr(module_path.rfind('.') + 1);
+    const bool targeted = all_linear || std::find(adapter.target_modules.begin(), adapter.target_modules.end(), short_name) !=
+                                            adapter.target_modules.end();
+    if (!targeted) return {{tensor.name, base->dense_weight(options.dtype)}};
+    AdaptedLinear linear(base, adapter.lora);
+    {
+      torch::NoGradGuard no_grad;
+      for (const auto& [matrix, parameter] :
+           {std::pair<std::string, torch::Tensor>{"lora_A", linear->lora_A}, {"lora_B", linear->lora_B}}) {
+        const std::string key = peft_key(module_path, matrix);
+        const auto it = adapter.tensors.find(key);
+        SHARDLORA_CHECK(it != adapter.tensors.end(), adapter_dir, ": missing tensor '", key, "' for ", where);
+        SHARDLORA_CHECK(it->second.sizes() == parameter.sizes(), adapter_dir, ": tensor '", key, "' has shape ",
+                        it->second.sizes(), ", the base weight needs ", parameter.sizes(), " (r = ", adapter.lora.r, ")");
+        parameter.copy_(it->second);
+        used.insert(key);
+      }
+    }
+    ++report.merged_modules;
+    return {{tensor.name, linear->merged_weight(options.dtype)}};
+  };
+  // Called after every tensor, before the output is committed: a stray adapter key fails it.
+  rewrite.config = [&](nlohmann::json config) {
+    for (const auto& [key, tensor] : adapter.tensors) {
+      SHARDLORA_CHECK(used.count(key), adapter_dir, ": tensor '", key, "' matches no weight of ", base_dir);
+    }
+    config.erase("quantization_config");
+    config["torch_dtype"] = torch_dtype_name(options.dtype);
+    return config;
+  };
+  report.bytes_out = io::rewrite_checkpoint(checkpoint, out_dir, rewrite).bytes_out;
+  return report;
+}
+
+}  // namespace shardlora::nn
