@@ -1,9 +1,11 @@
-// The trainer on a tiny random model and a text dataset: the loss falls; a run stopped at a
+// The trainer on a tiny random model and a text dataset: the loss (and the held-out loss)
+// falls; a run stopped at a
 // checkpoint and resumed produces the uninterrupted run's losses and adapter bit for bit
 // (LoRA dropout and activation checkpointing on, so RNG and data position must be
 // restored); old checkpoints beyond keep_last are removed.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -40,10 +42,13 @@ class TrainerRuns : public shardlora::testing::TempDirTest {
     return Recipe::parse("", "test", overrides);
   }
 
-  std::vector<double> losses(const std::string& run) {
+  std::vector<double> losses(const std::string& run, const std::string& key = "loss") {
     std::vector<double> values;
     std::ifstream in(path(run + "/metrics.jsonl"));
-    for (std::string line; std::getline(in, line);) values.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+    for (std::string line; std::getline(in, line);) {
+      const auto json = nlohmann::json::parse(line);
+      if (json.contains(key)) values.push_back(json[key].get<double>());
+    }
     return values;
   }
 };
@@ -51,18 +56,26 @@ class TrainerRuns : public shardlora::testing::TempDirTest {
 }  // namespace
 
 TEST_F(TrainerRuns, ResumedRunEqualsTheUninterruptedOneBitForBit) {
-  const TrainSummary straight = Trainer(recipe("straight")).run(false);
+  // Evaluation every 2 steps on a held-out quarter: it must not disturb the RNG or the data.
+  const std::vector<std::string> with_eval = {"data.val_fraction=0.25", "training.eval_every=2"};
+  const TrainSummary straight = Trainer(recipe("straight", with_eval)).run(false);
   EXPECT_EQ(straight.steps, 6);
   const auto expected = losses("straight");
   ASSERT_EQ(expected.size(), 6u);
   EXPECT_LT(expected.back(), expected.front()) << "the loss did not fall";
 
-  const TrainSummary first = Trainer(recipe("resumed")).run(false, [](int64_t step) { return step == 3; });
+  const auto eval_losses = losses("straight", "eval_loss");
+  ASSERT_EQ(eval_losses.size(), 3u);  // steps 2, 4, 6
+  EXPECT_LT(eval_losses.back(), eval_losses.front()) << "the held-out loss did not fall";
+  EXPECT_NEAR(losses("straight", "eval_perplexity").back(), std::exp(eval_losses.back()), 1e-9);
+
+  const TrainSummary first = Trainer(recipe("resumed", with_eval)).run(false, [](int64_t step) { return step == 3; });
   EXPECT_TRUE(first.stopped_early);
   EXPECT_EQ(first.steps, 3);
-  const TrainSummary second = Trainer(recipe("resumed")).run(true);
+  const TrainSummary second = Trainer(recipe("resumed", with_eval)).run(true);
   EXPECT_EQ(second.steps, 6);
   EXPECT_EQ(losses("resumed"), expected);  // exact doubles: the same computation, step for step
+  EXPECT_EQ(losses("resumed", "eval_loss"), eval_losses);
   const auto a = io::read_tensor_file(path("straight/checkpoint-000006/adapter/adapter_model.safetensors"));
   const auto b = io::read_tensor_file(path("resumed/checkpoint-000006/adapter/adapter_model.safetensors"));
   ASSERT_EQ(a.size(), b.size());

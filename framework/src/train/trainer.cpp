@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -79,7 +80,7 @@ struct Trainer::State {
   Recipe recipe;
   std::string run_dir;
   std::unique_ptr<data::Tokenizer> tokenizer;
-  std::unique_ptr<data::Dataset> dataset;
+  std::unique_ptr<data::Dataset> dataset, val_dataset;
   data::ChatTemplate chat_template;
   std::unique_ptr<data::DataLoader> loader;
   nn::LlamaModel model{nullptr};
@@ -98,12 +99,51 @@ struct Trainer::State {
     return options;
   }
 
-  std::vector<int64_t> train_indices() const {
+  std::vector<int64_t> split(bool validation_part) const {
     std::vector<int64_t> train, validation;
     data::split_indices(dataset->size(), recipe.get_float("data.val_fraction"), static_cast<uint64_t>(recipe.get_int("training.seed")),
                         &train, &validation);
     SHARDLORA_CHECK(!train.empty(), recipe.get_string("data.train"), ": no training samples left after the validation split");
-    return train;
+    return validation_part ? validation : train;
+  }
+  std::vector<int64_t> train_indices() const { return split(false); }
+
+  // Mean loss over every validation target (data.val, else the held-out fraction), in eval
+  // mode (no dropout, so the RNG is untouched); nullopt when there is no validation data.
+  std::optional<std::pair<double, int64_t>> evaluate() {
+    const data::Dataset& source = val_dataset ? *val_dataset : *dataset;
+    std::vector<int64_t> indices;
+    if (val_dataset) {
+      for (int64_t i = 0; i < val_dataset->size(); ++i) indices.push_back(i);
+    } else {
+      indices = split(true);
+    }
+    if (indices.empty()) return std::nullopt;
+    const data::LoaderOptions options = loader_options();
+    torch::NoGradGuard no_grad;
+    model->eval();
+    double loss = 0;
+    int64_t tokens = 0;
+    std::vector<data::Example> rows;
+    const auto flush = [&] {
+      if (rows.empty()) return;
+      const data::Batch batch = data::pad_batch(rows, tokenizer->special().pad.value_or(0));
+      const auto [sum, count] =
+          summed_loss(model->forward(batch.input_ids, {.position_ids = batch.position_ids, .document_ids = batch.document_ids}), batch);
+      loss += sum.item<double>();
+      tokens += count;
+      rows.clear();
+    };
+    for (const int64_t index : indices) {
+      data::Example example = source.example(index, *tokenizer, options.prompt);
+      if (!data::fit_to_length(&example, options.max_seq_len, options.over_length)) continue;
+      rows.push_back(std::move(example));
+      if (static_cast<int64_t>(rows.size()) == options.micro_batch_size) flush();
+    }
+    flush();
+    model->train();
+    if (tokens == 0) return std::nullopt;
+    return std::make_pair(loss / static_cast<double>(tokens), tokens);
   }
 
   void save_checkpoint() {
@@ -158,6 +198,9 @@ Trainer::Trainer(const Recipe& recipe) : state_(std::make_unique<State>(recipe))
   s.tokenizer = data::load_tokenizer(model_dir);
   data::DatasetOptions data_options{recipe.get_string("data.train"), format_of(recipe), fields_of(recipe), ""};
   s.dataset = std::make_unique<data::Dataset>(data_options);
+  if (const std::string val = recipe.get_string("data.val"); !val.empty()) {
+    s.val_dataset = std::make_unique<data::Dataset>(data::DatasetOptions{val, format_of(recipe), fields_of(recipe), ""});
+  }
   s.chat_template = data::builtin_chat_template(recipe.get_string("data.template"));
   const uint64_t seed = static_cast<uint64_t>(recipe.get_int("training.seed"));
   s.loader = std::make_unique<data::DataLoader>(*s.dataset, *s.tokenizer, s.train_indices(), 1, 0, seed, s.loader_options());
@@ -222,6 +265,7 @@ TrainSummary Trainer::run(bool resume, const std::function<bool(int64_t)>& stop)
   }
   std::ofstream metrics(s.run_dir + "/metrics.jsonl", std::ios::app);
   const int64_t log_every = s.recipe.get_int("training.log_every"), save_every = s.recipe.get_int("training.save_every");
+  const int64_t eval_every = s.recipe.get_int("training.eval_every");
   TrainSummary summary;
   s.model->train();
   const auto start = std::chrono::steady_clock::now();
@@ -255,6 +299,15 @@ TrainSummary Trainer::run(bool resume, const std::function<bool(int64_t)>& stop)
                      .dump()
               << "\n";
       metrics.flush();
+    }
+    if (eval_every > 0 && (s.step % eval_every == 0 || s.step == s.total_steps)) {
+      if (const auto evaluation = s.evaluate()) {
+        metrics << nlohmann::json{{"step", s.step}, {"eval_loss", evaluation->first},
+                                  {"eval_perplexity", std::exp(evaluation->first)}, {"eval_tokens", evaluation->second}}
+                       .dump()
+                << "\n";
+        metrics.flush();
+      }
     }
     const bool stopping = stop && stop(s.step);
     if ((save_every > 0 && s.step % save_every == 0) || s.step == s.total_steps || stopping) s.save_checkpoint();

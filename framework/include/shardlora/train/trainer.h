@@ -4,6 +4,9 @@
 // so accumulation does not change the loss. A target is taken where its label is not -100
 // and it lies in the same packed document as the token predicting it.
 //
+// Every training.eval_every steps (and at the end) the mean loss and perplexity over the
+// validation data (data.val, or the data.val_fraction held out of data.train) are logged.
+//
 // The run directory (output.dir) holds recipe.yaml (resolved), metrics.jsonl (one line per
 // log interval and per evaluation) and checkpoint-NNNNNN/ directories: the adapter in PEFT
 // format, optimizer.safetensors, rng.safetensors and trainer_state.json (step, data
