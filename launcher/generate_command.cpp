@@ -4,7 +4,6 @@
 // and out as they are. The end-of-sequence ids come from the model directory.
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <sstream>
@@ -54,24 +53,10 @@ std::vector<int64_t> parse_ids(const std::string& text) {
   return ids;
 }
 
-// eos_token_id of generation_config.json, else of config.json: an integer or a list of them.
+// eos_token_id of generation_config.json, else of config.json.
 std::vector<int64_t> model_eos_ids(const std::string& dir) {
-  for (const char* file : {"generation_config.json", io::kConfigFile}) {
-    const std::string path = dir + "/" + file;
-    if (!std::filesystem::exists(path)) continue;
-    const nlohmann::json json = io::read_json_file(path);
-    const auto it = json.find("eos_token_id");
-    if (it == json.end() || it->is_null()) continue;
-    const nlohmann::json list = it->is_array() ? *it : nlohmann::json::array({*it});
-    std::vector<int64_t> ids;
-    for (const auto& id : list) {
-      SHARDLORA_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0, path, ": key 'eos_token_id' must hold token ids, found ",
-                      it->dump());
-      ids.push_back(id.get<int64_t>());
-    }
-    return ids;
-  }
-  return {};
+  const std::vector<int64_t> ids = io::eos_token_ids(dir + "/generation_config.json");
+  return ids.empty() ? io::eos_token_ids(dir + "/" + io::kConfigFile) : ids;
 }
 
 std::string join(const std::vector<int64_t>& ids) {

@@ -6,6 +6,7 @@
 #include <unicode/unistr.h>
 
 #include <algorithm>
+#include <array>
 #include <functional>
 #include <queue>
 #include <unordered_map>
@@ -258,26 +259,27 @@ class BpeTokenizer : public Tokenizer {
       added_tokens_.push_back({id.get<int64_t>(), content, parser_.flag(token, "special", false)});
       add_vocab(content, id.get<int64_t>());
     }
-    // Longest first, so "<|im_start|>" wins over a shorter token it starts with.
-    added_by_length_.resize(added_tokens_.size());
-    for (size_t i = 0; i < added_tokens_.size(); ++i) added_by_length_[i] = i;
-    std::stable_sort(added_by_length_.begin(), added_by_length_.end(), [&](size_t a, size_t b) {
-      return added_tokens_[a].content.size() > added_tokens_[b].content.size();
-    });
+    // By first byte, longest first, so "<|im_start|>" wins over a shorter token it starts with.
+    for (size_t i = 0; i < added_tokens_.size(); ++i) {
+      added_by_first_byte_[static_cast<unsigned char>(added_tokens_[i].content[0])].push_back(i);
+    }
+    for (auto& candidates : added_by_first_byte_) {
+      std::stable_sort(candidates.begin(), candidates.end(), [&](size_t a, size_t b) {
+        return added_tokens_[a].content.size() > added_tokens_[b].content.size();
+      });
+    }
   }
 
-  // The first added token at or after `start`: (position, id), or (text size, -1).
+  // The first added token at or after `start`: (position, id), or (text size, -1). One scan
+  // of the text, checking only the tokens that start with each byte.
   std::pair<size_t, int64_t> next_added_token(const std::string& text, size_t start) const {
-    size_t best_at = text.size();
-    int64_t best = -1;
-    for (const size_t i : added_by_length_) {
-      const size_t at = text.find(added_tokens_[i].content, start);
-      if (at < best_at) {  // strictly earlier: among equal positions the longest (seen first) stays
-        best_at = at;
-        best = added_tokens_[i].id;
+    for (size_t at = start; at < text.size(); ++at) {
+      for (const size_t i : added_by_first_byte_[static_cast<unsigned char>(text[at])]) {
+        const std::string& content = added_tokens_[i].content;
+        if (text.compare(at, content.size(), content) == 0) return {at, added_tokens_[i].id};
       }
     }
-    return {best_at, best};
+    return {text.size(), -1};
   }
 
   // The components of a Sequence, each with its place for errors.
@@ -606,7 +608,7 @@ class BpeTokenizer : public Tokenizer {
   bool byte_fallback_ = false, fuse_unk_ = false, ignore_merges_ = false;
   std::vector<AddedToken> added_tokens_;
   std::unordered_map<int64_t, int64_t> added_index_;  // id -> index in added_tokens_
-  std::vector<size_t> added_by_length_;
+  std::array<std::vector<size_t>, 256> added_by_first_byte_;  // indices into added_tokens_
   std::vector<Normalizer> normalizers_;
   std::vector<PreTokenizer> pre_tokenizers_;
   std::vector<Decoder> decoders_;

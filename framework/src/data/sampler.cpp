@@ -50,9 +50,13 @@ int64_t ShardedSampler::next() {
 void ShardedSampler::restore(const SamplerPosition& position) {
   SHARDLORA_CHECK(position.epoch >= 0 && position.offset >= 0, "sampler: invalid position epoch ", position.epoch, ", offset ",
                   position.offset);
-  current_ = epoch_samples(position.epoch);
-  SHARDLORA_CHECK(position.offset <= samples_per_epoch(), "sampler: offset ", position.offset, " is past this rank's ",
-                  samples_per_epoch(), " samples per epoch (a different dataset or world size?)");
+  // The loader rewinds within the epoch after every packed batch: keep the permutation then.
+  std::vector<int64_t> other_epoch;
+  if (position.epoch != position_.epoch) other_epoch = epoch_samples(position.epoch);
+  const auto& samples = position.epoch != position_.epoch ? other_epoch : current_;
+  SHARDLORA_CHECK(position.offset <= static_cast<int64_t>(samples.size()), "sampler: offset ", position.offset,
+                  " is past this rank's ", samples.size(), " samples per epoch (a different dataset or world size?)");
+  if (position.epoch != position_.epoch) current_ = std::move(other_epoch);
   position_ = position;
 }
 

@@ -42,17 +42,9 @@ void read_special_tokens(const std::string& dir, const Tokenizer& tokenizer, Spe
   }
   if (special->eos) special->stop_ids.push_back(*special->eos);
   const std::string generation_path = dir + "/generation_config.json";
-  if (fs::exists(generation_path)) {
-    const nlohmann::json generation = io::read_json_file(generation_path);
-    if (const auto it = generation.find("eos_token_id"); it != generation.end() && !it->is_null()) {
-      for (const auto& id : it->is_array() ? *it : nlohmann::json::array({*it})) {
-        SHARDLORA_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < tokenizer.vocab_size(),
-                        generation_path, ": eos_token_id ", id.dump(), " is not a token id of the tokenizer");
-        if (std::find(special->stop_ids.begin(), special->stop_ids.end(), id.get<int64_t>()) == special->stop_ids.end()) {
-          special->stop_ids.push_back(id.get<int64_t>());
-        }
-      }
-    }
+  for (const int64_t id : io::eos_token_ids(generation_path)) {
+    SHARDLORA_CHECK(id < tokenizer.vocab_size(), generation_path, ": eos_token_id ", id, " is not a token id of the tokenizer");
+    if (std::find(special->stop_ids.begin(), special->stop_ids.end(), id) == special->stop_ids.end()) special->stop_ids.push_back(id);
   }
 }
 

@@ -11,6 +11,20 @@ namespace shardlora::io {
 
 namespace fs = std::filesystem;
 
+std::vector<int64_t> eos_token_ids(const std::string& json_path) {
+  if (!std::filesystem::exists(json_path)) return {};
+  const nlohmann::json json = read_json_file(json_path);
+  const auto it = json.find("eos_token_id");
+  if (it == json.end() || it->is_null()) return {};
+  std::vector<int64_t> ids;
+  for (const auto& id : it->is_array() ? *it : nlohmann::json::array({*it})) {
+    SHARDLORA_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0, json_path, ": key 'eos_token_id' must hold token ids, found ",
+                    it->dump());
+    ids.push_back(id.get<int64_t>());
+  }
+  return ids;
+}
+
 nlohmann::json read_json_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   SHARDLORA_CHECK(in, path, ": cannot open");

@@ -26,10 +26,6 @@ torch::Tensor require(const quant::TensorLookup& weights, const std::string& nam
   return *found;
 }
 
-bool is_target(const std::vector<std::string>& targets, const std::string& module) {
-  return std::find(targets.begin(), targets.end(), "all-linear") != targets.end() ||
-         std::find(targets.begin(), targets.end(), module) != targets.end();
-}
 
 torch::Tensor rotate_half(const torch::Tensor& x) {
   const auto halves = x.chunk(2, -1);
@@ -102,6 +98,11 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
 
 }  // namespace
 
+bool is_lora_target(const std::vector<std::string>& targets, const std::string& module) {
+  return std::find(targets.begin(), targets.end(), "all-linear") != targets.end() ||
+         std::find(targets.begin(), targets.end(), module) != targets.end();
+}
+
 const std::vector<std::string>& decoder_linear_names() {
   static const std::vector<std::string> names = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                                  "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
@@ -173,7 +174,7 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
     }
     const std::string short_name = module.substr(module.find('.') + 1);
     LoraOptions lora = options.lora;
-    if (!is_target(options.target_modules, short_name)) lora.r = 0;
+    if (!is_lora_target(options.target_modules, short_name)) lora.r = 0;
     AdaptedLinear linear(base, lora);
     // Module names cannot hold dots: register by index, keep the HF path in linears_.
     register_module("linear" + std::to_string(linears_.size()), linear);

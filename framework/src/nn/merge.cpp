@@ -32,8 +32,6 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
   const io::HfCheckpoint checkpoint = io::open_hf_checkpoint(base_dir);
   parse_llama_config(checkpoint.config, checkpoint.path(io::kConfigFile));
   const PeftAdapter adapter = read_peft_adapter(adapter_dir);
-  const bool all_linear = std::find(adapter.target_modules.begin(), adapter.target_modules.end(), "all-linear") !=
-                          adapter.target_modules.end();
 
   MergeReport report;
   std::set<std::string> used;
@@ -58,9 +56,7 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
     }
     const std::string module_path = tensor.name.substr(0, tensor.name.size() - std::string(".weight").size());
     const std::string short_name = module_path.substr(module_path.rfind('.') + 1);
-    const bool targeted = all_linear || std::find(adapter.target_modules.begin(), adapter.target_modules.end(), short_name) !=
-                                            adapter.target_modules.end();
-    if (!targeted) return {{tensor.name, base->dense_weight(options.dtype)}};
+    if (!is_lora_target(adapter.target_modules, short_name)) return {{tensor.name, base->dense_weight(options.dtype)}};
     AdaptedLinear linear(base, adapter.lora);
     {
       torch::NoGradGuard no_grad;

@@ -262,13 +262,13 @@ StepReport AdamW::step(const SquaredNormReduce& reduce) {
   StepReport report;
   report.lr = current_lr();
   ++schedule_step_;
-  double squared_norm = 0.0;
+  // Per-tensor norms accumulated in fp32 (torch's cascade sum, as clip_grad_norm_ does: no
+  // fp64 copy of a gradient), squared and summed in fp64, read back with one synchronization.
+  std::vector<torch::Tensor> norms;
   for (const ParamState& state : params_) {
-    const torch::Tensor grad = state.param.grad();
-    if (!grad.defined()) continue;
-    // fp32 accumulation (torch's cascade sum, as clip_grad_norm_ does): no fp64 copy of the gradient.
-    squared_norm += std::pow(at::linalg_vector_norm(grad, 2).item<double>(), 2);
+    if (state.param.grad().defined()) norms.push_back(at::linalg_vector_norm(state.param.grad(), 2));
   }
+  double squared_norm = norms.empty() ? 0.0 : torch::stack(norms).to(torch::kFloat64).square().sum().item<double>();
   if (reduce) squared_norm = reduce(squared_norm);
   report.grad_norm = std::sqrt(squared_norm);
   if (!std::isfinite(report.grad_norm)) {

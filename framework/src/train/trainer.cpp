@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 
 #include "shardlora/data/data_loader.h"
 #include "shardlora/io/hf_checkpoint.h"
@@ -81,6 +82,7 @@ struct Trainer::State {
   std::string run_dir;
   std::unique_ptr<data::Tokenizer> tokenizer;
   std::unique_ptr<data::Dataset> dataset, val_dataset;
+  std::vector<int64_t> train_indices, held_out_indices;
   data::ChatTemplate chat_template;
   std::unique_ptr<data::DataLoader> loader;
   nn::LlamaModel model{nullptr};
@@ -99,24 +101,21 @@ struct Trainer::State {
     return options;
   }
 
-  std::vector<int64_t> split(bool validation_part) const {
-    std::vector<int64_t> train, validation;
+  // data.train's samples, less the held-out data.val_fraction (computed once).
+  void split_dataset() {
     data::split_indices(dataset->size(), recipe.get_float("data.val_fraction"), static_cast<uint64_t>(recipe.get_int("training.seed")),
-                        &train, &validation);
-    SHARDLORA_CHECK(!train.empty(), recipe.get_string("data.train"), ": no training samples left after the validation split");
-    return validation_part ? validation : train;
+                        &train_indices, &held_out_indices);
+    SHARDLORA_CHECK(!train_indices.empty(), recipe.get_string("data.train"), ": no training samples left after the validation split");
   }
-  std::vector<int64_t> train_indices() const { return split(false); }
 
   // Mean loss over every validation target (data.val, else the held-out fraction), in eval
   // mode (no dropout, so the RNG is untouched); nullopt when there is no validation data.
   std::optional<std::pair<double, int64_t>> evaluate() {
     const data::Dataset& source = val_dataset ? *val_dataset : *dataset;
-    std::vector<int64_t> indices;
+    std::vector<int64_t> indices = held_out_indices;
     if (val_dataset) {
-      for (int64_t i = 0; i < val_dataset->size(); ++i) indices.push_back(i);
-    } else {
-      indices = split(true);
+      indices.resize(static_cast<size_t>(val_dataset->size()));
+      std::iota(indices.begin(), indices.end(), int64_t{0});
     }
     if (indices.empty()) return std::nullopt;
     const data::LoaderOptions options = loader_options();
@@ -202,14 +201,15 @@ Trainer::Trainer(const Recipe& recipe) : state_(std::make_unique<State>(recipe))
     s.val_dataset = std::make_unique<data::Dataset>(data::DatasetOptions{val, format_of(recipe), fields_of(recipe), ""});
   }
   s.chat_template = data::builtin_chat_template(recipe.get_string("data.template"));
+  s.split_dataset();
   const uint64_t seed = static_cast<uint64_t>(recipe.get_int("training.seed"));
-  s.loader = std::make_unique<data::DataLoader>(*s.dataset, *s.tokenizer, s.train_indices(), 1, 0, seed, s.loader_options());
+  s.loader = std::make_unique<data::DataLoader>(*s.dataset, *s.tokenizer, s.train_indices, 1, 0, seed, s.loader_options());
   s.accumulation = recipe.get_int("training.gradient_accumulation_steps");
 
   s.total_steps = recipe.get_int("training.max_steps");
   if (s.total_steps == 0) {
     // Steps of the requested epochs: one pass over the data counts the batches of an epoch.
-    data::DataLoader counter(*s.dataset, *s.tokenizer, s.train_indices(), 1, 0, seed, s.loader_options());
+    data::DataLoader counter(*s.dataset, *s.tokenizer, s.train_indices, 1, 0, seed, s.loader_options());
     int64_t batches = 0;
     while (counter.epoch() == 0) {
       counter.next();

@@ -29,6 +29,10 @@ HfCheckpoint open_hf_checkpoint(const std::string& dir);
 // Reads and parses a JSON file; errors name it.
 nlohmann::json read_json_file(const std::string& path);
 
+// eos_token_id of a config file (config.json, generation_config.json): one id or a list;
+// empty when the file or the key is absent. Errors name the file.
+std::vector<int64_t> eos_token_ids(const std::string& json_path);
+
 // Required config.json fields; errors name the file and the key.
 std::string config_string(const HfCheckpoint& checkpoint, const char* key);
 int64_t config_positive_int(const HfCheckpoint& checkpoint, const char* key);

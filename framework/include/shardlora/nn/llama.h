@@ -46,6 +46,9 @@ struct ForwardOptions {
 // The names of the Linear modules of a decoder layer, as HF writes them.
 const std::vector<std::string>& decoder_linear_names();
 
+// Whether LoRA target_modules (short names, or "all-linear") adapt `module` ("q_proj").
+bool is_lora_target(const std::vector<std::string>& targets, const std::string& module);
+
 class LlamaModelImpl : public torch::nn::Module {
  public:
   // weights: tensors by HF name (float, or bnb 4-bit for decoder Linears); `label` names
