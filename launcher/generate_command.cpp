@@ -1,7 +1,9 @@
 // `shardlora generate MODEL_DIR (--prompt TEXT | --prompt-ids ...)`: continues a prompt with
 // the model (4-bit base by default, as it was fine-tuned) and an optional PEFT adapter. Text
 // goes through the model directory's tokenizer (bos added as the tokenizer does); ids go in
-// and out as they are. The end-of-sequence ids come from the model directory.
+// and out as they are. The end-of-sequence ids come from the model directory. With
+// --template (or --recipe, whose data.template may be custom) the prompt is a user message
+// in that chat template, followed by the assistant's prefix, as the model was fine-tuned.
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -16,6 +18,7 @@
 #include "shardlora/nn/hf_loader.h"
 #include "shardlora/nn/peft_adapter.h"
 #include "shardlora/tensor/dtypes.h"
+#include "shardlora/train/from_recipe.h"
 
 namespace shardlora::launcher {
 namespace {
@@ -27,6 +30,9 @@ struct GenerateArgs {
   std::string prompt_text;
   std::string quant = "nf4";
   std::string dtype = "bf16";
+  std::string template_name;
+  std::string recipe_path;
+  std::string system;
   nn::GenerationOptions generation;
   std::vector<int64_t> eos_ids;
   bool ignore_eos = false;
@@ -65,13 +71,32 @@ std::string join(const std::vector<int64_t>& ids) {
   return text;
 }
 
-int run_generate(GenerateArgs args) {
+// The prompt as a user turn of the chat template: rendered and tokenized as in training.
+std::vector<int64_t> chat_prompt(const data::ChatTemplate& chat_template, const data::Tokenizer& tokenizer, const GenerateArgs& args) {
+  std::vector<data::Message> messages;
+  if (!args.system.empty()) messages.push_back({"system", args.system});
+  messages.push_back({"user", args.prompt_text});
+  return data::tokenize_segments(tokenizer, data::render_generation_prompt(chat_template, messages)).input_ids;
+}
+
+int run_generate(GenerateArgs args, bool dtype_given, bool quant_given) {
+  std::optional<data::ChatTemplate> chat_template;
+  if (!args.recipe_path.empty()) {
+    const train::Recipe recipe = train::Recipe::load(args.recipe_path);
+    chat_template = train::chat_template_from(recipe);
+    if (!dtype_given) args.dtype = recipe.get_string("model.dtype");
+    if (!quant_given) args.quant = recipe.get_string("model.quantization.type");
+  } else if (!args.template_name.empty()) {
+    chat_template = data::builtin_chat_template(args.template_name);
+  }
+  SHARDLORA_CHECK(args.system.empty() || chat_template, "--system needs a chat template (--template or --recipe)");
   std::unique_ptr<data::Tokenizer> tokenizer;
   std::vector<int64_t> prompt;
   if (!args.prompt_text.empty()) {
     tokenizer = data::load_tokenizer(args.model_dir);
-    prompt = tokenizer->encode(args.prompt_text, /*add_special_tokens=*/true);
+    prompt = chat_template ? chat_prompt(*chat_template, *tokenizer, args) : tokenizer->encode(args.prompt_text, /*add_special_tokens=*/true);
   } else {
+    SHARDLORA_CHECK(!chat_template, "--template and --recipe format a --prompt text, not --prompt-ids");
     prompt = parse_ids(args.prompt_ids);
   }
   nn::ModelOptions options;
@@ -88,7 +113,10 @@ int run_generate(GenerateArgs args) {
   nn::LlamaModel model = nn::load_hf_model(args.model_dir, options);
   if (adapter) nn::load_adapter_weights(model, *adapter, args.adapter_dir);
 
-  args.generation.eos_token_ids = args.ignore_eos ? std::vector<int64_t>{} : !args.eos_ids.empty() ? args.eos_ids : model_eos_ids(args.model_dir);
+  args.generation.eos_token_ids = args.ignore_eos           ? std::vector<int64_t>{}
+                                  : !args.eos_ids.empty()    ? args.eos_ids
+                                  : tokenizer                ? tokenizer->special().stop_ids
+                                                             : model_eos_ids(args.model_dir);
   const auto start = std::chrono::steady_clock::now();
   const std::vector<int64_t> generated = nn::generate(model, prompt, args.generation);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -144,9 +172,18 @@ Subcommand add_generate_command(CLI::App& root) {
   app->add_option("--quant", args->quant, "How float base weights are held: nf4, fp4 (double-quantized) or none (float)")
       ->check(CLI::IsMember({"nf4", "fp4", "none"}))
       ->capture_default_str();
-  app->add_option("--dtype", args->dtype, "Compute dtype")->check(CLI::IsMember({"bf16", "fp32"}))->capture_default_str();
+  auto* dtype = app->add_option("--dtype", args->dtype, "Compute dtype")->check(CLI::IsMember({"bf16", "fp32"}))->capture_default_str();
+  auto* chat = app->add_option("--template", args->template_name, "Format --prompt as a user message of this chat template")
+                   ->check(CLI::IsMember({"llama-3", "chatml", "mistral", "llama-2", "alpaca"}));
+  app->add_option("--recipe", args->recipe_path,
+                  "Format --prompt with the recipe's data.template (custom too); its model.dtype and quantization "
+                  "are the defaults of --dtype and --quant")
+      ->check(CLI::ExistingFile)
+      ->excludes(chat);
+  app->add_option("--system", args->system, "System message before the prompt (with --template or --recipe)");
   app->add_flag("--json", args->json, "Print prompt and generated ids (and text), stop reason as one JSON object");
-  return {app, [args] { return run_generate(*args); }};
+  auto* quant = app->get_option("--quant");
+  return {app, [args, dtype, quant] { return run_generate(*args, dtype->count() > 0, quant->count() > 0); }};
 }
 
 }  // namespace shardlora::launcher

@@ -44,8 +44,8 @@ Subcommand add_init_model_command(CLI::App& root) {
   auto args = std::make_shared<InitModelArgs>();
   CLI::App* app = root.add_subcommand("init-model", "Write a random-initialised HF-format Llama model directory");
   app->add_option("OUT_DIR", args->out_dir, "Directory to create")->required();
-  app->add_option("--preset", args->preset, "tiny (~0.1M parameters) or small (~104M)")
-      ->check(CLI::IsMember({"tiny", "small"}))
+  app->add_option("--preset", args->preset, "tiny (~0.1M parameters), demo (~0.9M) or small (~104M)")
+      ->check(CLI::IsMember({"tiny", "demo", "small"}))
       ->capture_default_str();
   app->add_option("--vocab", args->vocab, "Vocabulary size (at least 259; default: the preset's)");
   app->add_option("--seed", args->seed, "Random seed")->capture_default_str();

@@ -20,6 +20,16 @@ void ProgressBar::finish(const std::string& text) {
   drawn_ = false;
 }
 
+void ProgressBar::print_line(const std::string& line) {
+  if (drawn_) {
+    std::fputs("\r\033[K", stderr);  // clear the bar's line
+    std::fflush(stderr);
+    drawn_ = false;
+  }
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
 void ProgressBar::update(double fraction, const std::string& text) {
   if (!enabled_) return;
   const auto now = std::chrono::steady_clock::now();

@@ -14,6 +14,9 @@ class ProgressBar {
   void update(double fraction, const std::string& text);
   // Draws the bar full and ends its line, before a summary is printed.
   void finish(const std::string& text);
+  // Prints `line` to stdout above the bar (which the next update redraws).
+  void print_line(const std::string& line);
+  bool enabled() const { return enabled_; }
 
  private:
   bool enabled_;

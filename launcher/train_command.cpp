@@ -1,12 +1,16 @@
-// `shardlora train RECIPE [section.key=value ...] [--resume]`: one rank's training run.
-// SIGTERM and SIGINT finish the current step, write a checkpoint and exit 0, so a preempted
-// job resumes with --resume.
+// `shardlora train [RECIPE] [section.key=value ...] [--resume | --overwrite]`: one rank's
+// training run; without a recipe, the built-in demo (demo.h). Progress is a live bar on a
+// terminal and one plain line per log interval otherwise. SIGTERM and SIGINT finish the
+// current step, write a checkpoint and exit 0, so a preempted job resumes with --resume.
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
 #include "commands.h"
+#include "demo.h"
+#include "progress_bar.h"
 #include "shardlora/train/recipe.h"
 #include "shardlora/train/trainer.h"
 
@@ -21,27 +25,90 @@ struct TrainArgs {
   std::string recipe;
   std::vector<std::string> overrides;
   bool resume = false;
+  bool overwrite = false;
   bool help_recipe = false;
 };
 
-int run_train(const TrainArgs& args) {
+std::string duration_text(double seconds) {
+  const auto total = static_cast<long long>(seconds + 0.5);
+  char text[32];
+  if (total >= 3600) {
+    std::snprintf(text, sizeof text, "%lldh%02lldm", total / 3600, total / 60 % 60);
+  } else {
+    std::snprintf(text, sizeof text, "%lldm%02llds", total / 60, total % 60);
+  }
+  return text;
+}
+
+std::string progress_text(const train::StepProgress& p) {
+  char text[256];
+  std::snprintf(text, sizeof text, "step %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  eta %s  peak %.0f MiB",
+                static_cast<long long>(p.step), static_cast<long long>(p.total_steps), p.loss, p.lr, p.tokens_per_second,
+                duration_text(p.eta_s).c_str(), static_cast<double>(p.peak_rss_bytes) / (1 << 20));
+  return text;
+}
+
+}  // namespace
+
+train::TrainSummary train_with_progress(train::Trainer& trainer, train::StartMode mode) {
+  ProgressBar bar;
+  train::TrainHooks hooks;
+  hooks.stop = [](int64_t) { return g_stop_signal != 0; };
+  hooks.on_step = [&bar](const train::StepProgress& p) {
+    if (bar.enabled()) {
+      bar.update(static_cast<double>(p.step) / static_cast<double>(p.total_steps), progress_text(p));
+    } else if (p.logged) {
+      bar.print_line(progress_text(p));
+    }
+  };
+  hooks.on_eval = [&bar](int64_t step, const train::LossResult& result) {
+    char text[160];
+    std::snprintf(text, sizeof text, "eval at step %lld: loss %.4f  perplexity %.3f  (%lld tokens)", static_cast<long long>(step),
+                  result.loss, result.perplexity(), static_cast<long long>(result.tokens));
+    bar.print_line(text);
+  };
+  std::signal(SIGTERM, request_stop);
+  std::signal(SIGINT, request_stop);
+  const train::TrainSummary summary = trainer.run(mode, hooks);
+  std::signal(SIGTERM, SIG_DFL);
+  std::signal(SIGINT, SIG_DFL);
+  bar.finish(summary.stopped_early ? "stopped" : "done");
+  return summary;
+}
+
+namespace {
+
+int run_train(TrainArgs args) {
   if (args.help_recipe) {
     std::cout << train::recipe_help();
     return 0;
   }
-  if (args.recipe.empty()) {
-    std::cerr << "shardlora train: a recipe is required (the built-in demo is not built yet, issue 7); "
-                 "see --help-recipe for the keys\n";
+  if (args.resume && args.overwrite) {
+    std::cerr << "shardlora train: --resume and --overwrite exclude each other\n";
     return kExitUsage;
   }
+  const train::StartMode mode =
+      args.resume ? train::StartMode::Resume : args.overwrite ? train::StartMode::Overwrite : train::StartMode::Fresh;
+  // `shardlora train lora.r=8` is the demo with an override, not a recipe named "lora.r=8".
+  if (!args.recipe.empty() && args.recipe.find('=') != std::string::npos && !std::filesystem::exists(args.recipe)) {
+    args.overrides.insert(args.overrides.begin(), args.recipe);
+    args.recipe.clear();
+  }
+  if (args.recipe.empty()) return run_demo(args.overrides, mode);
   const train::Recipe recipe = train::Recipe::load(args.recipe, args.overrides);
+  train::check_run_directory(recipe.get_string("output.dir"), mode);
   train::Trainer trainer(recipe);
-  std::signal(SIGTERM, request_stop);
-  std::signal(SIGINT, request_stop);
-  const train::TrainSummary summary = trainer.run(args.resume, [](int64_t) { return g_stop_signal != 0; });
-  std::printf("%s %lld/%lld steps, last loss %.4f; run directory %s\n",
+  const train::TrainSummary summary = train_with_progress(trainer, mode);
+  const std::string run_dir = recipe.get_string("output.dir");
+  if (summary.steps_run == 0) {
+    std::printf("%s: already trained (%lld steps); the adapter is in %s/adapter\n", run_dir.c_str(),
+                static_cast<long long>(summary.steps), run_dir.c_str());
+    return 0;
+  }
+  std::printf("%s %lld/%lld steps, last loss %.4f; data: %s; run directory %s\n",
               summary.stopped_early ? "stopped by signal after" : "trained", static_cast<long long>(summary.steps),
-              static_cast<long long>(trainer.total_steps()), summary.last_loss, recipe.get_string("output.dir").c_str());
+              static_cast<long long>(trainer.total_steps()), summary.last_loss, data::describe(summary.data).c_str(),
+              run_dir.c_str());
   return 0;
 }
 
@@ -49,12 +116,19 @@ int run_train(const TrainArgs& args) {
 
 Subcommand add_train_command(CLI::App& root) {
   auto args = std::make_shared<TrainArgs>();
-  CLI::App* app = root.add_subcommand("train", "Fine-tune a model with QLoRA from a recipe YAML");
-  app->add_option("RECIPE", args->recipe, "Recipe YAML")->check(CLI::ExistingFile);
+  CLI::App* app = root.add_subcommand("train", "Fine-tune a model with QLoRA from a recipe YAML (no recipe: the built-in demo)");
+  app->add_option("RECIPE", args->recipe, "Recipe YAML (omit it for the demo)");
   app->add_option("OVERRIDES", args->overrides, "section.key=value overrides");
   app->add_flag("--resume", args->resume, "Continue from the newest checkpoint in output.dir");
+  app->add_flag("--overwrite", args->overwrite, "Start over in an output.dir that holds a run (its checkpoints are removed)");
   app->add_flag("--help-recipe", args->help_recipe, "List every recipe key with its type, default and meaning");
-  return {app, [args] { return run_train(*args); }};
+  return {app, [args] {
+            if (!args->recipe.empty() && args->recipe.find('=') == std::string::npos && !std::filesystem::is_regular_file(args->recipe)) {
+              std::cerr << "shardlora train: RECIPE: file not found: " << args->recipe << "\n";
+              return kExitUsage;
+            }
+            return run_train(*args);
+          }};
 }
 
 }  // namespace shardlora::launcher

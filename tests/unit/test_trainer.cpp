@@ -58,7 +58,7 @@ class TrainerRuns : public shardlora::testing::TempDirTest {
 TEST_F(TrainerRuns, ResumedRunEqualsTheUninterruptedOneBitForBit) {
   // Evaluation every 2 steps on a held-out quarter: it must not disturb the RNG or the data.
   const std::vector<std::string> with_eval = {"data.val_fraction=0.25", "training.eval_every=2"};
-  const TrainSummary straight = Trainer(recipe("straight", with_eval)).run(false);
+  const TrainSummary straight = Trainer(recipe("straight", with_eval)).run(StartMode::Fresh);
   EXPECT_EQ(straight.steps, 6);
   const auto expected = losses("straight");
   ASSERT_EQ(expected.size(), 6u);
@@ -69,10 +69,10 @@ TEST_F(TrainerRuns, ResumedRunEqualsTheUninterruptedOneBitForBit) {
   EXPECT_LT(eval_losses.back(), eval_losses.front()) << "the held-out loss did not fall";
   EXPECT_NEAR(losses("straight", "eval_perplexity").back(), std::exp(eval_losses.back()), 1e-9);
 
-  const TrainSummary first = Trainer(recipe("resumed", with_eval)).run(false, [](int64_t step) { return step == 3; });
+  const TrainSummary first = Trainer(recipe("resumed", with_eval)).run(StartMode::Fresh, {.stop = [](int64_t step) { return step == 3; }});
   EXPECT_TRUE(first.stopped_early);
   EXPECT_EQ(first.steps, 3);
-  const TrainSummary second = Trainer(recipe("resumed", with_eval)).run(true);
+  const TrainSummary second = Trainer(recipe("resumed", with_eval)).run(StartMode::Resume);
   EXPECT_EQ(second.steps, 6);
   EXPECT_EQ(losses("resumed"), expected);  // exact doubles: the same computation, step for step
   EXPECT_EQ(losses("resumed", "eval_loss"), eval_losses);
@@ -94,8 +94,8 @@ TEST_F(TrainerRuns, AccumulationDoesNotChangeTheLoss) {
                                   "training.max_steps=1", "lora.dropout=0", "data.packing=false"});
   const auto four = recipe("four", {"training.micro_batch_size=1", "training.gradient_accumulation_steps=4",
                                     "training.max_steps=1", "lora.dropout=0", "data.packing=false"});
-  Trainer(one).run(false);
-  Trainer(four).run(false);
+  Trainer(one).run(StartMode::Fresh);
+  Trainer(four).run(StartMode::Fresh);
   EXPECT_NEAR(losses("one").at(0), losses("four").at(0), 1e-5 * losses("one").at(0));
-  EXPECT_THROW(Trainer(recipe("none")).run(true), Error) << "nothing to resume";
+  EXPECT_THROW(Trainer(recipe("none")).run(StartMode::Resume), Error) << "nothing to resume";
 }

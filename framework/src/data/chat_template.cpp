@@ -65,4 +65,12 @@ std::vector<Segment> render_chat(const ChatTemplate& t, const std::vector<Messag
   return segments;
 }
 
+std::vector<Segment> render_generation_prompt(const ChatTemplate& t, const std::vector<Message>& messages) {
+  std::vector<Segment> segments = render_chat(t, messages, /*require_assistant=*/false);
+  const auto assistant = t.roles.find("assistant");
+  SHARDLORA_CHECK(assistant != t.roles.end(), "chat template '", t.name, "' has no assistant role");
+  segments.push_back({assistant->second.prefix, false});
+  return segments;
+}
+
 }  // namespace shardlora::data

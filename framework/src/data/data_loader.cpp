@@ -20,7 +20,14 @@ Example DataLoader::next_example() {
   // A dataset whose every sample is too long would loop forever: give up after a full epoch of drops.
   for (int64_t attempts = 0; attempts <= static_cast<int64_t>(indices_.size()); ++attempts) {
     const int64_t index = indices_[static_cast<size_t>(sampler_.next())];
-    Example example = dataset_.example(index, tokenizer_, options_.prompt);
+    Example example;
+    try {
+      example = dataset_.example(index, tokenizer_, options_.prompt);
+    } catch (const Error&) {
+      if (!options_.skip_malformed) throw;
+      ++stats_.malformed;
+      continue;
+    }
     const bool too_long = static_cast<int64_t>(example.input_ids.size()) > options_.max_seq_len;
     if (!fit_to_length(&example, options_.max_seq_len, options_.over_length)) {
       ++stats_.dropped;
@@ -30,8 +37,8 @@ Example DataLoader::next_example() {
     ++stats_.examples;
     return example;
   }
-  throw Error(dataset_.location(0) + ": every sample is longer than max_seq_len " + std::to_string(options_.max_seq_len) +
-              " and the policy drops them");
+  throw Error(dataset_.location(0) + ": no sample is usable: every one is malformed (skipped) or longer than max_seq_len " +
+              std::to_string(options_.max_seq_len) + " and the policy drops it (" + describe(stats_) + ")");
 }
 
 Batch DataLoader::next() {
@@ -62,6 +69,11 @@ Batch DataLoader::next() {
 void DataLoader::restore(const LoaderPosition& position) {
   sampler_.restore(position.sampler);
   stats_ = position.stats;
+}
+
+std::string describe(const LoaderStats& stats) {
+  return std::to_string(stats.examples) + " examples, " + std::to_string(stats.truncated) + " truncated, " +
+         std::to_string(stats.dropped) + " dropped, " + std::to_string(stats.malformed) + " malformed skipped";
 }
 
 }  // namespace shardlora::data

@@ -273,9 +273,29 @@ std::string Dataset::record(int64_t index) const {
   return bytes;
 }
 
-Example Dataset::example(int64_t index, const Tokenizer& tokenizer, const PromptOptions& prompt) const {
+std::vector<Message> Dataset::conversation(const nlohmann::json& json, const std::string& where,
+                                           const ChatTemplate& chat_template) const {
+  const FieldMap& f = options_.fields;
+  if (options_.format == DatasetFormat::Alpaca) {
+    std::string user = require_string(json, f.instruction, where);
+    if (json.contains(f.input) && json[f.input].is_string() && !json[f.input].get<std::string>().empty()) {
+      user += chat_template.input_separator + json[f.input].get<std::string>();
+    }
+    return {{"user", user}, {"assistant", require_string(json, f.output, where)}};
+  }
+  const Json& list = require(json, f.messages, where);
+  SHARDLORA_CHECK(list.is_array() && !list.empty(), where, ": key '", f.messages, "' must be a non-empty list of messages");
+  std::vector<Message> messages;
+  for (size_t m = 0; m < list.size(); ++m) {
+    const std::string at = where + ": " + f.messages + "[" + std::to_string(m) + "]";
+    SHARDLORA_CHECK(list[m].is_object(), at, " must be an object");
+    messages.push_back({require_string(list[m], f.role, at), require_string(list[m], f.content, at)});
+  }
+  return messages;
+}
+
+Json Dataset::parsed_record(int64_t index) const {
   const std::string where = location(index);
-  if (!source_->files.empty()) return tokenize_text(tokenizer, record(index));
   Json json;
   try {
     json = Json::parse(record(index));
@@ -283,6 +303,19 @@ Example Dataset::example(int64_t index, const Tokenizer& tokenizer, const Prompt
     throw Error(where + ": invalid JSON: " + error.what());
   }
   SHARDLORA_CHECK(json.is_object(), where, ": a record must be a JSON object");
+  return json;
+}
+
+std::vector<Message> Dataset::messages(int64_t index, const ChatTemplate& chat_template) const {
+  SHARDLORA_CHECK(source_->files.empty() && (options_.format == DatasetFormat::Alpaca || options_.format == DatasetFormat::Chat),
+                  options_.path, ": only alpaca and chat datasets hold conversations");
+  return conversation(parsed_record(index), location(index), chat_template);
+}
+
+Example Dataset::example(int64_t index, const Tokenizer& tokenizer, const PromptOptions& prompt) const {
+  const std::string where = location(index);
+  if (!source_->files.empty()) return tokenize_text(tokenizer, record(index));
+  const Json json = parsed_record(index);
   const FieldMap& f = options_.fields;
   Example example;
   switch (options_.format) {
@@ -301,22 +334,7 @@ Example Dataset::example(int64_t index, const Tokenizer& tokenizer, const Prompt
     case DatasetFormat::Chat: {
       SHARDLORA_CHECK(prompt.chat_template, where, ": the ", options_.format == DatasetFormat::Chat ? "chat" : "alpaca",
                       " format needs a chat template");
-      std::vector<Message> messages;
-      if (options_.format == DatasetFormat::Alpaca) {
-        std::string user = require_string(json, f.instruction, where);
-        if (json.contains(f.input) && json[f.input].is_string() && !json[f.input].get<std::string>().empty()) {
-          user += prompt.chat_template->input_separator + json[f.input].get<std::string>();
-        }
-        messages = {{"user", user}, {"assistant", require_string(json, f.output, where)}};
-      } else {
-        const Json& list = require(json, f.messages, where);
-        SHARDLORA_CHECK(list.is_array() && !list.empty(), where, ": key '", f.messages, "' must be a non-empty list of messages");
-        for (size_t m = 0; m < list.size(); ++m) {
-          const std::string at = where + ": " + f.messages + "[" + std::to_string(m) + "]";
-          SHARDLORA_CHECK(list[m].is_object(), at, " must be an object");
-          messages.push_back({require_string(list[m], f.role, at), require_string(list[m], f.content, at)});
-        }
-      }
+      const std::vector<Message> messages = conversation(json, where, *prompt.chat_template);
       try {
         example = tokenize_segments(tokenizer, render_chat(*prompt.chat_template, messages), prompt.train_on_prompt);
       } catch (const Error& error) {

@@ -41,8 +41,11 @@ void write_byte_tokenizer(const std::string& dir, int64_t max_positions) {
 
 RandomModelSpec model_preset(const std::string& name) {
   if (name == "tiny") return {};
+  // A wider lm_head: through the final norm, logits reach about hidden * lm_head_std, and
+  // with 0.02 the frozen head could not express a confident answer (loss floor ~3).
+  if (name == "demo") return {.hidden = 128, .intermediate = 384, .layers = 4, .heads = 4, .kv_heads = 2, .lm_head_std = 0.1};
   if (name == "small") return {.hidden = 768, .intermediate = 3072, .layers = 12, .heads = 12, .kv_heads = 4};
-  throw Error("unknown model preset '" + name + "' (tiny, small)");
+  throw Error("unknown model preset '" + name + "' (tiny, demo, small)");
 }
 
 std::map<std::string, torch::Tensor> write_random_hf_model(const std::string& dir, const RandomModelSpec& spec) {
@@ -54,7 +57,7 @@ std::map<std::string, torch::Tensor> write_random_hf_model(const std::string& di
   torch::manual_seed(spec.seed);
   const int64_t kv_hidden = spec.hidden / spec.heads * spec.kv_heads;
   // HF's initializer_range: N(0, 0.02); norms start at 1.
-  const auto normal = [&](std::vector<int64_t> shape) { return (torch::randn(shape) * 0.02).to(spec.dtype); };
+  const auto normal = [&](std::vector<int64_t> shape, double std = 0.02) { return (torch::randn(shape) * std).to(spec.dtype); };
   const auto ones = [&](int64_t size) { return torch::ones({size}).to(spec.dtype); };
   std::map<std::string, torch::Tensor> tensors;
   tensors["model.embed_tokens.weight"] = normal({spec.vocab, spec.hidden});
@@ -71,7 +74,7 @@ std::map<std::string, torch::Tensor> write_random_hf_model(const std::string& di
     tensors[prefix + "mlp.down_proj.weight"] = normal({spec.hidden, spec.intermediate});
   }
   tensors["model.norm.weight"] = ones(spec.hidden);
-  tensors["lm_head.weight"] = normal({spec.vocab, spec.hidden});
+  tensors["lm_head.weight"] = normal({spec.vocab, spec.hidden}, spec.lm_head_std);
 
   // Sharded: layer 0 and the embeddings in the first file, the rest in the second.
   std::map<std::string, std::vector<std::string>> shards;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -200,7 +201,15 @@ const std::vector<KeySpec>& recipe_schema() {
         text("data.fields.text", "text", "text: text field"),
         text("data.fields.input_ids", "input_ids", "tokenized: ids field"),
         text("data.fields.labels", "labels", "tokenized: labels field (optional in records)"),
-        choice("data.template", "chatml", {"llama-3", "chatml", "mistral", "llama-2", "alpaca"}, "chat template"),
+        choice("data.template", "chatml", {"llama-3", "chatml", "mistral", "llama-2", "alpaca", "custom"},
+               "chat template (custom: the data.custom_template strings)"),
+        text("data.custom_template.begin", "", "custom template: text once before the first message"),
+        text("data.custom_template.system_prefix", "", "custom template: text before a system message"),
+        text("data.custom_template.system_suffix", "", "custom template: text after a system message"),
+        text("data.custom_template.user_prefix", "", "custom template: text before a user message"),
+        text("data.custom_template.user_suffix", "", "custom template: text after a user message"),
+        text("data.custom_template.assistant_prefix", "", "custom template: text before an assistant message (prompt)"),
+        text("data.custom_template.assistant_suffix", "", "custom template: text after an assistant message (trained on; end it with the eos token)"),
         integer("data.max_seq_len", "2048", 2, 1 << 20, "tokens per sequence"),
         flag("data.packing", "true", "pack several examples into each sequence (attention never crosses them)"),
         choice("data.over_length", "truncate", {"truncate", "drop"}, "examples longer than max_seq_len"),
@@ -211,7 +220,8 @@ const std::vector<KeySpec>& recipe_schema() {
         betas,
         number("optimizer.eps", "1e-8", 1e-30, 1, "AdamW epsilon"),
         number("optimizer.weight_decay", "0.0", 0, 10, "decoupled weight decay"),
-        choice("optimizer.placement", "cpu", {"device", "cpu", "paged"}, "where optimizer state lives"),
+        choice("optimizer.placement", "cpu", {"device", "cpu", "paged"},
+               "where optimizer state lives: device memory, CPU memory, or CPU memory paged through gpu_pages device pages (paged_* names: cpu or paged)"),
         integer("optimizer.gpu_pages", "4", 1, 1 << 20, "paged: staging buffer size in pages"),
         choice("schedule.type", "cosine", {"constant", "linear", "cosine"}, "learning-rate schedule"),
         integer("schedule.warmup_steps", "0", 0, 1LL << 40, "linear warmup steps"),
@@ -291,7 +301,34 @@ Recipe Recipe::parse(const std::string& yaml, const std::string& name, const std
     SHARDLORA_CHECK(!spec.required, name, ": key '", spec.name, "' is required (", spec.help, ")");
     recipe.values_[spec.name] = {spec.default_value.empty() ? "\"\"" : spec.default_value, "default"};
   }
+  recipe.check_combinations();
   return recipe;
+}
+
+void Recipe::check_combinations() const {
+  const auto where = [&](const std::string& key) {
+    const std::string& from = origin(key);
+    return (from == "default" ? std::string("default") : from) + ": key '" + key + "'";
+  };
+  const std::string name = get_string("optimizer.name"), placement = get_string("optimizer.placement");
+  SHARDLORA_CHECK(name == "adamw" || placement != "device", where("optimizer.placement"), " is 'device', but optimizer.name '",
+                  name, "' keeps its state in CPU memory: use placement cpu or paged, or name adamw");
+  SHARDLORA_CHECK(get_string("data.val").empty() || get_float("data.val_fraction") == 0, where("data.val_fraction"),
+                  " holds data out of data.train although data.val is given: set one of them");
+  if (get_string("data.template") != "custom") {
+    for (const KeySpec& spec : recipe_schema()) {
+      SHARDLORA_CHECK(spec.name.rfind("data.custom_template.", 0) != 0 || get_string(spec.name).empty(), where(spec.name),
+                      " is set, but data.template is '", get_string("data.template"), "', not custom");
+    }
+  }
+}
+
+void Recipe::require_paths(const std::vector<std::string>& keys) const {
+  for (const std::string& key : keys) {
+    const std::string path = get_string(key);
+    if (path.empty() || std::filesystem::exists(path)) continue;
+    throw Error(origin(key) + ": key '" + key + "': '" + path + "' does not exist");
+  }
 }
 
 Recipe Recipe::load(const std::string& path, const std::vector<std::string>& overrides) {

@@ -46,4 +46,8 @@ ChatTemplate builtin_chat_template(const std::string& name);
 std::vector<Segment> render_chat(const ChatTemplate& chat_template, const std::vector<Message>& messages,
                                  bool require_assistant = true);
 
+// What a model continues to answer: `messages` (none of them from the assistant at the end)
+// rendered, then the assistant's prefix.
+std::vector<Segment> render_generation_prompt(const ChatTemplate& chat_template, const std::vector<Message>& messages);
+
 }  // namespace shardlora::data

@@ -5,6 +5,7 @@
 // it), so the position after a batch is exact and a restored loader yields the same batches.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "shardlora/data/dataset.h"
@@ -17,11 +18,12 @@ struct LoaderOptions {
   int64_t max_seq_len = 2048;
   bool packing = false;
   OverLength over_length = OverLength::Truncate;
+  bool skip_malformed = false;  // a record that fails to parse or render is skipped and counted, not an error
   PromptOptions prompt;
 };
 
 struct LoaderStats {
-  int64_t examples = 0, truncated = 0, dropped = 0;
+  int64_t examples = 0, truncated = 0, dropped = 0, malformed = 0;
 };
 
 struct LoaderPosition {
@@ -44,7 +46,7 @@ class DataLoader {
   int64_t epoch() const { return sampler_.position().epoch; }
 
  private:
-  // The next example that survives the length policy (drops are counted and skipped).
+  // The next example that survives the length and error policies (drops and skips are counted).
   Example next_example();
 
   const Dataset& dataset_;
@@ -55,5 +57,8 @@ class DataLoader {
   LoaderStats stats_;
   int64_t pad_id_;
 };
+
+// "12 examples, 1 truncated, 0 dropped, 2 malformed skipped", for logs.
+std::string describe(const LoaderStats& stats);
 
 }  // namespace shardlora::data

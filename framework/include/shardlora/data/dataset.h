@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -60,8 +61,14 @@ class Dataset {
   // The raw bytes of sample i (a JSON document, or the text of a .txt file).
   std::string record(int64_t index) const;
   Example example(int64_t index, const Tokenizer& tokenizer, const PromptOptions& prompt) const;
+  // The conversation of sample i (alpaca and chat formats): what `example` renders, and what
+  // task accuracy prompts with (every message before the last assistant one).
+  std::vector<Message> messages(int64_t index, const ChatTemplate& chat_template) const;
 
  private:
+  nlohmann::json parsed_record(int64_t index) const;
+  std::vector<Message> conversation(const nlohmann::json& record, const std::string& where, const ChatTemplate& chat_template) const;
+
   struct Source;
   DatasetOptions options_;
   std::unique_ptr<Source> source_;

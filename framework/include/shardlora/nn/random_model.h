@@ -15,6 +15,7 @@ namespace shardlora::nn {
 struct RandomModelSpec {
   int64_t vocab = 259, hidden = 64, intermediate = 128, layers = 2, heads = 4, kv_heads = 2;
   int64_t max_positions = 2048;
+  double lm_head_std = 0.02;  // every other weight: N(0, 0.02) as HF initialises
   c10::ScalarType dtype = torch::kBFloat16;
   uint64_t seed = 0;
   bool sharded = false;
@@ -23,7 +24,8 @@ struct RandomModelSpec {
 
 constexpr int64_t kByteVocab = 256;  // then <s>, </s>, <pad>
 
-// "tiny" (~0.1M parameters, for tests and the demo) or "small" (~104M, for benchmarks).
+// "tiny" (~0.1M parameters, for tests), "demo" (~0.9M, the built-in demo's base) or
+// "small" (~104M, for benchmarks).
 RandomModelSpec model_preset(const std::string& name);
 
 // Writes the directory (created if needed) and returns the tensors written, by name.

@@ -48,12 +48,18 @@ class Recipe {
   // Every key, resolved, as YAML that parses back to the same recipe.
   std::string dump() const;
 
+  // Errors naming the key and its line when a path named by one of `keys` (if not empty)
+  // does not exist. Separate from parsing, so recipes can be checked without their files.
+  void require_paths(const std::vector<std::string>& keys) const;
+
  private:
   struct Value {
     std::string yaml;    // canonical YAML text of the value
     std::string origin;
   };
   const Value& value(const std::string& key, KeyType type) const;
+  // Rules across keys (optimizer name vs placement, val vs val_fraction, custom template).
+  void check_combinations() const;
   std::map<std::string, Value> values_;
 };
 

@@ -8,10 +8,11 @@
 // validation data (data.val, or the data.val_fraction held out of data.train) are logged.
 //
 // The run directory (output.dir) holds recipe.yaml (resolved), metrics.jsonl (one line per
-// log interval and per evaluation) and checkpoint-NNNNNN/ directories: the adapter in PEFT
-// format, optimizer.safetensors, rng.safetensors and trainer_state.json (step, data
-// position). A checkpoint is assembled beside its place and renamed in; the last
-// training.keep_last are kept. run(resume) continues from the newest one; on the CPU the
+// log interval and per evaluation), checkpoint-NNNNNN/ directories (the adapter in PEFT
+// format, optimizer.safetensors, rng.safetensors and trainer_state.json: step, data
+// position) and, once training completes, adapter/ (the final adapter, PEFT format). A
+// checkpoint is assembled beside its place and renamed in; the last training.keep_last are
+// kept. StartMode::Resume continues from the newest one; on the CPU the
 // resumed loss sequence equals the uninterrupted run's bit for bit.
 #pragma once
 
@@ -19,25 +20,59 @@
 #include <memory>
 #include <string>
 
+#include "shardlora/data/chat_template.h"
+#include "shardlora/data/tokenizer.h"
+#include "shardlora/nn/llama.h"
+#include "shardlora/train/evaluation.h"
 #include "shardlora/train/recipe.h"
 
 namespace shardlora::train {
 
 struct TrainSummary {
   int64_t steps = 0;         // optimizer steps completed in the run directory
+  int64_t steps_run = 0;     // of which by this call (0: a resumed run that was complete)
   bool stopped_early = false;
-  double last_loss = 0.0;
+  double last_loss = 0.0;    // of the last step this call ran
+  data::LoaderStats data;    // examples read, truncated, dropped, malformed skipped
 };
+
+// What the progress display needs after each optimizer step.
+struct StepProgress {
+  int64_t step = 0, total_steps = 0;
+  double loss = 0, lr = 0, grad_norm = 0;
+  double tokens_per_second = 0;  // input tokens (padding excluded) since this run started
+  double elapsed_s = 0, eta_s = 0;
+  int64_t peak_rss_bytes = 0;
+  bool logged = false;  // a log interval: this step was written to metrics.jsonl
+};
+
+struct TrainHooks {
+  std::function<bool(int64_t step)> stop;  // asked after each step; true saves a checkpoint and returns (SIGTERM path)
+  std::function<void(const StepProgress&)> on_step;
+  std::function<void(int64_t step, const LossResult&)> on_eval;
+};
+
+// Fresh refuses a run directory that holds checkpoints (never overwrite a run by accident);
+// Overwrite removes them (and adapter/) first; Resume continues from the newest.
+enum class StartMode { Fresh, Resume, Overwrite };
+
+// The error run() would give for `run_dir` and `mode` (nothing to resume, a run in the way),
+// for callers that want it before any other work.
+void check_run_directory(const std::string& run_dir, StartMode mode);
 
 class Trainer {
  public:
+  // Errors name the recipe key when model.path, data.train or data.val does not exist.
   explicit Trainer(const Recipe& recipe);
   ~Trainer();
 
-  // stop(step) is asked after each step; true saves a checkpoint and returns (SIGTERM path).
-  TrainSummary run(bool resume, const std::function<bool(int64_t step)>& stop = nullptr);
+  TrainSummary run(StartMode mode, const TrainHooks& hooks = {});
 
   int64_t total_steps() const;
+  // For measurements around training (the demo's accuracy before and after).
+  nn::LlamaModel& model();
+  const data::Tokenizer& tokenizer() const;
+  const data::ChatTemplate& chat_template() const;
 
  private:
   struct State;

@@ -1,0 +1,51 @@
+// Measures of a model on a dataset: the training loss (summed over target tokens), mean
+// loss and perplexity over a dataset, and task accuracy by greedy generation.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shardlora/data/data_loader.h"
+#include "shardlora/data/dataset.h"
+#include "shardlora/nn/llama.h"
+
+namespace shardlora::train {
+
+// Loss summed over the batch's targets, and their count: the target of position t is the
+// label at t + 1, taken when it is not -100 and t + 1 lies in t's document (packing).
+std::pair<torch::Tensor, int64_t> summed_loss(const torch::Tensor& logits, const data::Batch& batch);
+
+struct LossResult {
+  double loss = 0;      // mean over target tokens
+  int64_t tokens = 0;
+  double perplexity() const;
+};
+
+// Every sample in `indices`, in order, unpacked, micro_batch_size rows at a time, in eval
+// mode (no dropout; the training RNG is untouched); nullopt when no sample has a target.
+std::optional<LossResult> evaluate_loss(nn::LlamaModel& model, const data::Dataset& dataset, const std::vector<int64_t>& indices,
+                                        const data::Tokenizer& tokenizer, const data::LoaderOptions& options);
+
+struct AccuracySample {
+  std::string prompt, expected, generated;
+  bool correct;
+};
+
+struct AccuracyResult {
+  int64_t correct = 0, total = 0;
+  std::vector<AccuracySample> samples;  // the first few, for display
+  double accuracy() const { return total ? static_cast<double>(correct) / static_cast<double>(total) : 0.0; }
+};
+
+// Exact-match accuracy on alpaca / chat data: each conversation up to its last assistant
+// message is the prompt; greedy generation (stopping at the tokenizer's stop ids) must
+// reproduce that message (surrounding whitespace ignored).
+AccuracyResult evaluate_accuracy(nn::LlamaModel& model, const data::Dataset& dataset, const std::vector<int64_t>& indices,
+                                 const data::Tokenizer& tokenizer, const data::ChatTemplate& chat_template,
+                                 int64_t max_new_tokens, size_t samples_kept = 3);
+
+}  // namespace shardlora::train

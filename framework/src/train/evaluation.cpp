@@ -1,0 +1,108 @@
+#include "shardlora/train/evaluation.h"
+
+#include <cmath>
+
+#include "shardlora/data/example.h"
+#include "shardlora/kernels/check.h"
+#include "shardlora/nn/generation.h"
+
+namespace shardlora::train {
+namespace {
+
+std::string trimmed(const std::string& text) {
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos) return "";
+  return text.substr(first, text.find_last_not_of(" \t\r\n") - first + 1);
+}
+
+// Restores training mode (and the autograd state) when evaluation ends, also by an error.
+class EvalMode {
+ public:
+  explicit EvalMode(nn::LlamaModel& model) : model_(model), was_training_(model->is_training()) { model_->eval(); }
+  ~EvalMode() { model_->train(was_training_); }
+
+ private:
+  nn::LlamaModel& model_;
+  bool was_training_;
+  torch::NoGradGuard no_grad_;
+};
+
+}  // namespace
+
+std::pair<torch::Tensor, int64_t> summed_loss(const torch::Tensor& logits, const data::Batch& batch) {
+  const int64_t length = batch.input_ids.size(1);
+  const torch::Tensor targets = batch.labels.narrow(1, 1, length - 1);
+  const torch::Tensor same_document = batch.document_ids.narrow(1, 1, length - 1).eq(batch.document_ids.narrow(1, 0, length - 1));
+  const torch::Tensor mask = targets.ne(data::kIgnoreIndex).logical_and(same_document);
+  const torch::Tensor predictions = logits.narrow(1, 0, length - 1).reshape({-1, logits.size(-1)});
+  const torch::Tensor losses = torch::nn::functional::cross_entropy(
+      predictions, targets.masked_fill(mask.logical_not(), 0).reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  return {(losses * mask.reshape({-1}).to(losses.scalar_type())).sum(), mask.sum().item<int64_t>()};
+}
+
+double LossResult::perplexity() const { return std::exp(loss); }
+
+std::optional<LossResult> evaluate_loss(nn::LlamaModel& model, const data::Dataset& dataset, const std::vector<int64_t>& indices,
+                                        const data::Tokenizer& tokenizer, const data::LoaderOptions& options) {
+  const EvalMode eval_mode(model);
+  const int64_t pad_id = tokenizer.special().pad.value_or(tokenizer.special().eos.value_or(0));
+  double loss = 0;
+  int64_t tokens = 0;
+  std::vector<data::Example> rows;
+  const auto flush = [&] {
+    if (rows.empty()) return;
+    const data::Batch batch = data::pad_batch(rows, pad_id);
+    const auto [sum, count] =
+        summed_loss(model->forward(batch.input_ids, {.position_ids = batch.position_ids, .document_ids = batch.document_ids}), batch);
+    loss += sum.item<double>();
+    tokens += count;
+    rows.clear();
+  };
+  for (const int64_t index : indices) {
+    data::Example example;
+    try {
+      example = dataset.example(index, tokenizer, options.prompt);
+    } catch (const Error&) {
+      if (options.skip_malformed) continue;
+      throw;
+    }
+    if (!data::fit_to_length(&example, options.max_seq_len, options.over_length)) continue;
+    rows.push_back(std::move(example));
+    if (static_cast<int64_t>(rows.size()) == options.micro_batch_size) flush();
+  }
+  flush();
+  if (tokens == 0) return std::nullopt;
+  return LossResult{loss / static_cast<double>(tokens), tokens};
+}
+
+AccuracyResult evaluate_accuracy(nn::LlamaModel& model, const data::Dataset& dataset, const std::vector<int64_t>& indices,
+                                 const data::Tokenizer& tokenizer, const data::ChatTemplate& chat_template,
+                                 int64_t max_new_tokens, size_t samples_kept) {
+  const EvalMode eval_mode(model);
+  nn::GenerationOptions generation;
+  generation.max_new_tokens = max_new_tokens;
+  generation.eos_token_ids = tokenizer.special().stop_ids;
+  AccuracyResult result;
+  for (const int64_t index : indices) {
+    std::vector<data::Message> messages = dataset.messages(index, chat_template);
+    const auto last_answer = std::find_if(messages.rbegin(), messages.rend(), [](const data::Message& m) { return m.role == "assistant"; });
+    SHARDLORA_CHECK(last_answer != messages.rend(), dataset.location(index), ": no assistant message to score against");
+    const std::string expected = last_answer->content;
+    messages.erase(std::prev(last_answer.base()), messages.end());
+    std::vector<data::Segment> prompt_segments = data::render_generation_prompt(chat_template, messages);
+    const std::vector<int64_t> prompt = data::tokenize_segments(tokenizer, prompt_segments).input_ids;
+    const std::string generated = tokenizer.decode(nn::generate(model, prompt, generation), /*skip_special=*/true);
+    const bool correct = trimmed(generated) == trimmed(expected);
+    result.correct += correct;
+    ++result.total;
+    if (result.samples.size() < samples_kept) {
+      std::string prompt_text;
+      for (const auto& segment : prompt_segments) prompt_text += segment.text;
+      result.samples.push_back({prompt_text, expected, generated, correct});
+    }
+  }
+  return result;
+}
+
+}  // namespace shardlora::train

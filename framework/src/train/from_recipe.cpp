@@ -1,0 +1,80 @@
+#include "shardlora/train/from_recipe.h"
+
+#include "shardlora/kernels/check.h"
+
+namespace shardlora::train {
+
+data::ChatTemplate chat_template_from(const Recipe& recipe) {
+  const std::string name = recipe.get_string("data.template");
+  if (name != "custom") return data::builtin_chat_template(name);
+  const auto text = [&](const char* key) { return recipe.get_string(std::string("data.custom_template.") + key); };
+  data::ChatTemplate custom;
+  custom.name = "custom";
+  custom.begin = text("begin");
+  for (const char* role : {"system", "user", "assistant"}) {
+    custom.roles[role] = {text((std::string(role) + "_prefix").c_str()), text((std::string(role) + "_suffix").c_str())};
+  }
+  return custom;
+}
+
+data::DatasetOptions dataset_options_from(const Recipe& recipe, const std::string& path) {
+  data::DatasetOptions options;
+  options.path = path;
+  options.format = data::dataset_format_from_name(recipe.get_string("data.format"));
+  data::FieldMap& f = options.fields;
+  f.instruction = recipe.get_string("data.fields.instruction");
+  f.input = recipe.get_string("data.fields.input");
+  f.output = recipe.get_string("data.fields.output");
+  f.messages = recipe.get_string("data.fields.messages");
+  f.role = recipe.get_string("data.fields.role");
+  f.content = recipe.get_string("data.fields.content");
+  f.text = recipe.get_string("data.fields.text");
+  f.input_ids = recipe.get_string("data.fields.input_ids");
+  f.labels = recipe.get_string("data.fields.labels");
+  return options;
+}
+
+data::LoaderOptions loader_options_from(const Recipe& recipe, const data::ChatTemplate* chat_template) {
+  data::LoaderOptions options;
+  options.micro_batch_size = recipe.get_int("training.micro_batch_size");
+  options.max_seq_len = recipe.get_int("data.max_seq_len");
+  options.packing = recipe.get_bool("data.packing");
+  options.over_length = recipe.get_string("data.over_length") == "drop" ? data::OverLength::Drop : data::OverLength::Truncate;
+  options.skip_malformed = recipe.get_string("data.on_error") == "skip";
+  options.prompt = {chat_template, recipe.get_bool("data.train_on_prompt")};
+  return options;
+}
+
+nn::ModelOptions model_options_from(const Recipe& recipe) {
+  nn::ModelOptions options;
+  options.compute_dtype = recipe.get_string("model.dtype") == "fp32" ? torch::kFloat32 : torch::kBFloat16;
+  const std::string quant_type = recipe.get_string("model.quantization.type");
+  options.quantize_base = quant_type != "none";
+  options.quant.type = quant_type == "fp4" ? kernels::QuantType::FP4 : kernels::QuantType::NF4;
+  options.quant.blocksize = std::stoll(recipe.get_string("model.quantization.blocksize"));
+  options.quant.double_quant = recipe.get_bool("model.quantization.double_quant");
+  options.lora = {.r = recipe.get_int("lora.r"), .alpha = recipe.get_float("lora.alpha"),
+                  .dropout = recipe.get_float("lora.dropout"), .use_rslora = recipe.get_bool("lora.rslora")};
+  options.target_modules = recipe.get_strings("lora.target_modules");
+  options.activation_checkpointing = recipe.get_bool("training.activation_checkpointing");
+  return options;
+}
+
+optim::AdamWOptions adamw_options_from(const Recipe& recipe, int64_t total_steps) {
+  optim::AdamWOptions adamw;
+  adamw.lr = recipe.get_float("optimizer.lr");
+  const auto betas = recipe.get_floats("optimizer.betas");
+  adamw.beta1 = betas[0];
+  adamw.beta2 = betas[1];
+  adamw.eps = recipe.get_float("optimizer.eps");
+  adamw.weight_decay = recipe.get_float("optimizer.weight_decay");
+  adamw.state_bits = recipe.get_string("optimizer.name") == "paged_adamw_8bit" ? 8 : 32;
+  adamw.placement = *optim::placement_from_name(recipe.get_string("optimizer.placement"));
+  adamw.staging_pages = recipe.get_int("optimizer.gpu_pages");
+  adamw.max_grad_norm = recipe.get_float("training.grad_clip");
+  adamw.schedule = {*optim::schedule_type_from_name(recipe.get_string("schedule.type")), recipe.get_int("schedule.warmup_steps"),
+                    total_steps};
+  return adamw;
+}
+
+}  // namespace shardlora::train
