@@ -15,7 +15,6 @@ struct PendingCommand {
 
 constexpr PendingCommand kPending[] = {
     {"launch", "Spawn and supervise local ranks (torchrun-style)", "issue 8"},
-    {"estimate", "Estimate GPU and host memory of a recipe", "issue 7"},
     {"slurm", "Write (and submit) a Slurm batch job for a recipe", "issue 9"},
     {"plot", "Plot the metrics of a run", "issue 7"},
 };

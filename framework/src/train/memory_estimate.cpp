@@ -1,0 +1,181 @@
+#include "shardlora/train/memory_estimate.h"
+
+#include <algorithm>
+#include <set>
+
+#include "shardlora/kernels/check.h"
+
+namespace shardlora::train {
+namespace {
+
+struct LinearShape {
+  const char* name;
+  int64_t in, out;
+};
+
+std::vector<LinearShape> layer_linears(const nn::LlamaConfig& c) {
+  return {{"q_proj", c.hidden_size, c.q_size()},          {"k_proj", c.hidden_size, c.kv_size()},
+          {"v_proj", c.hidden_size, c.kv_size()},         {"o_proj", c.q_size(), c.hidden_size},
+          {"gate_proj", c.hidden_size, c.intermediate_size}, {"up_proj", c.hidden_size, c.intermediate_size},
+          {"down_proj", c.intermediate_size, c.hidden_size}};
+}
+
+int64_t linear_parameters_per_layer(const nn::LlamaConfig& c) {
+  int64_t total = 0;
+  for (const auto& linear : layer_linears(c)) total += linear.in * linear.out;
+  return total;
+}
+
+// Bytes of `parameters` 4-bit weights with their quantization state (bitsandbytes layout).
+int64_t quantized_bytes(int64_t parameters, int64_t blocksize, bool double_quant) {
+  const int64_t blocks = (parameters + blocksize - 1) / blocksize;
+  const int64_t state = double_quant ? blocks + (blocks + 255) / 256 * 4 + 256 * 4 : blocks * 4;
+  return (parameters + 1) / 2 + state;
+}
+
+int64_t adapter_parameters(const Recipe& recipe, const nn::LlamaConfig& c) {
+  const auto targets = recipe.get_strings("lora.target_modules");
+  const std::set<std::string> chosen(targets.begin(), targets.end());
+  const bool all = chosen.count("all-linear") > 0;
+  int64_t total = 0;
+  for (const auto& linear : layer_linears(c)) {
+    if (all || chosen.count(linear.name)) total += recipe.get_int("lora.r") * (linear.in + linear.out);
+  }
+  return total * c.num_hidden_layers;
+}
+
+// Activation bytes one decoder layer keeps for backward, per token, and per token per
+// attended position (eager attention: the fp32 softmax output, its copy in the compute dtype
+// when that is 16-bit, the mask), counted tensor by tensor from what autograd saves.
+struct LayerActivations {
+  int64_t per_token, per_token_position;
+};
+
+LayerActivations layer_activations(const nn::LlamaConfig& c, int64_t dtype_bytes, int64_t lora_r, bool lora_dropout) {
+  const int64_t h = c.hidden_size, q = c.q_size(), i = c.intermediate_size;
+  int64_t per_token = 2 * (4 + dtype_bytes) * h  // two RMSNorms: the fp32 input and the scaled output (the Linears' input)
+                      + dtype_bytes * 3 * q      // rotated q, k and v repeated to every head, as the attention matmuls keep them
+                      + dtype_bytes * q          // the attention output, o_proj's input
+                      + dtype_bytes * 4 * i;     // gate, up, silu(gate) and the product (down_proj's input)
+  if (lora_r > 0) {
+    int64_t inputs = 0;
+    for (const auto& linear : layer_linears(c)) inputs += linear.in;
+    per_token += dtype_bytes * 7 * lora_r + (lora_dropout ? (dtype_bytes + 1) * inputs : 0);
+  }
+  return {kActivationOverhead * per_token, c.num_attention_heads * (4 + (dtype_bytes == 4 ? 0 : dtype_bytes)) + 1};
+}
+
+}  // namespace
+
+const char* method_name(Method method) {
+  switch (method) {
+    case Method::FullFinetune: return "full";
+    case Method::Lora16: return "lora";
+    case Method::QLora: return "qlora";
+  }
+  return "?";
+}
+
+int64_t MemoryEstimate::device_total() const {
+  int64_t total = 0;
+  for (const auto& row : rows) total += row.device_bytes;
+  return total;
+}
+
+int64_t MemoryEstimate::host_total() const {
+  int64_t total = 0;
+  for (const auto& row : rows) total += row.host_bytes;
+  return total;
+}
+
+int64_t MemoryEstimate::row(const std::string& name, bool device) const {
+  for (const auto& r : rows) {
+    if (r.name == name) return device ? r.device_bytes : r.host_bytes;
+  }
+  return 0;
+}
+
+int64_t parameter_count(const nn::LlamaConfig& c) {
+  return c.vocab_size * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) + (2 * c.num_hidden_layers + 1) * c.hidden_size +
+         c.num_hidden_layers * linear_parameters_per_layer(c);
+}
+
+std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::LlamaConfig& c, const EstimateOptions& options) {
+  SHARDLORA_CHECK(options.world_size >= 1, "world size must be at least 1, not ", options.world_size);
+  const int64_t world = options.world_size;
+  const int64_t dtype_bytes = recipe.get_string("model.dtype") == "fp32" ? 4 : 2;
+  const int64_t layers = c.num_hidden_layers;
+  const int64_t linear_params = layers * linear_parameters_per_layer(c);
+  const int64_t float_params = parameter_count(c) - linear_params;
+  const int64_t tokens = recipe.get_int("training.micro_batch_size") * recipe.get_int("data.max_seq_len");
+  const int64_t seq = recipe.get_int("data.max_seq_len");
+  const bool checkpointing = recipe.get_bool("training.activation_checkpointing");
+  const int64_t r = recipe.get_int("lora.r");
+  const int64_t adapter_params = adapter_parameters(recipe, c);
+  const bool shard = recipe.get_string("distributed.strategy") == "shard" && world > 1;
+  const int64_t blocksize = std::stoll(recipe.get_string("model.quantization.blocksize"));
+  const bool double_quant = recipe.get_bool("model.quantization.double_quant");
+  const std::string placement = recipe.get_string("optimizer.placement");
+  const bool eight_bit = recipe.get_string("optimizer.name") == "paged_adamw_8bit";
+  const int64_t page_elements = 1 << 20;
+
+  // Rows are placed with this: on a GPU at `where`, on the CPU always host.
+  const auto row = [&](const std::string& name, int64_t bytes, bool on_device) {
+    return options.on_gpu && on_device ? MemoryRow{name, bytes, 0} : MemoryRow{name, 0, bytes};
+  };
+  const auto activation_bytes = [&](bool lora) {
+    const LayerActivations per_layer = layer_activations(c, dtype_bytes, lora ? r : 0, lora && recipe.get_float("lora.dropout") > 0);
+    const int64_t one_layer = tokens * per_layer.per_token + tokens * seq * per_layer.per_token_position;
+    // Checkpointing keeps each layer's input and recomputes one layer at a time in backward.
+    const int64_t kept = checkpointing ? layers * tokens * c.hidden_size * dtype_bytes + one_layer : layers * one_layer;
+    // Transient while one layer runs: its fp32 scores, masked scores and their gradient.
+    const int64_t attention_transient = 3 * tokens * seq * c.num_attention_heads * 4;
+    return kept + attention_transient + tokens * c.hidden_size * dtype_bytes;  // and the embedding output
+  };
+  const int64_t logits = 3 * tokens * c.vocab_size * 4;  // fp32 logits, log-softmax, their gradient
+
+  std::vector<MemoryEstimate> estimates;
+  for (const Method method : {Method::FullFinetune, Method::Lora16, Method::QLora}) {
+    MemoryEstimate e{method, {}};
+    e.rows.push_back({"runtime", options.on_gpu ? kCudaContextBytes : 0, kCpuRuntimeBytes});
+    if (method == Method::FullFinetune) {
+      const int64_t params = parameter_count(c);
+      e.rows.push_back(row("weights (bf16)", 2 * params, true));
+      e.rows.push_back(row("gradients (bf16)", 2 * params, true));
+      e.rows.push_back(row("optimizer: fp32 master + AdamW", 12 * params, true));
+      e.rows.push_back(row("activations", activation_bytes(false), true));
+    } else {
+      if (method == Method::Lora16) {
+        e.rows.push_back(row(dtype_bytes == 2 ? "base weights (16-bit)" : "base weights (fp32)", dtype_bytes * linear_params, true));
+      } else {
+        const int64_t quantized = quantized_bytes(linear_params, blocksize, double_quant);
+        e.rows.push_back(row("base weights (4-bit + quant state)", shard ? (quantized + world - 1) / world : quantized, true));
+        if (shard) e.rows.push_back(row("all-gather buffer (2 layers)", 2 * quantized_bytes(linear_params / layers, blocksize, double_quant), true));
+      }
+      e.rows.push_back(row("embeddings, norms, lm_head", dtype_bytes * float_params, true));
+      e.rows.push_back(row("adapters (fp32)", 4 * adapter_params, true));
+      e.rows.push_back(row("adapter gradients (fp32)", 4 * adapter_params, true));
+      const int64_t state = eight_bit ? 2 * adapter_params + 2 * ((adapter_params + 255) / 256) * 4 : 8 * adapter_params;
+      e.rows.push_back(row(std::string("optimizer state (") + (eight_bit ? "8" : "32") + "-bit, " + placement + ")", state,
+                           placement == "device"));
+      if (options.on_gpu && placement != "device") {
+        e.rows.push_back(row("host master copy + pinned gradients", 8 * adapter_params, false));
+      }
+      if (placement == "paged") {
+        const int64_t staged = std::min(adapter_params, recipe.get_int("optimizer.gpu_pages") * page_elements);
+        e.rows.push_back(row("optimizer staging pages", staged * (eight_bit ? 2 + 4 + 4 : 8 + 4 + 4), true));
+      }
+      e.rows.push_back(row("activations", activation_bytes(true), true));
+    }
+    e.rows.push_back(row("logits (fp32)", logits, true));
+    if (world > 1) {
+      // Two buckets in flight, capped by what there is to reduce.
+      const int64_t gradient_bytes = method == Method::FullFinetune ? 2 * parameter_count(c) : 4 * adapter_params;
+      e.rows.push_back(row("gradient buckets", 2 * std::min(gradient_bytes, recipe.get_int("distributed.bucket_mb") << 20), true));
+    }
+    estimates.push_back(std::move(e));
+  }
+  return estimates;
+}
+
+}  // namespace shardlora::train
