@@ -16,7 +16,6 @@ struct PendingCommand {
 constexpr PendingCommand kPending[] = {
     {"launch", "Spawn and supervise local ranks (torchrun-style)", "issue 8"},
     {"slurm", "Write (and submit) a Slurm batch job for a recipe", "issue 9"},
-    {"plot", "Plot the metrics of a run", "issue 7"},
 };
 
 }  // namespace

@@ -1,9 +1,11 @@
 // The built-in demo end to end, as the README runs it: `shardlora train` with no recipe
 // learns the reversal task (accuracy from about zero to above 90%, loss falling), writes a
 // PEFT adapter; `shardlora eval` reproduces its numbers from the run's recipe; `generate
-// --recipe` answers in the recipe's template; a second run refuses to overwrite the first.
+// --recipe` answers in the recipe's template; `plot` draws its curves; a second run refuses
+// to overwrite the first.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -67,8 +69,32 @@ TEST_F(DemoCommand, LearnsTheTaskAndItsRunIsUsable) {
   ASSERT_EQ(generated.exit_code, 0) << generated.err;
   EXPECT_EQ(generated.out, "ytrewq\n");
 
+  const auto plot = run_process({shardlora_binary(), "plot", run});
+  ASSERT_EQ(plot.exit_code, 0) << plot.err;
+  std::ifstream svg_file(run + "/plot.svg");
+  const std::string svg((std::istreambuf_iterator<char>(svg_file)), std::istreambuf_iterator<char>());
+  const size_t train_line = svg.find("<polyline data-series='train loss'");
+  ASSERT_NE(train_line, std::string::npos);
+  const size_t points_at = svg.find("points='", train_line) + 8;
+  const std::string points = svg.substr(points_at, svg.find("'/>", points_at) - points_at);
+  EXPECT_EQ(std::count(points.begin(), points.end(), ','), 15) << "one point per log interval (300 steps / 20)";
+  size_t circles = 0;
+  for (size_t at = svg.find("<circle"); at != std::string::npos; at = svg.find("<circle", at + 1)) ++circles;
+  EXPECT_EQ(circles, 3u) << "one marker per evaluation";
+
   const auto again = run_process({shardlora_binary(), "train", "output.dir=" + run});
   EXPECT_EQ(again.exit_code, 1);
   EXPECT_NE(again.err.find("continue it with --resume, start over with --overwrite"), std::string::npos) << again.err;
   EXPECT_TRUE(fs::exists(run + "/adapter/adapter_model.safetensors")) << "the refused run must leave the first one intact";
+}
+
+TEST_F(DemoCommand, PlotNamesABadMetricsLine) {
+  fs::create_directories(path("run"));
+  std::ofstream(path("run/metrics.jsonl")) << R"({"step": 1, "loss": 2.0})" << "\n" << "{not json\n";
+  const auto plot = run_process({shardlora_binary(), "plot", path("run")});
+  EXPECT_EQ(plot.exit_code, 1);
+  EXPECT_NE(plot.err.find("metrics.jsonl:2: not JSON"), std::string::npos) << plot.err;
+  const auto png = run_process({shardlora_binary(), "plot", path("run"), "--out", path("plot.png")});
+  EXPECT_EQ(png.exit_code, 1);
+  EXPECT_NE(png.err.find("only SVG is written"), std::string::npos) << png.err;
 }
