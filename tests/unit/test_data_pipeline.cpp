@@ -65,6 +65,24 @@ TEST(ChatTemplates, RenderTheDocumentedFormats) {
   EXPECT_THROW(render_chat(builtin_chat_template("mistral"), {{"tool", "x"}, {"assistant", "y"}}), Error);
 }
 
+TEST(ChatTemplates, GenerationPromptEndsWithTheAssistantPrefix) {
+  const std::vector<Message> question = {{"system", "Be brief."}, {"user", "Hi"}};
+  std::string text;
+  for (const auto& segment : render_generation_prompt(builtin_chat_template("chatml"), question)) {
+    EXPECT_FALSE(segment.trainable);
+    text += segment.text;
+  }
+  EXPECT_EQ(text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  // The prompt of a conversation is exactly the rendered conversation up to its answer.
+  const std::string full = joined(render_chat(builtin_chat_template("llama-3"), kConversation));
+  std::string prompt;
+  for (const auto& segment : render_generation_prompt(builtin_chat_template("llama-3"), {kConversation.begin(), kConversation.end() - 1})) {
+    prompt += segment.text;
+  }
+  EXPECT_EQ(full.substr(0, prompt.size()), prompt);
+  EXPECT_EQ(full.substr(prompt.size()), "Bye!<|eot_id|>");
+}
+
 TEST_F(DataPipeline, PromptTokensAreMaskedAndLabelsLineUp) {
   const auto tokenizer = byte_tokenizer();
   const auto segments = render_chat(builtin_chat_template("chatml"), {{"user", "Hi"}, {"assistant", "Yo"}});

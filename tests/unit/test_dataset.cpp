@@ -215,3 +215,32 @@ TEST_F(Datasets, LoaderResumesToTheIdenticalBatchesAndCountsTheLengthPolicy) {
   EXPECT_EQ(loader.stats().dropped, 0);
   EXPECT_EQ(loader.stats().examples, 40);
 }
+
+TEST_F(Datasets, MalformedRecordsFailOrAreSkippedAndCounted) {
+  const Dataset dataset({write("mixed.jsonl", "{\"text\": \"good\"}\n{\"txt\": \"wrong key\"}\n{\"text\": \"fine\"}\n{broken\n"),
+                         DatasetFormat::Text});
+  const std::vector<int64_t> all = {0, 1, 2, 3};
+  LoaderOptions options;
+  options.max_seq_len = 16;
+  DataLoader strict(dataset, *tokenizer_, all, 1, 0, 1, options);
+  try {
+    for (int i = 0; i < 4; ++i) strict.next();
+    FAIL() << "a malformed record must stop a strict loader";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("mixed.jsonl:"), std::string::npos) << error.what();
+  }
+  options.skip_malformed = true;
+  DataLoader lenient(dataset, *tokenizer_, all, 1, 0, 1, options);
+  std::multiset<std::string> texts;
+  for (int i = 0; i < 4; ++i) {
+    const torch::Tensor ids = lenient.next().input_ids[0].contiguous();
+    texts.insert(tokenizer_->decode({ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel()}, /*skip_special=*/true));
+  }
+  EXPECT_EQ(texts, (std::multiset<std::string>{"good", "good", "fine", "fine"})) << "two epochs of the two good records";
+  // The first epoch has been read whole: both bad records skipped there, perhaps again in the second.
+  const int64_t malformed = lenient.stats().malformed;
+  EXPECT_GE(malformed, 2);
+  EXPECT_LE(malformed, 4);
+  EXPECT_EQ(lenient.stats().examples, 4);
+  EXPECT_NE(describe(lenient.stats()).find(std::to_string(malformed) + " malformed skipped"), std::string::npos);
+}

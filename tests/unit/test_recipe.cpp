@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "shardlora/kernels/check.h"
+#include "shardlora/train/from_recipe.h"
 #include "shardlora/train/recipe.h"
 
 using namespace shardlora;
@@ -99,4 +100,38 @@ TEST(Recipe, HelpListsEveryKey) {
   const std::string help = recipe_help();
   for (const KeySpec& spec : recipe_schema()) EXPECT_NE(help.find("  " + spec.name + ": "), std::string::npos) << spec.name;
   EXPECT_NE(help.find("model.path: string (required)"), std::string::npos) << help;
+}
+
+TEST(Recipe, RulesAcrossKeysNameTheKey) {
+  EXPECT_NE(error_of(std::string(kMinimal) + "optimizer:\n  name: paged_adamw_8bit\n  placement: device\n")
+                .find("recipe.yaml:8: key 'optimizer.placement' is 'device', but optimizer.name 'paged_adamw_8bit' keeps its state in CPU memory"),
+            std::string::npos)
+      << error_of(std::string(kMinimal) + "optimizer:\n  name: paged_adamw_8bit\n  placement: device\n");
+  EXPECT_EQ(error_of(std::string(kMinimal) + "optimizer:\n  name: adamw\n  placement: device\n"), "no error");
+  EXPECT_NE(error_of(kMinimal, {"data.val=v.jsonl", "data.val_fraction=0.1"}).find("override: key 'data.val_fraction' holds data out"),
+            std::string::npos)
+      << error_of(kMinimal, {"data.val=v.jsonl", "data.val_fraction=0.1"});
+  EXPECT_NE(error_of(kMinimal, {"data.custom_template.user_prefix=Q-"}).find("data.template is 'chatml', not custom"),
+            std::string::npos);
+}
+
+TEST(Recipe, CustomTemplateComesFromItsKeys) {
+  const Recipe recipe = Recipe::parse(std::string(kMinimal) +
+                                          "  template: custom\n  custom_template:\n    user_prefix: \"Q: \"\n"
+                                          "    user_suffix: \"\\n\"\n    assistant_prefix: \"A: \"\n    assistant_suffix: \"</s>\"\n",
+                                      "recipe.yaml");
+  const data::ChatTemplate chat = chat_template_from(recipe);
+  std::string text;
+  for (const auto& segment : data::render_chat(chat, {{"user", "2+2?"}, {"assistant", "4"}})) text += segment.text;
+  EXPECT_EQ(text, "Q: 2+2?\nA: 4</s>");
+}
+
+TEST(Recipe, MissingPathsNameTheKeyAndLine) {
+  const Recipe recipe = Recipe::parse(kMinimal, "recipe.yaml");
+  try {
+    recipe.require_paths({"model.path", "data.val"});
+    FAIL() << "models/tiny does not exist";
+  } catch (const Error& error) {
+    EXPECT_STREQ(error.what(), "recipe.yaml:3: key 'model.path': 'models/tiny' does not exist");
+  }
 }
