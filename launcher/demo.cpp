@@ -3,7 +3,6 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
 
@@ -25,16 +24,6 @@ namespace fs = std::filesystem;
 
 constexpr char kRecipeName[] = "recipes/demo.yaml (built in)";
 constexpr int64_t kMaxAnswerTokens = 12;  // the longest answer is 6 letters and </s>
-
-void write_text(const std::string& path, const char* text) {
-  const std::string partial = path + ".partial";
-  {
-    std::ofstream out(partial, std::ios::binary | std::ios::trunc);
-    out << text;
-    SHARDLORA_CHECK(out.flush(), partial, ": cannot write");
-  }
-  fs::rename(partial, path);
-}
 
 train::AccuracyResult accuracy(train::Trainer& trainer, const train::Recipe& recipe) {
   const data::Dataset eval(train::dataset_options_from(recipe, recipe.get_string("data.val")));
@@ -85,7 +74,7 @@ int run_demo(const std::vector<std::string>& overrides, train::StartMode mode) {
   for (const auto& [key, text] : {std::pair{"data.train", embedded::demo_train_data}, std::pair{"data.val", embedded::demo_eval_data}}) {
     const std::string path = recipe.get_string(key);
     fs::create_directories(fs::path(path).parent_path());
-    write_text(path, text);
+    io::write_file_atomically(path, text);
   }
   std::printf("  data         %s, %s\n", recipe.get_string("data.train").c_str(), recipe.get_string("data.val").c_str());
 
@@ -110,7 +99,7 @@ int run_demo(const std::vector<std::string>& overrides, train::StartMode mode) {
                                  {"eval_examples", after.total},
                                  {"final_loss", summary.steps_run ? nlohmann::json(summary.last_loss) : nlohmann::json(nullptr)},
                                  {"steps", summary.steps},             {"seconds", seconds}};
-  write_text(run_dir + "/demo_accuracy.json", (report.dump(2) + "\n").c_str());
+  io::write_file_atomically(run_dir + "/demo_accuracy.json", report.dump(2) + "\n");
   if (summary.steps_run > 0) std::printf("final training loss %.4f\n", summary.last_loss);
   std::printf("done in %.0f s: accuracy %.1f%% -> %.1f%%; adapter (PEFT format) in %s/adapter\n", seconds, 100 * before.accuracy(), 100 * after.accuracy(), run_dir.c_str());
   std::printf("try it:  shardlora generate %s --adapter %s/adapter --recipe %s/recipe.yaml --prompt abcdef\n", model_dir.c_str(),

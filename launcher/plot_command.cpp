@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "shardlora/io/staging_directory.h"
 #include "shardlora/kernels/check.h"
 
 namespace shardlora::launcher {
@@ -143,13 +144,7 @@ int run_plot(const PlotArgs& args) {
   draw_panel(svg, {&series.at("loss"), &series.at("eval_loss")}, 40, 270, max_step, "loss");
   draw_panel(svg, {&series.at("lr")}, 360, 120, max_step, "learning rate");
   svg << "<text x='380' y='512' text-anchor='middle' font-size='12'>step</text>\n</svg>\n";
-  const std::string partial = out + ".partial";
-  {
-    std::ofstream file(partial, std::ios::trunc);
-    file << svg.str();
-    SHARDLORA_CHECK(file.flush(), partial, ": cannot write");
-  }
-  std::rename(partial.c_str(), out.c_str());
+  io::write_file_atomically(out, svg.str());
   std::printf("wrote %s: %zu training points, %zu evaluations, up to step %.0f\n", out.c_str(), series.at("loss").points.size(),
               series.at("eval_loss").points.size(), max_step);
   return 0;

@@ -191,7 +191,7 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
   } else {
     for (const auto& old : found) fs::remove_all(old);
     fs::remove_all(s.run_dir + "/adapter");
-    std::ofstream(s.run_dir + "/recipe.yaml") << s.recipe.dump();
+    io::write_file_atomically(s.run_dir + "/recipe.yaml", s.recipe.dump());
     std::ofstream(s.run_dir + "/metrics.jsonl", std::ios::trunc);
   }
   std::ofstream metrics(s.run_dir + "/metrics.jsonl", std::ios::app);

@@ -7,6 +7,10 @@
 
 namespace shardlora::io {
 
+// Writes `content` to `path` through a temporary file beside it, fsynced and renamed over
+// it: readers see the old file or the new one, never a part.
+void write_file_atomically(const std::string& path, const std::string& content);
+
 class StagingDirectory {
  public:
   StagingDirectory(std::string final_dir, bool replace);
