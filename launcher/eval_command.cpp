@@ -17,6 +17,7 @@
 #include "shardlora/nn/peft_adapter.h"
 #include "shardlora/train/evaluation.h"
 #include "shardlora/train/from_recipe.h"
+#include "shardlora/train/trainer.h"
 
 namespace shardlora::launcher {
 namespace {
@@ -38,17 +39,8 @@ struct EvalArgs {
 // output.dir/adapter, else the newest checkpoint's adapter; empty when the run has neither.
 std::string run_adapter(const std::string& run_dir) {
   if (fs::exists(run_dir + "/adapter/adapter_config.json")) return run_dir + "/adapter";
-  std::string newest;
-  if (fs::is_directory(run_dir)) {
-    for (const auto& entry : fs::directory_iterator(run_dir)) {
-      const std::string name = entry.path().filename().string();
-      if (name.rfind("checkpoint-", 0) == 0 && name.find('.') == std::string::npos && fs::exists(entry.path() / "adapter") &&
-          entry.path().string() > newest) {
-        newest = entry.path().string();
-      }
-    }
-  }
-  return newest.empty() ? "" : newest + "/adapter";
+  const auto found = train::checkpoints(run_dir);
+  return found.empty() ? "" : (found.back() / "adapter").string();
 }
 
 int run_eval(const EvalArgs& args) {

@@ -33,20 +33,6 @@ std::string checkpoint_name(int64_t step) {
   return name;
 }
 
-// checkpoint-NNNNNN directories of the run, oldest first.
-std::vector<fs::path> checkpoints(const std::string& run_dir) {
-  std::vector<fs::path> found;
-  if (!fs::exists(run_dir)) return found;
-  for (const auto& entry : fs::directory_iterator(run_dir)) {
-    const std::string name = entry.path().filename().string();
-    if (entry.is_directory() && name.rfind(kCheckpointPrefix, 0) == 0 && name.find(".partial-") == std::string::npos && name.find(".old-") == std::string::npos) {
-      found.push_back(entry.path());
-    }
-  }
-  std::sort(found.begin(), found.end());
-  return found;
-}
-
 }  // namespace
 
 struct Trainer::State {
@@ -132,6 +118,20 @@ struct Trainer::State {
     step = state.at("step").get<int64_t>();
   }
 };
+
+std::vector<fs::path> checkpoints(const std::string& run_dir) {
+  std::vector<fs::path> found;
+  if (!fs::exists(run_dir)) return found;
+  for (const auto& entry : fs::directory_iterator(run_dir)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && name.rfind(kCheckpointPrefix, 0) == 0 && name.find(".partial-") == std::string::npos && name.find(".old-") == std::string::npos) {
+      found.push_back(entry.path());
+    }
+  }
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
 
 void check_run_directory(const std::string& run_dir, StartMode mode) {
   const auto found = checkpoints(run_dir);

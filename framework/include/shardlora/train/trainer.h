@@ -16,6 +16,7 @@
 // resumed loss sequence equals the uninterrupted run's bit for bit.
 #pragma once
 
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -55,6 +56,9 @@ struct TrainHooks {
 // Fresh refuses a run directory that holds checkpoints (never overwrite a run by accident);
 // Overwrite removes them (and adapter/) first; Resume continues from the newest.
 enum class StartMode { Fresh, Resume, Overwrite };
+
+// The complete checkpoint-NNNNNN directories of a run, oldest first (none when it does not exist).
+std::vector<std::filesystem::path> checkpoints(const std::string& run_dir);
 
 // The error run() would give for `run_dir` and `mode` (nothing to resume, a run in the way),
 // for callers that want it before any other work.
