@@ -87,6 +87,13 @@ void cuda_stream_wait_event(Stream stream, Event event) {
   SHARDLORA_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event), 0));
 }
 
+bool cuda_event_query(Event event) {
+  const cudaError_t status = cudaEventQuery(static_cast<cudaEvent_t>(event));
+  if (status == cudaErrorNotReady) return false;
+  SHARDLORA_CUDA_CHECK(status);
+  return true;
+}
+
 void cuda_copy_async(void* dst, const void* src, size_t bytes, Stream stream) {
   SHARDLORA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)));
 }

@@ -23,19 +23,3 @@ TEST(LaunchEnvUnderMpi, MatchesMpiCommWorld) {
   EXPECT_EQ(launch.local_world_size, local_size);
   EXPECT_GE(size, 2) << "run this test through mpirun -np N with N >= 2";
 }
-
-int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (rank != 0) {  // one rank prints; every rank's failures still fail the run
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  int failed = RUN_ALL_TESTS() != 0;
-  int any_failed = 0;
-  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return any_failed;
-}

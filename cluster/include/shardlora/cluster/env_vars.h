@@ -29,4 +29,10 @@ inline constexpr const char kLaunchWorldSize[] = "SHARDLORA_WORLD_SIZE";
 inline constexpr const char kLaunchLocalRank[] = "SHARDLORA_LOCAL_RANK";
 inline constexpr const char kLaunchLocalWorldSize[] = "SHARDLORA_LOCAL_WORLD_SIZE";
 
+// The rendezvous store (cluster/tcp_store.h): rank 0 serves it, every rank connects.
+inline constexpr const char kStoreAddress[] = "SHARDLORA_STORE_ADDR";        // host:port of rank 0's store
+inline constexpr const char kStoreBind[] = "SHARDLORA_STORE_BIND";           // interface rank 0 listens on
+inline constexpr const char kStoreToken[] = "SHARDLORA_STORE_TOKEN";         // the job's secret
+inline constexpr const char kStoreTokenFile[] = "SHARDLORA_STORE_TOKEN_FILE";  // or a file holding it
+
 }  // namespace shardlora::env
