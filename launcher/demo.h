@@ -11,9 +11,9 @@
 
 namespace shardlora::launcher {
 
-// The training loop with the command's progress display (train_command.cpp); SIGTERM and
-// SIGINT stop it after a checkpoint.
-train::TrainSummary train_with_progress(train::Trainer& trainer, train::StartMode mode);
+// The training loop with the command's progress display (train_command.cpp; `show` false on
+// ranks other than 0); SIGTERM and SIGINT stop it after a checkpoint.
+train::TrainSummary train_with_progress(train::Trainer& trainer, train::StartMode mode, bool show = true);
 
 // `overrides` apply on top of the demo recipe; the model and data go under output.dir
 // unless their paths are overridden too.

@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "demo.h"
 #include "progress_bar.h"
+#include "shardlora/cluster/job.h"
 #include "shardlora/train/recipe.h"
 #include "shardlora/train/trainer.h"
 
@@ -50,7 +51,7 @@ std::string progress_text(const train::StepProgress& p) {
 
 }  // namespace
 
-train::TrainSummary train_with_progress(train::Trainer& trainer, train::StartMode mode) {
+train::TrainSummary train_with_progress(train::Trainer& trainer, train::StartMode mode, bool show) {
   ProgressBar bar;
   train::TrainHooks hooks;
   hooks.stop = [](int64_t) { return g_stop_signal != 0; };
@@ -72,11 +73,21 @@ train::TrainSummary train_with_progress(train::Trainer& trainer, train::StartMod
   const train::TrainSummary summary = trainer.run(mode, hooks);
   std::signal(SIGTERM, SIG_DFL);
   std::signal(SIGINT, SIG_DFL);
-  bar.finish(summary.stopped_early ? "stopped" : "done");
+  if (show) bar.finish(summary.stopped_early ? "stopped" : "done");
   return summary;
 }
 
 namespace {
+
+cluster::JobOptions job_options_from(const train::Recipe& recipe) {
+  cluster::JobOptions options;
+  options.backend = recipe.get_string("distributed.backend");
+  options.on_gpu = false;  // the trainer places the model on the CPU (GPU placement: issue 8's next step)
+  options.timeout = std::chrono::seconds(recipe.get_int("distributed.timeout_s"));
+  return options;
+}
+
+int train_recipe(const train::Recipe& recipe, train::StartMode mode, cluster::Job& job);
 
 int run_train(TrainArgs args) {
   if (args.help_recipe) {
@@ -97,8 +108,28 @@ int run_train(TrainArgs args) {
   if (args.recipe.empty()) return run_demo(args.overrides, mode);
   const train::Recipe recipe = train::Recipe::load(args.recipe, args.overrides);
   train::check_run_directory(recipe.get_string("output.dir"), mode);
-  train::Trainer trainer(recipe);
-  const train::TrainSummary summary = train_with_progress(trainer, mode);
+  const auto job = cluster::Job::join(job_options_from(recipe));
+  if (!job->distributed()) return train_recipe(recipe, mode, *job);
+  try {
+    return train_recipe(recipe, mode, *job);
+  } catch (const std::exception& error) {
+    // One rank failing must not leave the others waiting in a collective.
+    std::fprintf(stderr, "shardlora train (rank %d of %d): error: %s\n", job->launch().rank, job->launch().world_size, error.what());
+    std::fflush(stderr);
+    job->abort(kExitError);
+  }
+}
+
+int train_recipe(const train::Recipe& recipe, train::StartMode mode, cluster::Job& job) {
+  dist::Communicator* comm = job.communicator();
+  // Loading may take long on some ranks (a slow filesystem): the collectives of setup wait
+  // up to distributed.load_timeout_s, training's up to distributed.timeout_s.
+  if (comm) comm->set_timeout(std::chrono::seconds(recipe.get_int("distributed.load_timeout_s")));
+  train::Trainer trainer(recipe, comm);
+  if (comm) comm->set_timeout(std::chrono::seconds(recipe.get_int("distributed.timeout_s")));
+  const bool rank0 = job.launch().rank == 0;
+  const train::TrainSummary summary = train_with_progress(trainer, mode, rank0);
+  if (!rank0) return 0;
   const std::string run_dir = recipe.get_string("output.dir");
   if (summary.steps_run == 0) {
     std::printf("%s: already trained (%lld steps); the adapter is in %s/adapter\n", run_dir.c_str(),

@@ -27,7 +27,7 @@ ShardedSampler::ShardedSampler(int64_t num_samples, int64_t world_size, int64_t 
   current_ = epoch_samples(0);
 }
 
-std::vector<int64_t> ShardedSampler::epoch_samples(int64_t epoch) const {
+std::vector<int64_t> ShardedSampler::epoch_samples(int64_t epoch, int64_t base) const {
   std::vector<int64_t> order(static_cast<size_t>(num_samples_));
   std::iota(order.begin(), order.end(), int64_t{0});
   if (shuffle_) {
@@ -35,28 +35,29 @@ std::vector<int64_t> ShardedSampler::epoch_samples(int64_t epoch) const {
     for (size_t i = order.size() - 1; i > 0; --i) std::swap(order[i], order[draw_below(rng, i + 1)]);
   }
   std::vector<int64_t> mine;
-  for (size_t i = static_cast<size_t>(rank_); i < order.size(); i += static_cast<size_t>(world_size_)) mine.push_back(order[i]);
+  for (size_t i = static_cast<size_t>(base + rank_); i < order.size(); i += static_cast<size_t>(world_size_)) mine.push_back(order[i]);
   return mine;
 }
 
 int64_t ShardedSampler::next() {
   if (position_.offset == samples_per_epoch()) {
-    position_ = {position_.epoch + 1, 0};
+    position_ = {position_.epoch + 1, 0, 0};
     current_ = epoch_samples(position_.epoch);
   }
   return current_[static_cast<size_t>(position_.offset++)];
 }
 
 void ShardedSampler::restore(const SamplerPosition& position) {
-  SHARDLORA_CHECK(position.epoch >= 0 && position.offset >= 0, "sampler: invalid position epoch ", position.epoch, ", offset ",
-                  position.offset);
+  SHARDLORA_CHECK(position.epoch >= 0 && position.offset >= 0 && position.base >= 0 && position.base <= num_samples_,
+                  "sampler: invalid position epoch ", position.epoch, ", offset ", position.offset, ", base ", position.base);
   // The loader rewinds within the epoch after every packed batch: keep the permutation then.
-  std::vector<int64_t> other_epoch;
-  if (position.epoch != position_.epoch) other_epoch = epoch_samples(position.epoch);
-  const auto& samples = position.epoch != position_.epoch ? other_epoch : current_;
+  const bool same_layout = position.epoch == position_.epoch && position.base == position_.base;
+  std::vector<int64_t> other;
+  if (!same_layout) other = epoch_samples(position.epoch, position.base);
+  const auto& samples = same_layout ? current_ : other;
   SHARDLORA_CHECK(position.offset <= static_cast<int64_t>(samples.size()), "sampler: offset ", position.offset,
                   " is past this rank's ", samples.size(), " samples per epoch (a different dataset or world size?)");
-  if (position.epoch != position_.epoch) current_ = std::move(other_epoch);
+  if (!same_layout) current_ = std::move(other);
   position_ = position;
 }
 

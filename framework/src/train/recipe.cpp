@@ -239,7 +239,8 @@ const std::vector<KeySpec>& recipe_schema() {
         choice("distributed.strategy", "shard", {"shard", "replicate"}, "4-bit base split across ranks, or a full copy on each"),
         choice("distributed.backend", "auto", {"auto", "nccl", "mpi"}, "collectives backend (auto: NCCL on GPUs, MPI on CPUs)"),
         integer("distributed.bucket_mb", "25", 1, 1 << 16, "gradient all-reduce bucket size"),
-        integer("distributed.timeout_s", "600", 1, 1 << 24, "collective timeout before the job is aborted"),
+        integer("distributed.timeout_s", "300", 1, 1 << 24, "a collective (or a silent rank) older than this aborts the job"),
+        integer("distributed.load_timeout_s", "3600", 1, 1 << 24, "the same while ranks load the model (rank 0 may be slow)"),
         text("output.dir", "runs/run", "run directory: resolved recipe, metrics, checkpoints, adapter"),
     };
   }();

@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "shardlora/data/data_loader.h"
+#include "shardlora/dist/gradient_buckets.h"
 #include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/io/staging_directory.h"
 #include "shardlora/io/tensor_file.h"
@@ -33,6 +34,51 @@ std::string checkpoint_name(int64_t step) {
   return name;
 }
 
+// A rank's data position as a flat int64 row, so all ranks' rows can be gathered in one call.
+constexpr int64_t kPositionFields = 7;
+
+std::vector<int64_t> position_row(const data::LoaderPosition& p) {
+  return {p.sampler.epoch, p.sampler.offset, p.sampler.base, p.stats.examples, p.stats.truncated, p.stats.dropped, p.stats.malformed};
+}
+
+nlohmann::json position_json(const std::vector<int64_t>& row) {
+  return {{"epoch", row[0]}, {"offset", row[1]}, {"base", row[2]}, {"examples", row[3]},
+          {"truncated", row[4]}, {"dropped", row[5]}, {"malformed", row[6]}};
+}
+
+data::LoaderPosition position_from_json(const nlohmann::json& j) {
+  return {{j.at("epoch").get<int64_t>(), j.at("offset").get<int64_t>(), j.value("base", int64_t{0})},
+          {j.at("examples").get<int64_t>(), j.at("truncated").get<int64_t>(), j.at("dropped").get<int64_t>(),
+           j.value("malformed", int64_t{0})}};
+}
+
+// Where `world` ranks continue when the checkpoint's `saved` positions came from another world
+// size: every rank starts at the first permutation entry not yet taken by all the old ranks
+// (entries some old ranks took past it are read again); counters go to rank 0.
+data::LoaderPosition regrouped_position(const std::vector<data::LoaderPosition>& saved, int rank, int64_t* repeated) {
+  const int64_t old_world = static_cast<int64_t>(saved.size());
+  int64_t epoch = INT64_MAX;
+  for (const auto& p : saved) epoch = std::min(epoch, p.sampler.epoch);
+  int64_t base = 0, least = INT64_MAX, taken = 0;
+  for (const auto& p : saved) {
+    if (p.sampler.epoch != epoch) continue;
+    base = p.sampler.base;
+    least = std::min(least, p.sampler.offset);
+    taken += p.sampler.offset;
+  }
+  *repeated = taken - least * old_world;
+  data::LoaderPosition position{{epoch, 0, base + least * old_world}, {}};
+  if (rank == 0) {
+    for (const auto& p : saved) {
+      position.stats.examples += p.stats.examples;
+      position.stats.truncated += p.stats.truncated;
+      position.stats.dropped += p.stats.dropped;
+      position.stats.malformed += p.stats.malformed;
+    }
+  }
+  return position;
+}
+
 }  // namespace
 
 struct Trainer::State {
@@ -46,8 +92,35 @@ struct Trainer::State {
   nn::LlamaModel model{nullptr};
   std::unique_ptr<optim::AdamW> optimizer;
   int64_t accumulation = 1, total_steps = 0, step = 0;
+  dist::Communicator* comm = nullptr;  // null: one rank
+  int rank = 0, world = 1;
+  std::unique_ptr<dist::GradientBuckets> buckets;
 
-  explicit State(const Recipe& r) : recipe(r) {}
+  State(const Recipe& r, dist::Communicator* c) : recipe(r), comm(c) {
+    if (comm) {
+      rank = comm->rank();
+      world = comm->world_size();
+    }
+  }
+
+  bool distributed() const { return world > 1; }
+  void barrier() {
+    if (distributed()) comm->barrier();
+  }
+
+  // Element-wise sum over ranks of a few float64 counters (identity on one rank).
+  torch::Tensor sum_over_ranks(torch::Tensor values) {
+    if (distributed()) comm->allreduce(values, dist::ReduceOp::Sum);
+    return values;
+  }
+
+  // Every rank's row of `row`, in rank order ([world, n]).
+  torch::Tensor gather_rows(const torch::Tensor& row) {
+    if (!distributed()) return row.unsqueeze(0);
+    auto all = torch::empty({world, row.numel()}, row.options());
+    comm->allgather(row.contiguous(), all);
+    return all;
+  }
 
   // data.train's samples, less the held-out data.val_fraction (computed once).
   void split_dataset() {
@@ -56,47 +129,68 @@ struct Trainer::State {
     SHARDLORA_CHECK(!train_indices.empty(), recipe.get_string("data.train"), ": no training samples left after the validation split");
   }
 
-  // Mean loss over the validation data (data.val, else the held-out fraction).
+  // Mean loss over the validation data (data.val, else the held-out fraction); ranks take
+  // every world-th sample and sum their losses and token counts.
   std::optional<LossResult> evaluate() {
+    std::vector<int64_t> all = held_out_indices;
     if (val_dataset) {
-      std::vector<int64_t> all(static_cast<size_t>(val_dataset->size()));
+      all.resize(static_cast<size_t>(val_dataset->size()));
       std::iota(all.begin(), all.end(), int64_t{0});
-      return evaluate_loss(model, *val_dataset, all, *tokenizer, loader_options_from(recipe, &chat_template));
     }
-    if (held_out_indices.empty()) return std::nullopt;
-    return evaluate_loss(model, *dataset, held_out_indices, *tokenizer, loader_options_from(recipe, &chat_template));
+    if (all.empty()) return std::nullopt;
+    std::vector<int64_t> mine;
+    for (size_t i = static_cast<size_t>(rank); i < all.size(); i += static_cast<size_t>(world)) mine.push_back(all[i]);
+    const auto result = evaluate_loss(model, val_dataset ? *val_dataset : *dataset, mine, *tokenizer,
+                                      loader_options_from(recipe, &chat_template));
+    if (!distributed()) return result;
+    const double tokens = result ? static_cast<double>(result->tokens) : 0.0;
+    const auto sums = sum_over_ranks(torch::tensor({result ? result->loss * tokens : 0.0, tokens}, torch::kFloat64));
+    if (sums[1].item<double>() == 0) return std::nullopt;
+    return LossResult{sums[0].item<double>() / sums[1].item<double>(), static_cast<int64_t>(sums[1].item<double>())};
   }
 
+  // Adapter and optimizer state are the same on every rank: rank 0 writes them, with every
+  // rank's data position and RNG state (gathered first); the others wait at a barrier.
   void save_checkpoint() {
-    const std::string final_dir = run_dir + "/" + checkpoint_name(step);
-    io::StagingDirectory staging(final_dir, /*replace=*/true);
-    nn::save_peft_adapter(model, staging.path("adapter"), recipe.get_string("model.path"));
-    optimizer->save(staging.path("optimizer.safetensors"));
+    const auto positions = gather_rows(torch::tensor(position_row(loader->position()), torch::kInt64));
     auto generator = at::detail::getDefaultCPUGenerator();
     torch::Tensor rng;
     {
       std::lock_guard<std::mutex> lock(generator.mutex());
       rng = generator.get_state();
     }
-    io::write_tensor_file(staging.path("rng.safetensors"), {{"cpu", rng}});
-    const data::LoaderPosition position = loader->position();
-    const nlohmann::json state = {{"step", step},
-                                  {"total_steps", total_steps},
-                                  {"data", {{"epoch", position.sampler.epoch}, {"offset", position.sampler.offset},
-                                            {"examples", position.stats.examples}, {"truncated", position.stats.truncated},
-                                            {"dropped", position.stats.dropped}, {"malformed", position.stats.malformed}}}};
-    std::ofstream(staging.path("trainer_state.json")) << state.dump(2) << "\n";
-    staging.commit();
-    const auto all = checkpoints(run_dir);
-    const auto keep = static_cast<size_t>(recipe.get_int("training.keep_last"));
-    for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
+    const auto rng_states = gather_rows(rng);
+    if (rank == 0) {
+      const std::string final_dir = run_dir + "/" + checkpoint_name(step);
+      io::StagingDirectory staging(final_dir, /*replace=*/true);
+      nn::save_peft_adapter(model, staging.path("adapter"), recipe.get_string("model.path"));
+      optimizer->save(staging.path("optimizer.safetensors"));
+      std::map<std::string, torch::Tensor> rng_file{{"cpu", rng_states[0]}};
+      for (int r = 1; r < world; ++r) rng_file["cpu.rank" + std::to_string(r)] = rng_states[r];
+      io::write_tensor_file(staging.path("rng.safetensors"), rng_file);
+      nlohmann::json ranks = nlohmann::json::array();
+      for (int r = 0; r < world; ++r) {
+        const auto row = positions[r];
+        ranks.push_back(position_json(std::vector<int64_t>(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + kPositionFields)));
+      }
+      const nlohmann::json state = {{"step", step}, {"total_steps", total_steps}, {"world_size", world}, {"data", ranks[0]}, {"ranks", ranks}};
+      std::ofstream(staging.path("trainer_state.json")) << state.dump(2) << "\n";
+      staging.commit();
+      const auto all = checkpoints(run_dir);
+      const auto keep = static_cast<size_t>(recipe.get_int("training.keep_last"));
+      for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
+    }
+    barrier();  // the checkpoint is complete before any rank goes on (or exits)
   }
 
   // output.dir/adapter: the trained adapter where users look for it.
   void save_final_adapter() {
-    io::StagingDirectory staging(run_dir + "/adapter", /*replace=*/true);
-    nn::save_peft_adapter(model, staging.dir(), recipe.get_string("model.path"));
-    staging.commit();
+    if (rank == 0) {
+      io::StagingDirectory staging(run_dir + "/adapter", /*replace=*/true);
+      nn::save_peft_adapter(model, staging.dir(), recipe.get_string("model.path"));
+      staging.commit();
+    }
+    barrier();
   }
 
   void load_checkpoint(const fs::path& dir) {
@@ -104,17 +198,32 @@ struct Trainer::State {
     const nlohmann::json state = io::read_json_file((dir / "trainer_state.json").string());
     nn::load_adapter_weights(model, nn::read_peft_adapter((dir / "adapter").string()), label);
     optimizer->load((dir / "optimizer.safetensors").string());
+    std::vector<data::LoaderPosition> saved;
+    if (state.contains("ranks")) {
+      for (const auto& row : state.at("ranks")) saved.push_back(position_from_json(row));
+    } else {
+      saved.push_back(position_from_json(state.at("data")));  // written by a single-rank version
+    }
+    const int saved_world = static_cast<int>(saved.size());
     const auto rng = io::read_tensor_file((dir / "rng.safetensors").string());
-    SHARDLORA_CHECK(rng.count("cpu"), label, ": rng.safetensors has no 'cpu' state");
+    const std::string rng_key = rank > 0 && rank < saved_world ? "cpu.rank" + std::to_string(rank) : "cpu";
+    SHARDLORA_CHECK(rng.count(rng_key), label, ": rng.safetensors has no '", rng_key, "' state");
     auto generator = at::detail::getDefaultCPUGenerator();
     {
       std::lock_guard<std::mutex> lock(generator.mutex());
-      generator.set_state(rng.at("cpu"));
+      generator.set_state(rng.at(rng_key));
     }
-    const auto& position = state.at("data");
-    loader->restore({{position.at("epoch").get<int64_t>(), position.at("offset").get<int64_t>()},
-                     {position.at("examples").get<int64_t>(), position.at("truncated").get<int64_t>(),
-                      position.at("dropped").get<int64_t>(), position.value("malformed", int64_t{0})}});
+    if (saved_world == world) {
+      loader->restore(saved[static_cast<size_t>(rank)]);
+    } else {
+      int64_t repeated = 0;
+      loader->restore(regrouped_position(saved, rank, &repeated));
+      if (rank == 0) {
+        std::fprintf(stderr, "%s: written by %d ranks, resumed on %d: the data continues at sample %lld of epoch %lld (%lld samples read again)\n",
+                     label.c_str(), saved_world, world, static_cast<long long>(loader->position().sampler.base),
+                     static_cast<long long>(loader->position().sampler.epoch), static_cast<long long>(repeated));
+      }
+    }
     step = state.at("step").get<int64_t>();
   }
 };
@@ -140,9 +249,12 @@ void check_run_directory(const std::string& run_dir, StartMode mode) {
                   "): continue it with --resume, start over with --overwrite, or choose another output.dir");
 }
 
-Trainer::Trainer(const Recipe& recipe) : state_(std::make_unique<State>(recipe)) {
+Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm) : state_(std::make_unique<State>(recipe, comm)) {
   State& s = *state_;
   recipe.require_paths({"model.path", "data.train", "data.val"});
+  SHARDLORA_CHECK(!s.distributed() || recipe.get_string("distributed.strategy") == "replicate",
+                  "distributed.strategy 'shard' (the 4-bit base split across ranks) is not built yet; ", s.world,
+                  " ranks need distributed.strategy: replicate for now");
   s.run_dir = recipe.get_string("output.dir");
   const std::string model_dir = recipe.get_string("model.path");
   s.tokenizer = data::load_tokenizer(model_dir);
@@ -154,23 +266,35 @@ Trainer::Trainer(const Recipe& recipe) : state_(std::make_unique<State>(recipe))
   s.split_dataset();
   const uint64_t seed = static_cast<uint64_t>(recipe.get_int("training.seed"));
   const data::LoaderOptions loader_options = loader_options_from(recipe, &s.chat_template);
-  s.loader = std::make_unique<data::DataLoader>(*s.dataset, *s.tokenizer, s.train_indices, 1, 0, seed, loader_options);
+  s.loader = std::make_unique<data::DataLoader>(*s.dataset, *s.tokenizer, s.train_indices, s.world, s.rank, seed, loader_options);
   s.accumulation = recipe.get_int("training.gradient_accumulation_steps");
 
   s.total_steps = recipe.get_int("training.max_steps");
   if (s.total_steps == 0) {
-    // Steps of the requested epochs: one pass over the data counts the batches of an epoch.
-    data::DataLoader counter(*s.dataset, *s.tokenizer, s.train_indices, 1, 0, seed, loader_options);
+    // Steps of the requested epochs: one pass over this rank's shard counts its batches; ranks
+    // agree on the smallest count (shards differ by at most one sample).
+    data::DataLoader counter(*s.dataset, *s.tokenizer, s.train_indices, s.world, s.rank, seed, loader_options);
     int64_t batches = 0;
     while (counter.epoch() == 0) {
       counter.next();
       ++batches;
+    }
+    if (s.distributed()) {
+      auto negated = torch::tensor({-batches}, torch::kInt64);
+      comm->allreduce(negated, dist::ReduceOp::Max);
+      batches = -negated.item<int64_t>();
     }
     s.total_steps = std::max<int64_t>(1, batches * recipe.get_int("training.epochs") / s.accumulation);
   }
 
   torch::manual_seed(seed);
   s.model = nn::load_hf_model(model_dir, model_options_from(recipe));
+  if (s.distributed()) {
+    // One starting point for every rank, whatever each rank's RNG did while loading.
+    torch::NoGradGuard no_grad;
+    for (auto& parameter : s.model->parameters()) comm->broadcast(parameter.data(), 0);
+    s.buckets = std::make_unique<dist::GradientBuckets>(s.model->parameters(), recipe.get_int("distributed.bucket_mb") << 20, *comm);
+  }
   s.optimizer = std::make_unique<optim::AdamW>(s.model->parameters(), adamw_options_from(recipe, s.total_steps));
 }
 
@@ -183,20 +307,26 @@ const data::ChatTemplate& Trainer::chat_template() const { return state_->chat_t
 
 TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
   State& s = *state_;
-  fs::create_directories(s.run_dir);
+  // Every rank checks the directory before rank 0 changes it.
   check_run_directory(s.run_dir, mode);
   const auto found = checkpoints(s.run_dir);
+  s.barrier();
   if (mode == StartMode::Resume) {
     s.load_checkpoint(found.back());
-  } else {
+  } else if (s.rank == 0) {
+    fs::create_directories(s.run_dir);
     for (const auto& old : found) fs::remove_all(old);
     fs::remove_all(s.run_dir + "/adapter");
     io::write_file_atomically(s.run_dir + "/recipe.yaml", s.recipe.dump());
     std::ofstream(s.run_dir + "/metrics.jsonl", std::ios::trunc);
   }
-  std::ofstream metrics(s.run_dir + "/metrics.jsonl", std::ios::app);
-  SHARDLORA_CHECK(metrics, s.run_dir, "/metrics.jsonl: cannot open for writing");
+  std::ofstream metrics;
+  if (s.rank == 0) {  // one writer: the metrics are reduced over ranks first
+    metrics.open(s.run_dir + "/metrics.jsonl", std::ios::app);
+    SHARDLORA_CHECK(metrics, s.run_dir, "/metrics.jsonl: cannot open for writing");
+  }
   const auto log = [&](const nlohmann::json& line) {
+    if (s.rank != 0) return;
     metrics << line.dump() << "\n";
     metrics.flush();
   };
@@ -206,21 +336,32 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
   s.model->train();
   const auto start = std::chrono::steady_clock::now();
   const int64_t first_step = s.step;
-  int64_t tokens_seen = 0;
+  double tokens_seen = 0;
   while (s.step < s.total_steps) {
     s.optimizer->zero_grad();
     torch::Tensor loss_sum = torch::zeros({}, torch::kFloat64);
-    int64_t targets = 0;
+    int64_t local_targets = 0, local_tokens = 0;
     for (int64_t micro = 0; micro < s.accumulation; ++micro) {
       const data::Batch batch = s.loader->next();
       const torch::Tensor logits =
           s.model->forward(batch.input_ids, {.position_ids = batch.position_ids, .document_ids = batch.document_ids});
       auto [loss, count] = summed_loss(logits, batch);
+      if (s.buckets && micro + 1 == s.accumulation) s.buckets->arm();  // the last backward all-reduces as it goes
       loss.backward();
       loss_sum += loss.detach().to(torch::kFloat64);
-      targets += count;
-      tokens_seen += batch.document_ids.ge(0).sum().item<int64_t>();
+      local_targets += count;
+      local_tokens += batch.document_ids.ge(0).sum().item<int64_t>();
     }
+    // Loss, targets, tokens and the stop request, summed over ranks in one call: every rank
+    // then divides by the same target count and stops at the same step.
+    const bool stop_here = hooks.stop && hooks.stop(s.step + 1);
+    const auto totals = s.sum_over_ranks(torch::stack({loss_sum, torch::tensor(static_cast<double>(local_targets), torch::kFloat64),
+                                                       torch::tensor(static_cast<double>(local_tokens), torch::kFloat64),
+                                                       torch::tensor(stop_here ? 1.0 : 0.0, torch::kFloat64)}));
+    if (s.buckets) s.buckets->finish();
+    const auto targets = static_cast<int64_t>(totals[1].item<double>());
+    tokens_seen += totals[2].item<double>();
+    const bool stopping = totals[3].item<double>() > 0;
     {
       torch::NoGradGuard no_grad;
       for (auto& parameter : s.model->parameters()) {
@@ -229,7 +370,7 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
     }
     const optim::StepReport report = s.optimizer->step();
     ++s.step;
-    summary.last_loss = targets ? loss_sum.item<double>() / static_cast<double>(targets) : 0.0;
+    summary.last_loss = targets ? totals[0].item<double>() / static_cast<double>(targets) : 0.0;
 
     StepProgress progress;
     progress.step = s.step;
@@ -238,30 +379,40 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
     progress.lr = report.lr;
     progress.grad_norm = report.grad_norm;
     progress.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    progress.tokens_per_second = static_cast<double>(tokens_seen) / std::max(progress.elapsed_s, 1e-9);
+    progress.tokens_per_second = tokens_seen / std::max(progress.elapsed_s, 1e-9);
     progress.eta_s = progress.elapsed_s / static_cast<double>(s.step - first_step) * static_cast<double>(s.total_steps - s.step);
     progress.peak_rss_bytes = peak_rss_bytes();
     progress.logged = s.step % log_every == 0 || s.step == s.total_steps;
     if (progress.logged) {
-      log({{"step", s.step},
-           {"loss", progress.loss},
-           {"lr", progress.lr},
-           {"grad_norm", progress.grad_norm},
-           {"targets", targets},
-           {"applied", report.applied},
-           {"epoch", s.loader->epoch()},
-           {"elapsed_s", progress.elapsed_s},
-           {"tokens_per_s", progress.tokens_per_second},
-           {"peak_rss_mib", static_cast<double>(progress.peak_rss_bytes) / (1 << 20)}});
+      nlohmann::json line = {{"step", s.step},
+                             {"loss", progress.loss},
+                             {"lr", progress.lr},
+                             {"grad_norm", progress.grad_norm},
+                             {"targets", targets},
+                             {"applied", report.applied},
+                             {"epoch", s.loader->epoch()},
+                             {"elapsed_s", progress.elapsed_s},
+                             {"tokens_per_s", progress.tokens_per_second},
+                             {"peak_rss_mib", static_cast<double>(progress.peak_rss_bytes) / (1 << 20)},
+                             {"world_size", s.world}};
+      if (s.distributed()) {
+        // Cumulative bytes by collective kind (nccl-tests' message sizes, this rank's view).
+        nlohmann::json comm;
+        for (size_t kind = 0; kind < dist::kCollectiveKinds; ++kind) {
+          comm[std::string(dist::collective_name(static_cast<dist::Collective>(kind))) + "_bytes"] = s.comm->traffic().bytes[kind];
+        }
+        comm["gradient_bytes"] = s.buckets->bytes_reduced();
+        line["comm"] = comm;
+      }
+      log(line);
     }
-    if (hooks.on_step) hooks.on_step(progress);
+    if (hooks.on_step && s.rank == 0) hooks.on_step(progress);
     if (eval_every > 0 && (s.step % eval_every == 0 || s.step == s.total_steps)) {
       if (const auto evaluation = s.evaluate()) {
         log({{"step", s.step}, {"eval_loss", evaluation->loss}, {"eval_perplexity", evaluation->perplexity()}, {"eval_tokens", evaluation->tokens}});
-        if (hooks.on_eval) hooks.on_eval(s.step, *evaluation);
+        if (hooks.on_eval && s.rank == 0) hooks.on_eval(s.step, *evaluation);
       }
     }
-    const bool stopping = hooks.stop && hooks.stop(s.step);
     if ((save_every > 0 && s.step % save_every == 0) || s.step == s.total_steps || stopping) s.save_checkpoint();
     if (stopping) {
       summary.stopped_early = s.step < s.total_steps;
@@ -271,7 +422,8 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
   if (s.step == s.total_steps) s.save_final_adapter();
   summary.steps = s.step;
   summary.steps_run = s.step - first_step;
-  summary.data = s.loader->stats();
+  const auto stats = s.sum_over_ranks(torch::tensor(position_row(s.loader->position()), torch::kInt64).slice(0, 3).clone());
+  summary.data = {stats[0].item<int64_t>(), stats[1].item<int64_t>(), stats[2].item<int64_t>(), stats[3].item<int64_t>()};
   return summary;
 }
 

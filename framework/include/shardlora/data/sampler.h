@@ -3,7 +3,9 @@
 // our own bounded draw, so every compiler and rank computes the same permutation); rank r of
 // W takes every W-th entry starting at r, so ranks are disjoint and together cover each
 // sample exactly once per epoch (ranks differ in count by at most one). The position is
-// two integers, saved in checkpoints, so a resumed run reads the identical sequence.
+// three integers, saved in checkpoints, so a resumed run reads the identical sequence.
+// `base` lets a run resumed at another world size continue mid-epoch: the ranks then share
+// the permutation's entries from `base` on (rank r takes base + r, base + r + W, ...).
 #pragma once
 
 #include <cstdint>
@@ -13,7 +15,8 @@ namespace shardlora::data {
 
 struct SamplerPosition {
   int64_t epoch = 0;
-  int64_t offset = 0;  // samples this rank has taken in the epoch
+  int64_t offset = 0;  // samples this rank has taken in the epoch (since base)
+  int64_t base = 0;    // permutation entries consumed before this world layout began (0 after a new epoch)
 };
 
 class ShardedSampler {
@@ -23,8 +26,8 @@ class ShardedSampler {
   // The next sample index of this rank; moves to the next epoch after the rank's last.
   int64_t next();
 
-  // This rank's samples of an epoch, in order.
-  std::vector<int64_t> epoch_samples(int64_t epoch) const;
+  // This rank's samples of an epoch from permutation entry `base` on, in order.
+  std::vector<int64_t> epoch_samples(int64_t epoch, int64_t base = 0) const;
   int64_t samples_per_epoch() const { return static_cast<int64_t>(current_.size()); }
 
   SamplerPosition position() const { return position_; }

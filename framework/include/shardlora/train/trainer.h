@@ -23,6 +23,7 @@
 
 #include "shardlora/data/chat_template.h"
 #include "shardlora/data/tokenizer.h"
+#include "shardlora/dist/communicator.h"
 #include "shardlora/nn/llama.h"
 #include "shardlora/train/evaluation.h"
 #include "shardlora/train/recipe.h"
@@ -48,9 +49,12 @@ struct StepProgress {
 };
 
 struct TrainHooks {
-  std::function<bool(int64_t step)> stop;  // asked after each step; true saves a checkpoint and returns (SIGTERM path)
-  std::function<void(const StepProgress&)> on_step;
-  std::function<void(int64_t step, const LossResult&)> on_eval;
+  // Asked once per step on every rank with the number of the step being taken (before its
+  // update); true on any rank stops every rank
+  // after that step with a checkpoint (the SIGTERM path).
+  std::function<bool(int64_t step)> stop;
+  std::function<void(const StepProgress&)> on_step;               // rank 0 only
+  std::function<void(int64_t step, const LossResult&)> on_eval;   // rank 0 only
 };
 
 // Fresh refuses a run directory that holds checkpoints (never overwrite a run by accident);
@@ -67,7 +71,14 @@ void check_run_directory(const std::string& run_dir, StartMode mode);
 class Trainer {
  public:
   // Errors name the recipe key when model.path, data.train or data.val does not exist.
-  explicit Trainer(const Recipe& recipe);
+  // With a communicator of more than one rank, each rank trains on its shard of the data and
+  // adapter gradients are summed over ranks (dist::GradientBuckets) before the update, so N
+  // ranks with micro-batch B take the step one rank takes with micro-batch N*B. Rank 0 alone
+  // writes metrics, checkpoints (with every rank's data position) and the adapter; output.dir
+  // must be one directory all ranks see (a shared filesystem across nodes).
+  // A checkpoint written at one world size resumes at another: the data then continues from
+  // the first sample every old rank had passed.
+  explicit Trainer(const Recipe& recipe, dist::Communicator* comm = nullptr);
   ~Trainer();
 
   TrainSummary run(StartMode mode, const TrainHooks& hooks = {});

@@ -1,0 +1,52 @@
+// The distributed side of one process: who it is (LaunchEnv), and the communicator it
+// trains with, chosen by distributed.backend:
+//   auto  NCCL when the model is on a GPU, MPI on the CPU
+//   mpi   needs an MPI launcher (mpirun / mpiexec); MPI's own ranks must agree with the
+//         launch environment
+//   nccl  the unique id travels by MPI broadcast under mpirun, else through the TCP store
+//         at SHARDLORA_STORE_ADDR (shardlora launch serves it)
+// A single process gets no communicator at all: single-rank training never touches MPI.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "shardlora/cluster/launch_env.h"
+#include "shardlora/dist/communicator.h"
+
+namespace shardlora::cluster {
+
+struct JobOptions {
+  std::string backend = "auto";      // distributed.backend
+  bool on_gpu = false;               // the model runs on this rank's GPU (local rank)
+  dist::Milliseconds timeout{300000};  // distributed.timeout_s, for every collective
+};
+
+class Job {
+ public:
+  // Throws Error naming the variable or setting when the environment and backend disagree.
+  static std::unique_ptr<Job> join(const JobOptions& options, const LaunchEnv& launch = detect_launch_env());
+  ~Job();
+
+  const LaunchEnv& launch() const { return launch_; }
+  bool distributed() const { return launch_.world_size > 1; }
+  dist::Communicator* communicator() { return comm_.get(); }  // null on one rank
+  // The store of the job when it has one (NCCL without MPI), else null.
+  dist::Store* store() { return store_.get(); }
+
+  // Ends the job after an error on this rank: under an MPI launcher MPI_Abort takes every
+  // rank down at once; otherwise the process exits and the launcher stops the others.
+  [[noreturn]] void abort(int exit_code);
+
+ private:
+  Job() = default;
+  LaunchEnv launch_;
+  std::unique_ptr<dist::Store> store_;
+  std::unique_ptr<dist::Communicator> comm_;
+  bool mpi_ = false;
+};
+
+// "auto" resolved for a device: "nccl" on a GPU, "mpi" on the CPU.
+std::string resolve_backend(const std::string& backend, bool on_gpu);
+
+}  // namespace shardlora::cluster
