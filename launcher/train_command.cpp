@@ -105,7 +105,14 @@ int run_train(TrainArgs args) {
     args.overrides.insert(args.overrides.begin(), args.recipe);
     args.recipe.clear();
   }
-  if (args.recipe.empty()) return run_demo(args.overrides, mode);
+  if (args.recipe.empty()) {
+    const cluster::LaunchEnv launch = cluster::detect_launch_env();
+    // N copies of the demo would write one directory at once.
+    SHARDLORA_CHECK(launch.world_size == 1, "the built-in demo runs on one rank (this is rank ", launch.rank, " of ",
+                    launch.world_size, " under ", cluster::launch_source_name(launch.source),
+                    "); give a recipe to train on several ranks");
+    return run_demo(args.overrides, mode);
+  }
   const train::Recipe recipe = train::Recipe::load(args.recipe, args.overrides);
   train::check_run_directory(recipe.get_string("output.dir"), mode);
   const auto job = cluster::Job::join(job_options_from(recipe));
