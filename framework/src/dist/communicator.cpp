@@ -23,6 +23,16 @@ int64_t Communicator::account(Collective kind, int64_t bytes) {
   return ++traffic_.calls[index];
 }
 
+void Communicator::check_reduce_scatter(const torch::Tensor& input, const torch::Tensor& output) const {
+  SHARDLORA_CHECK(input.numel() % world_size() == 0, "reduce_scatter: input of ", input.numel(),
+                  " elements does not split evenly over ", world_size(), " ranks");
+  check_collective_shapes(Collective::ReduceScatter, input, output, input.numel() / world_size());
+}
+
+void Communicator::check_root(int root) const {
+  SHARDLORA_CHECK(root >= 0 && root < world_size(), "broadcast: root ", root, " is not a rank of ", world_size());
+}
+
 void check_collective_shapes(Collective kind, const torch::Tensor& input, const torch::Tensor& output,
                              int64_t expected_output_numel) {
   const char* name = collective_name(kind);

@@ -146,9 +146,7 @@ std::unique_ptr<Work> MpiCommunicator::allgather_async(torch::Tensor input, torc
 std::unique_ptr<Work> MpiCommunicator::reduce_scatter_async(torch::Tensor input, torch::Tensor output, ReduceOp op) {
   check_cpu(input, "reduce_scatter");
   check_cpu(output, "reduce_scatter");
-  SHARDLORA_CHECK(input.numel() % world_size_ == 0, "reduce_scatter: input of ", input.numel(),
-                  " elements does not split evenly over ", world_size_, " ranks");
-  check_collective_shapes(Collective::ReduceScatter, input, output, input.numel() / world_size_);
+  check_reduce_scatter(input, output);
   const MPI_Datatype type = reduction_type(input, "reduce_scatter");
   const int count = as_count(output.numel(), "reduce_scatter");
   return start(Collective::ReduceScatter, input.nbytes(), {input, output}, "MPI_Ireduce_scatter_block", [&](void* request) {
@@ -159,7 +157,7 @@ std::unique_ptr<Work> MpiCommunicator::reduce_scatter_async(torch::Tensor input,
 
 std::unique_ptr<Work> MpiCommunicator::broadcast_async(torch::Tensor tensor, int root) {
   check_cpu(tensor, "broadcast");
-  SHARDLORA_CHECK(root >= 0 && root < world_size_, "broadcast: root ", root, " is not a rank of ", world_size_);
+  check_root(root);
   const int bytes = as_count(static_cast<int64_t>(tensor.nbytes()), "broadcast");
   return start(Collective::Broadcast, tensor.nbytes(), {tensor}, "MPI_Ibcast", [&](void* request) {
     return MPI_Ibcast(tensor.data_ptr(), bytes, MPI_BYTE, root, as_comm(comm_), static_cast<MPI_Request*>(request));

@@ -110,9 +110,7 @@ class NcclCommunicator : public Communicator {
 
   std::unique_ptr<Work> reduce_scatter_async(torch::Tensor input, torch::Tensor output, ReduceOp op) override {
     check_device(input, "reduce_scatter");
-    SHARDLORA_CHECK(input.numel() % world_size_ == 0, "reduce_scatter: input of ", input.numel(),
-                    " elements does not split evenly over ", world_size_, " ranks");
-    check_collective_shapes(Collective::ReduceScatter, input, output, input.numel() / world_size_);
+    check_reduce_scatter(input, output);
     return start(Collective::ReduceScatter, input.nbytes(), {input, output}, [&] {
       return ncclReduceScatter(input.data_ptr(), output.data_ptr(), output.numel(), nccl_type(input, "reduce_scatter"),
                                nccl_op(op), comm_, stream());
@@ -121,7 +119,7 @@ class NcclCommunicator : public Communicator {
 
   std::unique_ptr<Work> broadcast_async(torch::Tensor tensor, int root) override {
     check_device(tensor, "broadcast");
-    SHARDLORA_CHECK(root >= 0 && root < world_size_, "broadcast: root ", root, " is not a rank of ", world_size_);
+    check_root(root);
     return start(Collective::Broadcast, tensor.nbytes(), {tensor}, [&] {
       return ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.nbytes(), ncclUint8, root, comm_, stream());
     });

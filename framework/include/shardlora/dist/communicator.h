@@ -80,6 +80,10 @@ class Communicator {
  protected:
   // Counts one call of `kind` moving a message of `bytes`; returns its sequence number.
   int64_t account(Collective kind, int64_t bytes);
+  // Checks shared by the backends: the input splits evenly over the ranks and output holds
+  // one chunk; the root is a rank. Error naming the collective otherwise.
+  void check_reduce_scatter(const torch::Tensor& input, const torch::Tensor& output) const;
+  void check_root(int root) const;
 
   Milliseconds timeout_{300000};
   Traffic traffic_;
