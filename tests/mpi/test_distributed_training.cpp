@@ -1,6 +1,7 @@
 // `shardlora train` under real mpirun: N ranks with micro-batch B take the steps one rank
 // takes with micro-batch N*B (losses and adapters equal within fp32 reduction tolerance),
-// only adapter gradients are all-reduced (byte counters), rank 0 alone writes the run, and a
+// with the base sharded or replicated; only adapter gradients are all-reduced and the
+// sharded base moves only by all-gather (byte counters); rank 0 alone writes the run; a
 // checkpoint written by 2 ranks resumes on 3 with the same result.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -23,12 +24,33 @@ namespace {
 
 constexpr int kGlobalBatch = 6;  // divisible by 1, 2 and 3 ranks
 constexpr int kSteps = 12;       // two epochs of the 36 samples
+constexpr int64_t kLayers = 4;
+
+nn::RandomModelSpec model_spec() {
+  nn::RandomModelSpec spec;
+  spec.layers = kLayers;
+  return spec;
+}
+
+// What one all-gather of a layer of the sharded base moves on `ranks` ranks: the layer's
+// Linears in units of 64 x 256 elements (8192 code bytes, 256 absmax bytes, one float),
+// split evenly over the ranks.
+int64_t layer_gather_bytes(int ranks) {
+  const nn::RandomModelSpec s = model_spec();
+  const int64_t head_dim = s.hidden / s.heads, unit = 64 * 256;
+  int64_t units = 0;
+  for (int64_t size : {s.hidden * s.hidden, s.kv_heads * head_dim * s.hidden, s.kv_heads * head_dim * s.hidden,
+                       s.hidden * s.hidden, s.intermediate * s.hidden, s.intermediate * s.hidden, s.intermediate * s.hidden}) {
+    units += (size + unit - 1) / unit;
+  }
+  return ranks * ((units + ranks - 1) / ranks) * (8192 + 256 + 4);
+}
 
 class DistributedTraining : public TempDirTest {
  protected:
   void SetUp() override {
     TempDirTest::SetUp();
-    nn::write_random_hf_model(path("model"), {});
+    nn::write_random_hf_model(path("model"), model_spec());
     std::ofstream data(path("chat.jsonl"));
     for (int i = 0; i < 36; ++i) {
       data << R"({"messages": [{"role": "user", "content": "count )" << i << R"( up"}, {"role": "assistant", "content": ")"
@@ -41,7 +63,7 @@ class DistributedTraining : public TempDirTest {
                                        << "optimizer:\n  name: adamw\n  lr: 0.002\n"
                                        << "schedule:\n  type: constant\n"
                                        << "training:\n  max_steps: " << kSteps << "\n  log_every: 1\n  save_every: 6\n"
-                                       << "distributed:\n  strategy: replicate\n  bucket_mb: 1\n";
+                                       << "distributed:\n  bucket_mb: 1\n";
   }
 
   // Trains on `ranks` processes (1: no mpirun) with the global batch split evenly.
@@ -86,34 +108,49 @@ class DistributedTraining : public TempDirTest {
 TEST_F(DistributedTraining, TwoAndThreeRanksTakeTheStepsOfOne) {
   const auto single = train(1, "run1");
   ASSERT_EQ(single.exit_code, 0) << single.err;
-  for (int ranks : {2, 3}) {
-    const std::string run = "run" + std::to_string(ranks);
-    const auto result = train(ranks, run);
-    ASSERT_FALSE(result.timed_out) << "mpirun hung";
-    ASSERT_EQ(result.exit_code, 0) << result.out << result.err;
-    // Rank 0 alone reports.
-    size_t reports = 0;
-    for (size_t at = 0; (at = result.out.find("trained 12/12 steps", at)) != std::string::npos; ++at) ++reports;
-    EXPECT_EQ(reports, 1u) << result.out;
-    expect_same_training("run1", run);
-    EXPECT_EQ(metrics(run).back()["world_size"], ranks);
+  for (const std::string strategy : {"shard", "replicate"}) {
+    for (int ranks : {2, 3}) {
+      const std::string run = strategy + std::to_string(ranks);
+      const auto result = train(ranks, run, {"distributed.strategy=" + strategy});
+      ASSERT_FALSE(result.timed_out) << "mpirun hung";
+      ASSERT_EQ(result.exit_code, 0) << result.out << result.err;
+      // Rank 0 alone reports.
+      size_t reports = 0;
+      for (size_t at = 0; (at = result.out.find("trained 12/12 steps", at)) != std::string::npos; ++at) ++reports;
+      EXPECT_EQ(reports, 1u) << result.out;
+      expect_same_training("run1", run);
+      EXPECT_EQ(metrics(run).back()["world_size"], ranks);
+    }
   }
 }
 
-TEST_F(DistributedTraining, OnlyAdapterGradientsAreAllReduced) {
-  const auto result = train(2, "run");
-  ASSERT_EQ(result.exit_code, 0) << result.out << result.err;
+TEST_F(DistributedTraining, OnlyAdapterGradientsAreAllReducedAndTheBaseOnlyGathered) {
+  const auto sharded = train(2, "shard");
+  ASSERT_EQ(sharded.exit_code, 0) << sharded.out << sharded.err;
+  const auto replicated = train(2, "replicate", {"distributed.strategy=replicate"});
+  ASSERT_EQ(replicated.exit_code, 0) << replicated.out << replicated.err;
   int64_t adapter_bytes = 0;
-  for (const auto& [name, tensor] : adapter("run")) adapter_bytes += tensor.numel() * 4;  // fp32 gradients
-  const auto lines = metrics("run");
+  for (const auto& [name, tensor] : adapter("shard")) adapter_bytes += tensor.numel() * 4;  // fp32 gradients
+  const auto lines = metrics("shard"), reference = metrics("replicate");
   ASSERT_EQ(lines.size(), static_cast<size_t>(kSteps));
-  for (const auto& line : lines) {
-    const int64_t step = line["step"].get<int64_t>();
-    const auto& comm = line["comm"];
-    EXPECT_EQ(comm["gradient_bytes"].get<int64_t>(), adapter_bytes * step) << "step " << step;
-    // Besides the gradients, one 32-byte reduction per step (loss, targets, tokens, stop).
-    EXPECT_EQ(comm["allreduce_bytes"].get<int64_t>(), (adapter_bytes + 32) * step) << "step " << step;
-    EXPECT_EQ(comm["reduce_scatter_bytes"].get<int64_t>(), 0);
+  ASSERT_EQ(reference.size(), static_cast<size_t>(kSteps));
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const int64_t step = lines[i]["step"].get<int64_t>();
+    for (const auto* line : {&lines[i], &reference[i]}) {
+      const auto& comm = (*line)["comm"];
+      EXPECT_EQ(comm["gradient_bytes"].get<int64_t>(), adapter_bytes * step) << "step " << step;
+      // Besides the gradients, one 32-byte reduction per step (loss, targets, tokens, stop).
+      EXPECT_EQ(comm["allreduce_bytes"].get<int64_t>(), (adapter_bytes + 32) * step) << "step " << step;
+      EXPECT_EQ(comm["reduce_scatter_bytes"].get<int64_t>(), 0);
+    }
+    // The sharded base's layers, all-gathered: 2L-2 in the first step (forward 0..L-1, then
+    // backward; two layers stay resident at each turn), 2L-4 in each later one. The rest
+    // (checkpoints' data positions) is what the replicated run gathers too.
+    const int64_t layers_gathered = 2 * kLayers - 2 + (step - 1) * (2 * kLayers - 4);
+    EXPECT_EQ(lines[i]["comm"]["allgather_bytes"].get<int64_t>() - reference[i]["comm"]["allgather_bytes"].get<int64_t>(),
+              layers_gathered * layer_gather_bytes(2))
+        << "step " << step;
+    EXPECT_EQ(lines[i]["comm"]["broadcast_bytes"], reference[i]["comm"]["broadcast_bytes"]);
   }
 }
 
@@ -129,8 +166,38 @@ TEST_F(DistributedTraining, ACheckpointOfTwoRanksResumesOnThree) {
   expect_same_training("run1", "run");
 }
 
-TEST_F(DistributedTraining, ShardStrategyIsRefusedUntilItExists) {
-  const auto result = train(2, "run", {"distributed.strategy=shard"});
+TEST_F(DistributedTraining, ShardingAFloatBaseIsRefusedWithTheWayOut) {
+  const auto result = train(2, "run", {"model.quantization.type=none"});
   EXPECT_NE(result.exit_code, 0);
-  EXPECT_NE(result.err.find("distributed.strategy 'shard'"), std::string::npos) << result.err;
+  EXPECT_NE(result.err.find("distributed.strategy replicate"), std::string::npos) << result.err;
+}
+
+TEST_F(DistributedTraining, EvaluationOfUnevenSharesMatchesOneRank) {
+  // 5 validation samples one row at a time: rank 0 runs 3 forwards, rank 1 two (and one more
+  // to keep the sharded base's gathers in step).
+  std::ofstream val(path("val.jsonl"));
+  for (int i = 0; i < 5; ++i) {
+    val << R"({"messages": [{"role": "user", "content": "say )" << i << R"("}, {"role": "assistant", "content": "ok )" << i << R"("}]})" << "\n";
+  }
+  val.close();
+  const std::vector<std::string> eval = {"data.val=" + path("val.jsonl"), "training.max_steps=2", "training.eval_every=1",
+                                         "distributed.timeout_s=30"};  // a stall fails fast
+  auto with = [&](std::vector<std::string> extra, const std::string& micro) {
+    extra.push_back("training.micro_batch_size=" + micro);
+    return extra;
+  };
+  ASSERT_EQ(train(1, "one", with(eval, "2")).exit_code, 0);
+  const auto result = train(2, "two", with(eval, "1"));
+  ASSERT_FALSE(result.timed_out) << "ranks stalled in evaluation";
+  ASSERT_EQ(result.exit_code, 0) << result.out << result.err;
+  std::vector<double> want, got;
+  for (const auto& line : metrics("one")) {
+    if (line.contains("eval_loss")) want.push_back(line["eval_loss"].get<double>());
+  }
+  for (const auto& line : metrics("two")) {
+    if (line.contains("eval_loss")) got.push_back(line["eval_loss"].get<double>());
+  }
+  ASSERT_EQ(want.size(), 2u);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-4 * want[i]) << "evaluation " << i;
 }

@@ -18,51 +18,17 @@ torch::Tensor dequantized_as(const quant::QuantState& state, c10::ScalarType dty
   return is_float_type(dtype) ? quant::dequantize(state, dtype) : quant::dequantize(state, torch::kFloat32).to(dtype);
 }
 
-// autograd saves only what the state already holds (packed codes and scales), by reference.
-void save_state(AutogradContext* ctx, const quant::QuantState& state) {
-  ctx->saved_data["codes"] = state.codes;
-  ctx->saved_data["absmax"] = state.absmax;
-  ctx->saved_data["code"] = state.code;
-  ctx->saved_data["type"] = static_cast<int64_t>(state.type);
-  ctx->saved_data["blocksize"] = state.blocksize;
-  ctx->saved_data["shape"] = state.shape;
-  ctx->saved_data["dtype"] = static_cast<int64_t>(state.dtype);
-  ctx->saved_data["nested"] = state.nested;
-  if (state.nested) {
-    ctx->saved_data["nested_absmax"] = state.nested_absmax;
-    ctx->saved_data["nested_code"] = state.nested_code;
-    ctx->saved_data["nested_blocksize"] = state.nested_blocksize;
-    ctx->saved_data["nested_offset"] = static_cast<double>(state.nested_offset);
-  }
-}
-
-quant::QuantState load_state(AutogradContext* ctx) {
-  quant::QuantState state;
-  state.codes = ctx->saved_data["codes"].toTensor();
-  state.absmax = ctx->saved_data["absmax"].toTensor();
-  state.code = ctx->saved_data["code"].toTensor();
-  state.type = static_cast<kernels::QuantType>(ctx->saved_data["type"].toInt());
-  state.blocksize = ctx->saved_data["blocksize"].toInt();
-  state.shape = ctx->saved_data["shape"].toIntVector();
-  state.dtype = static_cast<c10::ScalarType>(ctx->saved_data["dtype"].toInt());
-  state.nested = ctx->saved_data["nested"].toBool();
-  if (state.nested) {
-    state.nested_absmax = ctx->saved_data["nested_absmax"].toTensor();
-    state.nested_code = ctx->saved_data["nested_code"].toTensor();
-    state.nested_blocksize = ctx->saved_data["nested_blocksize"].toInt();
-    state.nested_offset = static_cast<float>(ctx->saved_data["nested_offset"].toDouble());
-  }
-  return state;
-}
-
+// autograd saves the layer, not its state: a sharded layer's gathered state lives in a
+// reused buffer, so backward asks for it again.
 struct Linear4bitFunction : public torch::autograd::Function<Linear4bitFunction> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const quant::QuantState& state) {
-    save_state(ctx, state);
-    return torch::matmul(x, dequantized_as(state, x.scalar_type()).t());
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const QuantizedLinear* linear) {
+    ctx->saved_data["linear"] = reinterpret_cast<int64_t>(linear);
+    return torch::matmul(x, dequantized_as(linear->state(), x.scalar_type()).t());
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_outputs) {
+    const auto* linear = reinterpret_cast<const QuantizedLinear*>(ctx->saved_data["linear"].toInt());
     const torch::Tensor& grad = grad_outputs[0];
-    return {torch::matmul(grad, dequantized_as(load_state(ctx), grad.scalar_type())), torch::Tensor()};
+    return {torch::matmul(grad, dequantized_as(linear->state(), grad.scalar_type())), torch::Tensor()};
   }
 };
 
@@ -74,30 +40,34 @@ bool use_gemv(const quant::QuantState& state, const torch::Tensor& x) {
 
 }  // namespace
 
-Linear4bit::Linear4bit(quant::QuantState state, std::optional<torch::Tensor> bias) : state_(std::move(state)) {
-  SHARDLORA_CHECK(state_.shape.size() == 2, "Linear4bit needs a 2-D weight");
+QuantizedLinear::QuantizedLinear(std::vector<int64_t> shape, std::optional<torch::Tensor> bias) : shape_(std::move(shape)) {
+  SHARDLORA_CHECK(shape_.size() == 2, "a 4-bit Linear needs a 2-D weight");
   bias_ = std::move(bias);
 }
 
-torch::Tensor Linear4bit::forward(const torch::Tensor& x) {
+Linear4bit::Linear4bit(quant::QuantState state, std::optional<torch::Tensor> bias)
+    : QuantizedLinear(state.shape, std::move(bias)), state_(std::move(state)) {}
+
+torch::Tensor QuantizedLinear::forward(const torch::Tensor& x) {
+  const quant::QuantState& weight = state();
   torch::Tensor y;
-  if (use_gemv(state_, x)) {
-    const torch::Tensor absmax = quant::absmax_fp32(state_);
+  if (use_gemv(weight, x)) {
+    const torch::Tensor absmax = quant::absmax_fp32(weight);
     const torch::Tensor input = x.contiguous();
     std::vector<int64_t> shape = x.sizes().vec();
-    shape.back() = state_.shape[0];
+    shape.back() = weight.shape[0];
     y = torch::empty(shape, x.options());
-    kernels::gemv_4bit({state_.type, state_.codes.data_ptr<uint8_t>(), absmax.data_ptr<float>(), state_.numel(), state_.blocksize},
-                       {state_.shape[0], state_.shape[1]}, input.data_ptr(), to_kernels_dtype(x.scalar_type()), y.data_ptr(),
+    kernels::gemv_4bit({weight.type, weight.codes.data_ptr<uint8_t>(), absmax.data_ptr<float>(), weight.numel(), weight.blocksize},
+                       {weight.shape[0], weight.shape[1]}, input.data_ptr(), to_kernels_dtype(x.scalar_type()), y.data_ptr(),
                        to_kernels_dtype(x.scalar_type()),
-                       x.is_cuda() ? kernels::Device::cuda(x.get_device()) : kernels::Device::cpu());
+                       kernel_device(x));
   } else {
-    y = Linear4bitFunction::apply(x, state_);
+    y = Linear4bitFunction::apply(x, static_cast<const QuantizedLinear*>(this));
   }
   return bias_ ? y + bias_->to(y.scalar_type()) : y;
 }
 
-torch::Tensor Linear4bit::dense_weight(c10::ScalarType dtype) const { return dequantized_as(state_, dtype); }
+torch::Tensor QuantizedLinear::dense_weight(c10::ScalarType dtype) const { return dequantized_as(state(), dtype); }
 
 DenseLinear::DenseLinear(torch::Tensor weight, std::optional<torch::Tensor> bias) : weight_(weight.detach()) {
   SHARDLORA_CHECK(weight_.dim() == 2, "DenseLinear needs a 2-D weight");

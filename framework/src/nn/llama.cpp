@@ -146,55 +146,72 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
                  ? std::make_shared<DenseLinear>(embed_)
                  : std::make_shared<DenseLinear>(to_model(require(weights, "lm_head.weight", {config.vocab_size, hidden}, label)));
 
-  const auto make_linear = [&](const std::string& prefix, const std::string& module, int64_t out, int64_t in, bool bias) {
-    const std::string weight_name = prefix + module + ".weight";
-    std::optional<torch::Tensor> bias_tensor;
-    if (bias) bias_tensor = to_model(require(weights, prefix + module + ".bias", {out}, label));
-    std::shared_ptr<FrozenLinear> base;
-    if (quant::is_bnb_4bit_weight(weight_name, weights)) {
-      quant::QuantState state = quant::from_bnb_tensors(weight_name, weights, label);
-      SHARDLORA_CHECK(state.shape == std::vector<int64_t>({out, in}), label, ": tensor '", weight_name, "' has shape ",
+  // A decoder Linear's weight as the checkpoint holds it (bnb 4-bit or float), shape-checked.
+  const auto read_weight = [&](const std::string& prefix, const std::string& module, int64_t out, int64_t in, bool bias) {
+    LayerWeight weight;
+    weight.name = prefix + module + ".weight";
+    if (bias) weight.bias = to_model(require(weights, prefix + module + ".bias", {out}, label));
+    if (quant::is_bnb_4bit_weight(weight.name, weights)) {
+      quant::QuantState state = quant::from_bnb_tensors(weight.name, weights, label);
+      SHARDLORA_CHECK(state.shape == std::vector<int64_t>({out, in}), label, ": tensor '", weight.name, "' has shape ",
                       shape_text(state.shape), ", the config implies ", shape_text({out, in}));
-      state.codes = state.codes.to(options.device);
-      state.absmax = state.absmax.to(options.device);
-      state.code = state.code.to(options.device);
-      if (state.nested) state.nested_absmax = state.nested_absmax.to(options.device);
-      base = std::make_shared<Linear4bit>(std::move(state), bias_tensor);
+      weight.prequantized = std::move(state);
     } else {
-      const torch::Tensor weight = require(weights, weight_name, {out, in}, label).to(options.device);
-      if (options.quantize_base) {
-        try {
-          base = std::make_shared<Linear4bit>(quant::quantize(weight, options.quant), bias_tensor);
-        } catch (const Error& error) {
-          throw Error(label + ": tensor '" + weight_name + "': " + error.what());
-        }
-      } else {
-        base = std::make_shared<DenseLinear>(weight.to(dtype), bias_tensor);
-      }
+      weight.float_weight = require(weights, weight.name, {out, in}, label);
     }
-    const std::string short_name = module.substr(module.find('.') + 1);
+    return weight;
+  };
+  const auto whole_base = [&](LayerWeight weight) -> std::shared_ptr<FrozenLinear> {
+    if (auto& state = weight.prequantized) {
+      state->codes = state->codes.to(options.device);
+      state->absmax = state->absmax.to(options.device);
+      state->code = state->code.to(options.device);
+      if (state->nested) state->nested_absmax = state->nested_absmax.to(options.device);
+      return std::make_shared<Linear4bit>(std::move(*state), weight.bias);
+    }
+    const torch::Tensor tensor = weight.float_weight.to(options.device);
+    if (!options.quantize_base) return std::make_shared<DenseLinear>(tensor.to(dtype), weight.bias);
+    try {
+      return std::make_shared<Linear4bit>(quant::quantize(tensor, options.quant), weight.bias);
+    } catch (const Error& error) {
+      throw Error(label + ": tensor '" + weight.name + "': " + error.what());
+    }
+  };
+  const auto adapt = [&](const std::string& path, std::shared_ptr<FrozenLinear> base) {
     LoraOptions lora = options.lora;
-    if (!is_lora_target(options.target_modules, short_name)) lora.r = 0;
-    AdaptedLinear linear(base, lora);
+    if (!is_lora_target(options.target_modules, path.substr(path.rfind('.') + 1))) lora.r = 0;
+    AdaptedLinear linear(std::move(base), lora);
     // Module names cannot hold dots: register by index, keep the HF path in linears_.
     register_module("linear" + std::to_string(linears_.size()), linear);
-    linears_.emplace_back(prefix + module, linear);
+    linears_.emplace_back(path, linear);
     return linear;
   };
 
+  if (options.shard_over) {
+    SHARDLORA_CHECK(options.quantize_base, "distributed.strategy shard splits a 4-bit base; with model.quantization.type none use "
+                    "distributed.strategy replicate");
+    sharded_ = std::make_unique<ShardedBase>(*options.shard_over, options.quant, options.device, config.num_hidden_layers);
+  }
+  const std::vector<std::tuple<std::string, int64_t, int64_t, bool>> modules = {
+      {"self_attn.q_proj", config.q_size(), hidden, config.qkv_bias}, {"self_attn.k_proj", config.kv_size(), hidden, config.qkv_bias},
+      {"self_attn.v_proj", config.kv_size(), hidden, config.qkv_bias}, {"self_attn.o_proj", hidden, config.q_size(), config.o_bias},
+      {"mlp.gate_proj", inter, hidden, config.mlp_bias},               {"mlp.up_proj", inter, hidden, config.mlp_bias},
+      {"mlp.down_proj", hidden, inter, config.mlp_bias}};
   for (int64_t index = 0; index < config.num_hidden_layers; ++index) {
     const std::string prefix = "model.layers." + std::to_string(index) + ".";
-    layers_.push_back(Layer{
-        to_model(require(weights, prefix + "input_layernorm.weight", {hidden}, label)),
-        to_model(require(weights, prefix + "post_attention_layernorm.weight", {hidden}, label)),
-        make_linear(prefix, "self_attn.q_proj", config.q_size(), hidden, config.qkv_bias),
-        make_linear(prefix, "self_attn.k_proj", config.kv_size(), hidden, config.qkv_bias),
-        make_linear(prefix, "self_attn.v_proj", config.kv_size(), hidden, config.qkv_bias),
-        make_linear(prefix, "self_attn.o_proj", hidden, config.q_size(), config.o_bias),
-        make_linear(prefix, "mlp.gate_proj", inter, hidden, config.mlp_bias),
-        make_linear(prefix, "mlp.up_proj", inter, hidden, config.mlp_bias),
-        make_linear(prefix, "mlp.down_proj", hidden, inter, config.mlp_bias),
-    });
+    std::vector<LayerWeight> layer_weights;
+    for (const auto& [module, out, in, bias] : modules) layer_weights.push_back(read_weight(prefix, module, out, in, bias));
+    std::vector<std::shared_ptr<FrozenLinear>> bases;
+    if (sharded_) {
+      for (auto& base : sharded_->add_layer(index, layer_weights, label)) bases.push_back(std::move(base));
+    } else {
+      for (auto& weight : layer_weights) bases.push_back(whole_base(std::move(weight)));
+    }
+    std::vector<AdaptedLinear> adapted;
+    for (size_t i = 0; i < modules.size(); ++i) adapted.push_back(adapt(prefix + std::get<0>(modules[i]), bases[i]));
+    layers_.push_back(Layer{to_model(require(weights, prefix + "input_layernorm.weight", {hidden}, label)),
+                            to_model(require(weights, prefix + "post_attention_layernorm.weight", {hidden}, label)), adapted[0],
+                            adapted[1], adapted[2], adapted[3], adapted[4], adapted[5], adapted[6]});
   }
 }
 
@@ -280,6 +297,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const Forw
   const torch::Tensor cos = emb.cos().to(dtype).unsqueeze(1), sin = emb.sin().to(dtype).unsqueeze(1);
 
   torch::Tensor h = torch::embedding(embed_, ids);
+  if (sharded_) sharded_->begin_forward(is_training() && torch::GradMode::is_enabled() && !options.cache);
   const bool checkpoint = options_.activation_checkpointing && is_training() && torch::GradMode::is_enabled() && !options.cache;
   // The layers' input must take part in autograd for the recomputation to reach the adapters
   // (HF's enable_input_require_grads does the same).

@@ -17,10 +17,6 @@ namespace {
 
 using kernels::QuantType;
 
-kernels::Device kernel_device(const torch::Tensor& tensor) {
-  return tensor.is_cuda() ? kernels::Device::cuda(tensor.get_device()) : kernels::Device::cpu();
-}
-
 torch::Tensor table_tensor(const kernels::QuantTypeTraits& traits) {
   return torch::from_blob(const_cast<float*>(traits.code), {traits.code_count}, torch::kFloat32).clone();
 }
@@ -54,16 +50,23 @@ int64_t QuantState::storage_bytes() const {
   return bytes;
 }
 
+QuantState state_layout(const QuantConfig& config, std::vector<int64_t> shape, c10::ScalarType dtype, torch::Device device) {
+  QuantState state;
+  state.type = config.type;
+  state.blocksize = config.blocksize;
+  state.shape = std::move(shape);
+  state.dtype = dtype;
+  state.code = table_tensor(kernels::quant_type_traits(config.type)).to(device);
+  state.nested = config.double_quant;
+  if (state.nested) state.nested_code = table_tensor(kernels::quant_type_traits(QuantType::DYNAMIC8_SIGNED));
+  return state;
+}
+
 QuantState quantize(const torch::Tensor& weight, const QuantConfig& config) {
   SHARDLORA_CHECK(is_float_type(weight.scalar_type()), "cannot quantize a ", c10::toString(weight.scalar_type()),
                   " tensor (float32, float16 or bfloat16 only)");
   const torch::Tensor input = weight.contiguous();
-  const auto& traits = kernels::quant_type_traits(config.type);
-  QuantState state;
-  state.type = config.type;
-  state.blocksize = config.blocksize;
-  state.shape = input.sizes().vec();
-  state.dtype = input.scalar_type();
+  QuantState state = state_layout(config, input.sizes().vec(), input.scalar_type(), input.device());
   const int64_t numel = input.numel();
   const auto bytes = torch::TensorOptions().dtype(torch::kUInt8).device(input.device());
   const auto floats = torch::TensorOptions().dtype(torch::kFloat32).device(input.device());
@@ -72,16 +75,11 @@ QuantState quantize(const torch::Tensor& weight, const QuantConfig& config) {
   kernels::quantize_4bit(input.data_ptr(), to_kernels_dtype(input.scalar_type()),
                          {config.type, state.codes.data_ptr<uint8_t>(), absmax.data_ptr<float>(), numel, config.blocksize},
                          kernel_device(input));
-  const torch::Tensor bad = torch::nonzero(torch::isfinite(absmax).logical_not());
-  SHARDLORA_CHECK(bad.numel() == 0, "weight holds NaN or Inf (first in elements [",
-                  bad.numel() ? bad[0].item<int64_t>() * config.blocksize : 0, ", +", config.blocksize, "))");
-  state.code = table_tensor(traits).to(input.device());
+  check_finite_absmax(absmax, config.blocksize, 0);
   if (!config.double_quant) {
     state.absmax = absmax;
     return state;
   }
-  state.nested = true;
-  state.nested_code = table_tensor(kernels::quant_type_traits(QuantType::DYNAMIC8_SIGNED));
   const int64_t blocks = absmax.numel();
   const int64_t chunks = (blocks + state.nested_blocksize - 1) / state.nested_blocksize;
   torch::Tensor sums = torch::empty({chunks}, floats.dtype(torch::kFloat64));
@@ -93,6 +91,12 @@ QuantState quantize(const torch::Tensor& weight, const QuantConfig& config) {
   kernels::quantize_8bit_blockwise(absmax.data_ptr<float>(), state.nested_offset, nested_shape(state),
                                    state.absmax.data_ptr<uint8_t>(), state.nested_absmax.data_ptr<float>(), kernel_device(absmax));
   return state;
+}
+
+void check_finite_absmax(const torch::Tensor& absmax, int64_t blocksize, int64_t first_element) {
+  const torch::Tensor bad = torch::nonzero(torch::isfinite(absmax).logical_not());
+  SHARDLORA_CHECK(bad.numel() == 0, "weight holds NaN or Inf (first in elements [",
+                  first_element + (bad.numel() ? bad[0].item<int64_t>() * blocksize : 0), ", +", blocksize, "))");
 }
 
 torch::Tensor absmax_fp32(const QuantState& state) {

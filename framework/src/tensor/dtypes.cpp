@@ -72,4 +72,8 @@ bool is_float_type(c10::ScalarType type) {
   return type == c10::ScalarType::Float || type == c10::ScalarType::Half || type == c10::ScalarType::BFloat16;
 }
 
+kernels::Device kernel_device(const at::Tensor& tensor) {
+  return tensor.is_cuda() ? kernels::Device::cuda(tensor.get_device()) : kernels::Device::cpu();
+}
+
 }  // namespace shardlora

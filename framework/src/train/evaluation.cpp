@@ -43,20 +43,14 @@ std::pair<torch::Tensor, int64_t> summed_loss(const torch::Tensor& logits, const
 
 double LossResult::perplexity() const { return std::exp(loss); }
 
-std::optional<LossResult> evaluate_loss(nn::LlamaModel& model, const data::Dataset& dataset, const std::vector<int64_t>& indices,
-                                        const data::Tokenizer& tokenizer, const data::LoaderOptions& options) {
-  const EvalMode eval_mode(model);
+std::vector<data::Batch> eval_batches(const data::Dataset& dataset, const std::vector<int64_t>& indices,
+                                      const data::Tokenizer& tokenizer, const data::LoaderOptions& options) {
   const int64_t pad_id = tokenizer.special().pad.value_or(tokenizer.special().eos.value_or(0));
-  double loss = 0;
-  int64_t tokens = 0;
+  std::vector<data::Batch> batches;
   std::vector<data::Example> rows;
   const auto flush = [&] {
     if (rows.empty()) return;
-    const data::Batch batch = data::pad_batch(rows, pad_id);
-    const auto [sum, count] =
-        summed_loss(model->forward(batch.input_ids, {.position_ids = batch.position_ids, .document_ids = batch.document_ids}), batch);
-    loss += sum.item<double>();
-    tokens += count;
+    batches.push_back(data::pad_batch(rows, pad_id));
     rows.clear();
   };
   for (const int64_t index : indices) {
@@ -72,8 +66,29 @@ std::optional<LossResult> evaluate_loss(nn::LlamaModel& model, const data::Datas
     if (static_cast<int64_t>(rows.size()) == options.micro_batch_size) flush();
   }
   flush();
+  return batches;
+}
+
+std::optional<LossResult> evaluate_loss(nn::LlamaModel& model, const std::vector<data::Batch>& batches, int64_t forward_passes) {
+  const EvalMode eval_mode(model);
+  double loss = 0;
+  int64_t tokens = 0;
+  for (const data::Batch& batch : batches) {
+    const auto [sum, count] =
+        summed_loss(model->forward(batch.input_ids, {.position_ids = batch.position_ids, .document_ids = batch.document_ids}), batch);
+    loss += sum.item<double>();
+    tokens += count;
+  }
+  for (auto pass = static_cast<int64_t>(batches.size()); pass < forward_passes; ++pass) {
+    model->forward(torch::zeros({1, 1}, torch::kInt64));
+  }
   if (tokens == 0) return std::nullopt;
   return LossResult{loss / static_cast<double>(tokens), tokens};
+}
+
+std::optional<LossResult> evaluate_loss(nn::LlamaModel& model, const data::Dataset& dataset, const std::vector<int64_t>& indices,
+                                        const data::Tokenizer& tokenizer, const data::LoaderOptions& options) {
+  return evaluate_loss(model, eval_batches(dataset, indices, tokenizer, options));
 }
 
 AccuracyResult evaluate_accuracy(nn::LlamaModel& model, const data::Dataset& dataset, const std::vector<int64_t>& indices,

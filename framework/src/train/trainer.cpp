@@ -140,8 +140,15 @@ struct Trainer::State {
     if (all.empty()) return std::nullopt;
     std::vector<int64_t> mine;
     for (size_t i = static_cast<size_t>(rank); i < all.size(); i += static_cast<size_t>(world)) mine.push_back(all[i]);
-    const auto result = evaluate_loss(model, val_dataset ? *val_dataset : *dataset, mine, *tokenizer,
-                                      loader_options_from(recipe, &chat_template));
+    const auto batches = eval_batches(val_dataset ? *val_dataset : *dataset, mine, *tokenizer, loader_options_from(recipe, &chat_template));
+    // A sharded base makes every forward collective: all ranks run as many as the busiest.
+    int64_t passes = static_cast<int64_t>(batches.size());
+    if (model->sharded_base()) {
+      auto most = torch::tensor({passes}, torch::kInt64);
+      comm->allreduce(most, dist::ReduceOp::Max);
+      passes = most.item<int64_t>();
+    }
+    const auto result = evaluate_loss(model, batches, passes);
     if (!distributed()) return result;
     const double tokens = result ? static_cast<double>(result->tokens) : 0.0;
     const auto sums = sum_over_ranks(torch::tensor({result ? result->loss * tokens : 0.0, tokens}, torch::kFloat64));
@@ -252,9 +259,6 @@ void check_run_directory(const std::string& run_dir, StartMode mode) {
 Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm) : state_(std::make_unique<State>(recipe, comm)) {
   State& s = *state_;
   recipe.require_paths({"model.path", "data.train", "data.val"});
-  SHARDLORA_CHECK(!s.distributed() || recipe.get_string("distributed.strategy") == "replicate",
-                  "distributed.strategy 'shard' (the 4-bit base split across ranks) is not built yet; ", s.world,
-                  " ranks need distributed.strategy: replicate for now");
   s.run_dir = recipe.get_string("output.dir");
   const std::string model_dir = recipe.get_string("model.path");
   s.tokenizer = data::load_tokenizer(model_dir);
@@ -288,7 +292,9 @@ Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm) : state_(std::m
   }
 
   torch::manual_seed(seed);
-  s.model = nn::load_hf_model(model_dir, model_options_from(recipe));
+  nn::ModelOptions model_options = model_options_from(recipe);
+  if (s.distributed() && recipe.get_string("distributed.strategy") == "shard") model_options.shard_over = comm;
+  s.model = nn::load_hf_model(model_dir, model_options);
   if (s.distributed()) {
     // One starting point for every rank, whatever each rank's RNG did while loading.
     torch::NoGradGuard no_grad;
@@ -336,6 +342,7 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
   s.model->train();
   const auto start = std::chrono::steady_clock::now();
   const int64_t first_step = s.step;
+  const dist::Traffic traffic_at_start = s.distributed() ? s.comm->traffic() : dist::Traffic{};
   double tokens_seen = 0;
   while (s.step < s.total_steps) {
     s.optimizer->zero_grad();
@@ -396,10 +403,12 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
                              {"peak_rss_mib", static_cast<double>(progress.peak_rss_bytes) / (1 << 20)},
                              {"world_size", s.world}};
       if (s.distributed()) {
-        // Cumulative bytes by collective kind (nccl-tests' message sizes, this rank's view).
+        // Bytes by collective kind since this run started (nccl-tests' message sizes, this
+        // rank's view; loading's collectives left out).
         nlohmann::json comm;
         for (size_t kind = 0; kind < dist::kCollectiveKinds; ++kind) {
-          comm[std::string(dist::collective_name(static_cast<dist::Collective>(kind))) + "_bytes"] = s.comm->traffic().bytes[kind];
+          comm[std::string(dist::collective_name(static_cast<dist::Collective>(kind))) + "_bytes"] =
+              s.comm->traffic().bytes[kind] - traffic_at_start.bytes[kind];
         }
         comm["gradient_bytes"] = s.buckets->bytes_reduced();
         line["comm"] = comm;

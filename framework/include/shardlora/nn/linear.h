@@ -27,17 +27,30 @@ class FrozenLinear {
   std::optional<torch::Tensor> bias_;
 };
 
-// Holds packed codes and quantization state, never a float copy of the weight: forward
-// dequantizes per call (or runs the fused gemv for one token without autograd), and
-// backward produces only the input gradient, dequantizing again instead of saving W.
-class Linear4bit : public FrozenLinear {
+// A 4-bit base: never a float copy of the weight. Forward dequantizes per call (or runs
+// the fused gemv for one token without autograd), and backward produces only the input
+// gradient, dequantizing again instead of saving W.
+class QuantizedLinear : public FrozenLinear {
  public:
-  explicit Linear4bit(quant::QuantState state, std::optional<torch::Tensor> bias = std::nullopt);
   torch::Tensor forward(const torch::Tensor& x) override;
   torch::Tensor dense_weight(c10::ScalarType dtype) const override;
-  int64_t in_features() const override { return state_.shape[1]; }
-  int64_t out_features() const override { return state_.shape[0]; }
-  const quant::QuantState& state() const { return state_; }
+  int64_t in_features() const override { return shape_[1]; }
+  int64_t out_features() const override { return shape_[0]; }
+  // Packed codes and quantization state to compute with: held here (Linear4bit) or, for a
+  // base sharded over ranks, gathered on demand (ShardedLinear4bit: a collective call).
+  virtual const quant::QuantState& state() const = 0;
+
+ protected:
+  QuantizedLinear(std::vector<int64_t> shape, std::optional<torch::Tensor> bias);
+
+ private:
+  std::vector<int64_t> shape_;
+};
+
+class Linear4bit : public QuantizedLinear {
+ public:
+  explicit Linear4bit(quant::QuantState state, std::optional<torch::Tensor> bias = std::nullopt);
+  const quant::QuantState& state() const override { return state_; }
 
  private:
   quant::QuantState state_;

@@ -11,8 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "shardlora/dist/communicator.h"
 #include "shardlora/nn/linear.h"
 #include "shardlora/nn/llama_config.h"
+#include "shardlora/nn/sharded_base.h"
 #include "shardlora/quant/quant_state.h"
 
 namespace shardlora::nn {
@@ -26,6 +28,9 @@ struct ModelOptions {
   std::vector<std::string> target_modules = {"all-linear"};
   // Keep no activations inside decoder layers during training; backward recomputes them.
   bool activation_checkpointing = false;
+  // Split the 4-bit decoder base over these ranks (distributed.strategy: shard; see
+  // sharded_base.h); null: every rank holds it whole. Loading is then collective.
+  dist::Communicator* shard_over = nullptr;
 };
 
 // Keys and values of the tokens seen so far, per layer [batch, kv_heads, length, head_dim],
@@ -66,6 +71,8 @@ class LlamaModelImpl : public torch::nn::Module {
   const LlamaConfig& config() const { return config_; }
   // Every decoder Linear by its HF module path ("model.layers.0.self_attn.q_proj").
   const std::vector<std::pair<std::string, AdaptedLinear>>& linears() const { return linears_; }
+  // The base split over ranks; null unless ModelOptions::shard_over was given.
+  const ShardedBase* sharded_base() const { return sharded_.get(); }
 
  private:
   struct Layer {
@@ -82,6 +89,7 @@ class LlamaModelImpl : public torch::nn::Module {
   std::shared_ptr<FrozenLinear> lm_head_;
   std::vector<Layer> layers_;
   std::vector<std::pair<std::string, AdaptedLinear>> linears_;
+  std::unique_ptr<ShardedBase> sharded_;
 };
 TORCH_MODULE(LlamaModel);
 

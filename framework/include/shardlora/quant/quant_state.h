@@ -45,9 +45,17 @@ struct QuantState {
   int64_t storage_bytes() const;
 };
 
+// What quantize() sets that does not depend on the weight's values: type, block sizes,
+// shape, dtype, the code tables (`code` on `device`); codes and absmax left undefined.
+QuantState state_layout(const QuantConfig& config, std::vector<int64_t> shape, c10::ScalarType dtype, torch::Device device);
+
 // Quantizes a float32/float16/bfloat16 weight on its own device. Throws if it holds NaN or
 // Inf (naming the first bad block).
 QuantState quantize(const torch::Tensor& weight, const QuantConfig& config);
+
+// Throws the error quantize() gives when a block of the weight holds NaN or Inf: `absmax`
+// holds the fp32 scales of blocks starting at element `first_element`.
+void check_finite_absmax(const torch::Tensor& absmax, int64_t blocksize, int64_t first_element);
 
 // The fp32 absmax per block (nested absmax expanded), on the state's device.
 torch::Tensor absmax_fp32(const QuantState& state);

@@ -2,11 +2,13 @@
 // and the names bitsandbytes / transformers write ("bfloat16").
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
 #include <optional>
 #include <string>
 
+#include "shardlora/kernels/device.h"
 #include "shardlora/kernels/dtype.h"
 
 namespace shardlora {
@@ -24,5 +26,8 @@ std::string torch_dtype_name(c10::ScalarType type);
 std::optional<c10::ScalarType> scalar_type_from_name(const std::string& name);
 
 bool is_float_type(c10::ScalarType type);  // float32, float16 or bfloat16
+
+// The kernels' name for the device a tensor lives on.
+kernels::Device kernel_device(const at::Tensor& tensor);
 
 }  // namespace shardlora

@@ -25,8 +25,19 @@ struct LossResult {
   double perplexity() const;
 };
 
-// Every sample in `indices`, in order, unpacked, micro_batch_size rows at a time, in eval
-// mode (no dropout; the training RNG is untouched); nullopt when no sample has a target.
+// Every sample in `indices`, in order, unpacked, micro_batch_size rows at a time (samples
+// that do not fit max_seq_len dropped as data.over_length says, malformed ones skipped as
+// data.on_error says).
+std::vector<data::Batch> eval_batches(const data::Dataset& dataset, const std::vector<int64_t>& indices,
+                                      const data::Tokenizer& tokenizer, const data::LoaderOptions& options);
+
+// Mean loss over `batches` in eval mode (no dropout; the training RNG is untouched); nullopt
+// when no batch has a target. Runs at least `forward_passes` forwards: the extra ones on a
+// one-token input whose result is dropped, so that ranks of a sharded model, whose forwards
+// are collective, run as many as the rank with the most batches.
+std::optional<LossResult> evaluate_loss(nn::LlamaModel& model, const std::vector<data::Batch>& batches, int64_t forward_passes = 0);
+
+// Both of the above.
 std::optional<LossResult> evaluate_loss(nn::LlamaModel& model, const data::Dataset& dataset, const std::vector<int64_t>& indices,
                                         const data::Tokenizer& tokenizer, const data::LoaderOptions& options);
 
