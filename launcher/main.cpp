@@ -15,7 +15,7 @@ int main(int argc, char** argv) {
   commands.insert(commands.begin(), {add_env_command(root), add_quantize_command(root), add_init_model_command(root),
                                       add_generate_command(root), add_merge_command(root), add_train_command(root),
                                       add_eval_command(root), add_estimate_command(root),
-                                      add_plot_command(root)});
+                                      add_plot_command(root), add_launch_command(root)});
 
   try {
     root.parse(argc, argv);

@@ -14,7 +14,6 @@ struct PendingCommand {
 };
 
 constexpr PendingCommand kPending[] = {
-    {"launch", "Spawn and supervise local ranks (torchrun-style)", "issue 8"},
     {"slurm", "Write (and submit) a Slurm batch job for a recipe", "issue 9"},
 };
 

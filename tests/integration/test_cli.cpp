@@ -14,8 +14,8 @@ ProcessResult run_shardlora(std::vector<std::string> args) {
   return run_process(args, 60.0);
 }
 
-const char* const kImplemented[] = {"env", "quantize", "init-model", "generate", "merge", "train", "eval", "estimate", "plot"};
-const char* const kPending[] = {"launch", "slurm"};
+const char* const kImplemented[] = {"env", "quantize", "init-model", "generate", "merge", "train", "eval", "estimate", "plot", "launch"};
+const char* const kPending[] = {"slurm"};
 
 }  // namespace
 

@@ -7,9 +7,11 @@
 #include <chrono>
 #include <thread>
 
+#include "collective_checks.h"
 #include "shardlora/dist/mpi_communicator.h"
 
 using namespace shardlora;
+using shardlora::testing::input_of;
 
 namespace {
 
@@ -18,68 +20,16 @@ dist::MpiCommunicator& comm() {
   return communicator;
 }
 
-// Rank r's input for a test: the same on every rank that asks.
-torch::Tensor input_of(int rank, int64_t numel, torch::ScalarType dtype, int salt) {
-  torch::Generator generator = at::detail::createCPUGenerator(static_cast<uint64_t>(1000 * salt + rank));
-  return torch::randn({numel}, generator, torch::kFloat64).mul(10).to(dtype);
-}
 
 }  // namespace
 
-TEST(MpiCollectives, AllReduceSumAndMaxMatchAFloat64Reference) {
-  const int world = comm().world_size(), me = comm().rank();
-  for (int64_t numel : {1, 7, 4099}) {
-    torch::Tensor reference_sum = torch::zeros({numel}, torch::kFloat64), reference_max;
-    for (int r = 0; r < world; ++r) {
-      const auto x = input_of(r, numel, torch::kFloat32, 1).to(torch::kFloat64);
-      reference_sum += x;
-      reference_max = r == 0 ? x : torch::maximum(reference_max, x);
-    }
-    auto sum = input_of(me, numel, torch::kFloat32, 1);
-    comm().allreduce(sum, dist::ReduceOp::Sum);
-    EXPECT_TRUE(torch::allclose(sum.to(torch::kFloat64), reference_sum, 1e-6, 1e-5)) << "numel " << numel;
-    auto max = input_of(me, numel, torch::kFloat32, 1);
-    comm().allreduce(max, dist::ReduceOp::Max);
-    EXPECT_TRUE(torch::equal(max.to(torch::kFloat64), reference_max)) << "max is exact";
-    auto sum64 = input_of(me, numel, torch::kInt64, 2);
-    torch::Tensor reference64 = torch::zeros({numel}, torch::kInt64);
-    for (int r = 0; r < world; ++r) reference64 += input_of(r, numel, torch::kInt64, 2);
-    comm().allreduce(sum64);
-    EXPECT_TRUE(torch::equal(sum64, reference64)) << "integer sums are exact";
-  }
-}
+TEST(MpiCollectives, AllReduceSumAndMaxMatchAFloat64Reference) { shardlora::testing::check_allreduce_sum_and_max(comm()); }
 
-TEST(MpiCollectives, AllGatherConcatenatesInRankOrderBitForBit) {
-  const int world = comm().world_size(), me = comm().rank();
-  for (auto dtype : {torch::kUInt8, torch::kBFloat16, torch::kFloat32}) {
-    const auto mine = input_of(me, 333, dtype, 3);
-    auto gathered = torch::empty({333 * world}, mine.options());
-    comm().allgather(mine, gathered);
-    for (int r = 0; r < world; ++r) {
-      EXPECT_TRUE(torch::equal(gathered.slice(0, 333 * r, 333 * (r + 1)), input_of(r, 333, dtype, 3))) << "rank " << r << " " << dtype;
-    }
-  }
-}
+TEST(MpiCollectives, AllGatherConcatenatesInRankOrderBitForBit) { shardlora::testing::check_allgather_bit_exact(comm()); }
 
-TEST(MpiCollectives, ReduceScatterLeavesEachRankItsChunkOfTheSum) {
-  const int world = comm().world_size(), me = comm().rank();
-  const int64_t chunk = 129;
-  torch::Tensor reference = torch::zeros({chunk * world}, torch::kFloat64);
-  for (int r = 0; r < world; ++r) reference += input_of(r, chunk * world, torch::kFloat32, 4).to(torch::kFloat64);
-  auto output = torch::empty({chunk}, torch::kFloat32);
-  comm().reduce_scatter(input_of(me, chunk * world, torch::kFloat32, 4), output);
-  EXPECT_TRUE(torch::allclose(output.to(torch::kFloat64), reference.slice(0, chunk * me, chunk * (me + 1)), 1e-6, 1e-5));
-}
+TEST(MpiCollectives, ReduceScatterLeavesEachRankItsChunkOfTheSum) { shardlora::testing::check_reduce_scatter(comm()); }
 
-TEST(MpiCollectives, BroadcastFromEveryRoot) {
-  const int world = comm().world_size(), me = comm().rank();
-  for (int root = 0; root < world; ++root) {
-    auto tensor = input_of(me, 1000, torch::kBFloat16, 5);
-    comm().broadcast(tensor, root);
-    EXPECT_TRUE(torch::equal(tensor, input_of(root, 1000, torch::kBFloat16, 5))) << "root " << root;
-  }
-  comm().barrier();
-}
+TEST(MpiCollectives, BroadcastFromEveryRoot) { shardlora::testing::check_broadcast_from_every_root(comm()); }
 
 TEST(MpiCollectives, AsyncWorksOverlapAndCompleteInIssueOrder) {
   const int world = comm().world_size();

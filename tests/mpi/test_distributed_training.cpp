@@ -12,6 +12,7 @@
 
 #include "shardlora/io/tensor_file.h"
 #include "shardlora/nn/random_model.h"
+#include "shardlora/train/trainer.h"
 #include "shardlora_paths.h"
 #include "subprocess.h"
 #include "temp_dir.h"
@@ -64,6 +65,15 @@ class DistributedTraining : public TempDirTest {
                                        << "schedule:\n  type: constant\n"
                                        << "training:\n  max_steps: " << kSteps << "\n  log_every: 1\n  save_every: 6\n"
                                        << "distributed:\n  bucket_mb: 1\n";
+  }
+
+  // `shardlora launch --nproc-per-node N -- train ...`: no mpirun.
+  std::vector<std::string> launch_command(int ranks, const std::string& run, std::vector<std::string> extra = {}) {
+    std::vector<std::string> command = {shardlora_binary(), "launch", "--nproc-per-node", std::to_string(ranks), "--grace-s", "5", "--",
+                                        "train", path("recipe.yaml"), "output.dir=" + path(run),
+                                        "training.micro_batch_size=" + std::to_string(kGlobalBatch / ranks)};
+    command.insert(command.end(), extra.begin(), extra.end());
+    return command;
   }
 
   // Trains on `ranks` processes (1: no mpirun) with the global batch split evenly.
@@ -200,4 +210,47 @@ TEST_F(DistributedTraining, EvaluationOfUnevenSharesMatchesOneRank) {
   ASSERT_EQ(want.size(), 2u);
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-4 * want[i]) << "evaluation " << i;
+}
+
+TEST_F(DistributedTraining, LaunchTrainsWithoutMpirunOverTcp) {
+  ASSERT_EQ(train(1, "run1").exit_code, 0);
+  const auto result = run_process(launch_command(2, "launched"), 600.0);
+  ASSERT_FALSE(result.timed_out);
+  ASSERT_EQ(result.exit_code, 0) << result.out << result.err;
+  expect_same_training("run1", "launched");
+  EXPECT_EQ(metrics("launched").back()["world_size"], 2);
+  EXPECT_EQ(metrics("launched").back()["comm"]["backend"], "tcp");
+}
+
+TEST_F(DistributedTraining, LaunchStopsEveryRankWhenOneIsKilledAndTheCheckpointResumes) {
+  // A long run; once rank 0 has logged past the step-6 checkpoint, SIGKILL rank 1 (found by
+  // its SHARDLORA_RANK among the launcher's children).
+  const std::string script = R"sh(
+"$@" & launcher=$!
+for i in $(seq 1200); do [ "$(cat "$RUN/metrics.jsonl" 2>/dev/null | wc -l)" -ge 8 ] && break; sleep 0.05; done
+for pid in $(pgrep -P $launcher); do
+  if tr '\0' '\n' < /proc/$pid/environ | grep -qx SHARDLORA_RANK=1; then kill -KILL $pid; fi
+done
+start=$(date +%s)
+wait $launcher; status=$?
+echo "launcher exited $status after $(( $(date +%s) - start )) s"
+exit $status
+)sh";
+  std::vector<std::string> command = {"env", "RUN=" + path("killed"), "bash", "-c", script, "bash"};
+  const auto launch = launch_command(2, "killed", {"training.max_steps=100000", "distributed.timeout_s=20"});
+  command.insert(command.end(), launch.begin(), launch.end());
+  const auto result = run_process(command, 300.0);
+  ASSERT_FALSE(result.timed_out) << result.out << result.err;
+  EXPECT_EQ(result.exit_code, 128 + 9) << "the killed rank's status: " << result.out << result.err;
+  EXPECT_NE(result.err.find("rank 1"), std::string::npos) << result.err;
+  EXPECT_NE(result.err.find("killed by signal 9"), std::string::npos) << result.err;
+  // Well within distributed.timeout_s + 10 s: the lost connection is noticed at once.
+  const auto at = result.out.find("launcher exited");
+  ASSERT_NE(at, std::string::npos) << result.out;
+  EXPECT_LE(std::stoi(result.out.substr(result.out.find("after", at) + 6)), 30) << result.out;
+  // The last checkpoint is whole and resumes (on one rank) to the end.
+  const auto saved = train::checkpoints(path("killed"));
+  ASSERT_FALSE(saved.empty());
+  const auto resumed = train(1, "killed", {"--resume", "training.max_steps=" + std::to_string(std::stoi(saved.back().filename().string().substr(11)) + 2)});
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.out << resumed.err;
 }

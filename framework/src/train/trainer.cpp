@@ -411,6 +411,7 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
               s.comm->traffic().bytes[kind] - traffic_at_start.bytes[kind];
         }
         comm["gradient_bytes"] = s.buckets->bytes_reduced();
+        comm["backend"] = s.comm->backend_name();
         line["comm"] = comm;
       }
       log(line);

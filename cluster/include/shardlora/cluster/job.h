@@ -1,10 +1,12 @@
 // The distributed side of one process: who it is (LaunchEnv), and the communicator it
 // trains with, chosen by distributed.backend:
-//   auto  NCCL when the model is on a GPU, MPI on the CPU
+//   auto  NCCL when the model is on a GPU; on the CPU MPI under an MPI launcher, else tcp
 //   mpi   needs an MPI launcher (mpirun / mpiexec); MPI's own ranks must agree with the
 //         launch environment
 //   nccl  the unique id travels by MPI broadcast under mpirun, else through the TCP store
 //         at SHARDLORA_STORE_ADDR (shardlora launch serves it)
+//   tcp   CPU tensors over a ring of sockets (cluster/tcp_communicator.h), rendezvous
+//         through the TCP store: what a job started by shardlora launch uses on CPUs
 // A single process gets no communicator at all: single-rank training never touches MPI.
 #pragma once
 
@@ -46,7 +48,7 @@ class Job {
   bool mpi_ = false;
 };
 
-// "auto" resolved for a device: "nccl" on a GPU, "mpi" on the CPU.
-std::string resolve_backend(const std::string& backend, bool on_gpu);
+// "auto" resolved: "nccl" on a GPU; on the CPU "mpi" under an MPI launcher, else "tcp".
+std::string resolve_backend(const std::string& backend, bool on_gpu, const LaunchEnv& launch);
 
 }  // namespace shardlora::cluster
