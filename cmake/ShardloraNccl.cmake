@@ -11,7 +11,8 @@ if(NOT _mode STREQUAL "OFF")
   else()
     set(_hints $ENV{NCCL_HOME} ${NCCL_HOME} ${CUDAToolkit_LIBRARY_ROOT} ${CUDAToolkit_TARGET_DIR})
     find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${_hints} PATH_SUFFIXES include)
-    find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 HINTS ${_hints} PATH_SUFFIXES lib lib64)
+    # NAMES_PER_DIR: the hinted directory wins over a system libnccl.so found by its first name.
+    find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR HINTS ${_hints} PATH_SUFFIXES lib lib64)
     if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
       add_library(shardlora::nccl UNKNOWN IMPORTED)
       set_target_properties(shardlora::nccl PROPERTIES

@@ -1,5 +1,6 @@
 // `shardlora launch`: a torchrun-like supervisor. It starts --nproc-per-node copies of
-// `shardlora COMMAND...` on this node with SHARDLORA_RANK / _WORLD_SIZE / _LOCAL_RANK /
+// `shardlora COMMAND...` (or of PROGRAM..., when the first word is a path with a '/': a
+// benchmark, a user's own binary) on this node with SHARDLORA_RANK / _WORLD_SIZE / _LOCAL_RANK /
 // _LOCAL_WORLD_SIZE set, serves the job's rendezvous store (node 0) and hands every rank its
 // address and token. It forwards SIGINT / SIGTERM to the ranks (which checkpoint and stop),
 // and when a rank fails it names it, stops the others (SIGTERM, then SIGKILL after
@@ -64,9 +65,10 @@ class Ranks {
  public:
   // Starts every local rank; the environment is built before fork (only exec follows it).
   Ranks(const LaunchArgs& args, const std::string& store_address, const std::string& token) {
-    const std::string exe = self_executable();
+    const bool program = args.command.front().find('/') != std::string::npos;
+    const std::string exe = program ? args.command.front() : self_executable();
     std::vector<std::string> argv = {exe};
-    argv.insert(argv.end(), args.command.begin(), args.command.end());
+    argv.insert(argv.end(), args.command.begin() + (program ? 1 : 0), args.command.end());
     const int world = args.nnodes * args.nproc_per_node;
     for (int local = 0; local < args.nproc_per_node; ++local) {
       const int rank = args.node_rank * args.nproc_per_node + local;
@@ -138,6 +140,7 @@ class Ranks {
     args.push_back(nullptr);
     for (const auto& entry : environment) envp.push_back(const_cast<char*>(entry.c_str()));
     envp.push_back(nullptr);
+    const std::string exec_failed = "shardlora launch: cannot execute " + exe + "\n";  // built before fork
     const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     SHARDLORA_CHECK(pid >= 0, "cannot start rank ", rank, ": fork: ", std::strerror(errno));
@@ -150,8 +153,7 @@ class Ranks {
       sigemptyset(&none);
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
       ::execve(exe.c_str(), args.data(), envp.data());
-      const char message[] = "shardlora launch: cannot execute the shardlora executable\n";
-      [[maybe_unused]] const ssize_t ignored = ::write(2, message, sizeof message - 1);
+      [[maybe_unused]] const ssize_t ignored = ::write(2, exec_failed.data(), exec_failed.size());
       ::_exit(127);
     }
     pids_[pid] = rank;
@@ -210,7 +212,7 @@ Subcommand add_launch_command(CLI::App& root) {
   app->add_option("--rdzv", args->rdzv, "HOST:PORT of node 0's rendezvous store (several nodes)");
   app->add_option("--grace-s", args->grace_s, "Seconds the other ranks get to stop after one fails, before SIGKILL")
       ->check(CLI::NonNegativeNumber);
-  app->add_option("COMMAND", args->command, "The shardlora command each rank runs, after --")->required();
+  app->add_option("COMMAND", args->command, "The shardlora command each rank runs, after -- (or a program: a path with a '/')")->required();
   return {app, [args] { return run_launch(*args); }};
 }
 

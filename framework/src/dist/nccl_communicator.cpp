@@ -76,17 +76,18 @@ class NcclCommunicator : public Communicator {
     kernels::cuda_set_device(device);
     stream_ = kernels::cuda_stream_create();
     ready_ = kernels::cuda_event_create();
-    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    config.blocking = 0;  // init and collectives return at once; completion is polled with a deadline
-    check_nccl(ncclCommInitRankConfig(&comm_, world_size, id, rank, &config), "ncclCommInitRankConfig");
-    settle(init_timeout, "NCCL communicator initialization");
+    try {
+      ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+      config.blocking = 0;  // init and collectives return at once; completion is polled with a deadline
+      check_nccl(ncclCommInitRankConfig(&comm_, world_size, id, rank, &config), "ncclCommInitRankConfig");
+      settle(init_timeout, "NCCL communicator initialization");
+    } catch (...) {
+      release();  // no destructor runs for a constructor that throws
+      throw;
+    }
   }
 
-  ~NcclCommunicator() override {
-    if (comm_) ncclCommDestroy(comm_);  // finalizes it first
-    kernels::cuda_event_destroy(ready_);
-    kernels::cuda_stream_destroy(stream_);
-  }
+  ~NcclCommunicator() override { release(); }
 
   int rank() const override { return rank_; }
   int world_size() const override { return world_size_; }
@@ -173,6 +174,13 @@ class NcclCommunicator : public Communicator {
     settle(timeout(), collective_name(kind));  // a non-blocking comm may still be enqueuing
     kernels::cuda_event_record(work->done(), stream_);
     return work;
+  }
+
+  void release() {
+    if (comm_) ncclCommDestroy(comm_);  // finalizes it first
+    comm_ = nullptr;
+    if (ready_) kernels::cuda_event_destroy(ready_);
+    if (stream_) kernels::cuda_stream_destroy(stream_);
   }
 
   void abort_communicator() {
