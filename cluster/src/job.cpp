@@ -2,14 +2,18 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <sstream>
+#include <thread>
 
 #include "shardlora/cluster/env_vars.h"
 #include "shardlora/cluster/tcp_communicator.h"
 #include "shardlora/cluster/tcp_store.h"
 #include "shardlora/dist/mpi_communicator.h"
 #include "shardlora/dist/nccl_communicator.h"
+#include "shardlora/dist/watchdog.h"
 
 namespace shardlora::cluster {
 namespace {
@@ -36,17 +40,60 @@ StoreAddress store_address(const std::string& backend) {
   return {text.substr(0, colon), static_cast<uint16_t>(port)};
 }
 
-std::unique_ptr<dist::Store> connect_store(const StoreAddress& address, dist::Milliseconds timeout) {
-  return std::make_unique<TcpStore>(address.host, address.port, job_token_from_environment(), timeout);
+std::unique_ptr<dist::Store> connect_store(const StoreAddress& address, const std::string& token, dist::Milliseconds timeout) {
+  return std::make_unique<TcpStore>(address.host, address.port, token, timeout);
+}
+
+std::string host_name() {
+  char name[256] = {};
+  SHARDLORA_CHECK(::gethostname(name, sizeof name - 1) == 0, "gethostname failed");
+  return name;
+}
+
+// A store for a job under mpirun, where no launcher serves one: rank 0 serves it (on
+// SHARDLORA_STORE_BIND's interface or all, a port the OS picks, a fresh token) and the
+// address and token reach the others by MPI broadcast; ranks on rank 0's host use loopback.
+struct MpiServedStore {
+  std::unique_ptr<TcpStoreServer> server;  // rank 0 only
+  StoreAddress address;
+  std::string token;
+};
+
+MpiServedStore serve_store_over_mpi(dist::Communicator& mpi) {
+  MpiServedStore served;
+  std::string announcement;  // host \n port \n token
+  if (mpi.rank() == 0) {
+    const char* bind = std::getenv(env::kStoreBind);
+    served.token = random_token();
+    served.server = std::make_unique<TcpStoreServer>(
+        TcpStoreServerOptions{.bind_address = bind && *bind ? bind : "0.0.0.0", .port = 0, .token = served.token});
+    announcement = host_name() + "\n" + std::to_string(served.server->port()) + "\n" + served.token;
+  }
+  auto bytes = torch::zeros({512}, torch::kUInt8);
+  std::memcpy(bytes.data_ptr(), announcement.data(), std::min<size_t>(announcement.size(), 511));
+  mpi.broadcast(bytes, 0);
+  std::istringstream lines(std::string(static_cast<const char*>(bytes.data_ptr())));
+  std::string host, port;
+  std::getline(lines, host);
+  std::getline(lines, port);
+  std::getline(lines, served.token);
+  served.address = {host == host_name() ? "127.0.0.1" : host, static_cast<uint16_t>(std::stoi(port))};
+  return served;
+}
+
+// What a rank does when its watchdog reports a lost rank: say so and exit, even while the
+// main thread is blocked in a collective; the launcher (or mpirun) stops the rest.
+void exit_on_lost_rank(int rank, int world_size, const std::string& why) {
+  std::fprintf(stderr, "shardlora (rank %d of %d): %s\n", rank, world_size, why.c_str());
+  std::fflush(stderr);
+  std::_Exit(1);
 }
 
 // How the other ranks reach this one: over loopback when the store is on this host's
 // loopback (a single-node launch), else by host name.
 std::string advertised_host(const StoreAddress& store) {
   if (store.host == "localhost" || store.host.rfind("127.", 0) == 0) return "127.0.0.1";
-  char name[256] = {};
-  SHARDLORA_CHECK(::gethostname(name, sizeof name - 1) == 0, "gethostname failed");
-  return name;
+  return host_name();
 }
 
 }  // namespace
@@ -87,7 +134,7 @@ std::unique_ptr<Job> Job::join(const JobOptions& options, const LaunchEnv& launc
       bootstrap.broadcast(bytes, 0);
       id.assign(static_cast<const char*>(bytes.data_ptr()), 128);
     } else {
-      job->store_ = connect_store(store_address(backend), options.timeout);
+      job->store_ = connect_store(store_address(backend), job_token_from_environment(), options.timeout);
       if (launch.rank == 0) job->store_->set("nccl/unique_id", dist::nccl_unique_id());
       id = job->store_->get("nccl/unique_id", options.timeout);
     }
@@ -95,7 +142,7 @@ std::unique_ptr<Job> Job::join(const JobOptions& options, const LaunchEnv& launc
   } else if (backend == "tcp") {
     SHARDLORA_CHECK(!options.on_gpu, "distributed.backend tcp moves CPU tensors; this model runs on a GPU: use nccl or auto");
     const StoreAddress address = store_address(backend);
-    job->store_ = connect_store(address, options.timeout);
+    job->store_ = connect_store(address, job_token_from_environment(), options.timeout);
     job->comm_ = make_tcp_communicator(*job->store_, {.rank = launch.rank, .world_size = launch.world_size,
                                                       .token = job_token_from_environment(),
                                                       .advertise_host = advertised_host(address), .timeout = options.timeout});
@@ -103,10 +150,51 @@ std::unique_ptr<Job> Job::join(const JobOptions& options, const LaunchEnv& launc
     throw Error("distributed.backend '" + backend + "' is not one of auto, mpi, nccl, tcp");
   }
   job->comm_->set_timeout(options.timeout);
+  job->start_watchdog(options, backend);
   return job;
 }
 
-Job::~Job() = default;
+void Job::start_watchdog(const JobOptions& options, const std::string& backend) {
+  StoreAddress address;
+  std::string token, owner;
+  if (mpi_) {
+    dist::MpiCommunicator mpi;
+    MpiServedStore served = serve_store_over_mpi(mpi);
+    store_server_ = std::move(served.server);
+    address = served.address;
+    token = served.token;
+    owner = "rank 0 (it serves the job's store under mpirun)";
+  } else {
+    address = store_address(backend);
+    token = job_token_from_environment();
+    owner = "the rendezvous store at " + address.host + ":" + std::to_string(address.port);
+  }
+  watchdog_store_ = connect_store(address, token, options.timeout);
+  watchdog_limit_ = std::max(options.timeout / 2, dist::Milliseconds(1000));
+  const dist::Watchdog::Options watch{.rank = launch_.rank, .world_size = launch_.world_size,
+                                      .silence_limit = watchdog_limit_, .store_owner = owner};
+  watchdog_ = std::make_unique<dist::Watchdog>(*watchdog_store_, watch, [rank = launch_.rank, world = launch_.world_size](
+                                                                          const std::string& why) { exit_on_lost_rank(rank, world, why); });
+}
+
+Job::~Job() {
+  if (!watchdog_) return;
+  watchdog_.reset();  // says goodbye
+  if (!store_server_) return;
+  // The others' watchdogs still use the store this rank serves: wait for their goodbyes (at
+  // most as long as they would take to notice a silent rank) before it closes.
+  const auto deadline = std::chrono::steady_clock::now() + watchdog_limit_;
+  try {
+    for (int rank = 0; rank < launch_.world_size; ++rank) {
+      while (watchdog_store_->peek(dist::Watchdog::beat_key(rank), "") != dist::Watchdog::kGoodbye &&
+             std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(dist::Milliseconds(20));
+      }
+    }
+  } catch (const std::exception&) {
+    // Ending anyway.
+  }
+}
 
 void Job::abort(int exit_code) {
   if (mpi_) dist::mpi_abort(exit_code);

@@ -176,11 +176,8 @@ class TcpCommunicator : public dist::Communicator {
   std::unique_ptr<dist::Work> allreduce_async(torch::Tensor tensor, dist::ReduceOp op) override {
     check_collective_shapes(dist::Collective::AllReduce, tensor, tensor, tensor.numel());
     check_reducible(tensor, "allreduce");
-    return submit(dist::Collective::AllReduce, tensor.nbytes(), [this, tensor, op](const std::string& what) {
-      const auto chunks = split(tensor);
-      reduce_scatter_ring(chunks, op, what);
-      allgather_ring(chunks, what);
-    });
+    return submit(dist::Collective::AllReduce, tensor.nbytes(),
+                  [this, tensor, op](const std::string& what) { ring_allreduce(tensor, op, what); });
   }
 
   std::unique_ptr<dist::Work> allgather_async(torch::Tensor input, torch::Tensor output) override {
@@ -218,10 +215,7 @@ class TcpCommunicator : public dist::Communicator {
 
   void barrier() override {
     submit(dist::Collective::Barrier, 0, [this](const std::string& what) {
-      const auto token = torch::zeros({world_}, torch::kInt64);
-      const auto chunks = split(token);
-      reduce_scatter_ring(chunks, dist::ReduceOp::Sum, what);
-      allgather_ring(chunks, what);
+      ring_allreduce(torch::zeros({world_}, torch::kInt64), dist::ReduceOp::Sum, what);
     })->wait();
   }
 
@@ -293,6 +287,12 @@ class TcpCommunicator : public dist::Communicator {
 
   // After N-1 steps chunk r holds every rank's contribution on rank r: chunk c starts at
   // rank c+1 and gathers one contribution per hop.
+  void ring_allreduce(const torch::Tensor& tensor, dist::ReduceOp op, const std::string& what) {
+    const auto chunks = split(tensor);
+    reduce_scatter_ring(chunks, op, what);
+    allgather_ring(chunks, what);
+  }
+
   void reduce_scatter_ring(const std::vector<torch::Tensor>& chunks, dist::ReduceOp op, const std::string& what) {
     for (int s = 0; s < world_ - 1; ++s) {
       const torch::Tensor& out = chunks[static_cast<size_t>(ring_index(-s - 1))];

@@ -222,35 +222,103 @@ TEST_F(DistributedTraining, LaunchTrainsWithoutMpirunOverTcp) {
   EXPECT_EQ(metrics("launched").back()["comm"]["backend"], "tcp");
 }
 
-TEST_F(DistributedTraining, LaunchStopsEveryRankWhenOneIsKilledAndTheCheckpointResumes) {
-  // A long run; once rank 0 has logged past the step-6 checkpoint, SIGKILL rank 1 (found by
-  // its SHARDLORA_RANK among the launcher's children).
+namespace {
+
+// A long run started by `launcher` (mpirun or shardlora launch); once rank 0 has logged past
+// the step-6 checkpoint, `signal` goes to rank 1 (found among the launcher's children by its
+// rank variable). Returns the launcher's exit and how many seconds it took after the signal
+// (printed by the script as "launcher exited S after T s").
+struct Failure {
+  ProcessResult result;
+  int seconds_after_signal = -1;
+};
+
+Failure signal_rank_one(const std::string& run, const std::string& signal, const std::string& rank_variable,
+                        const std::vector<std::string>& launcher) {
   const std::string script = R"sh(
 "$@" & launcher=$!
 for i in $(seq 1200); do [ "$(cat "$RUN/metrics.jsonl" 2>/dev/null | wc -l)" -ge 8 ] && break; sleep 0.05; done
 for pid in $(pgrep -P $launcher); do
-  if tr '\0' '\n' < /proc/$pid/environ | grep -qx SHARDLORA_RANK=1; then kill -KILL $pid; fi
+  if tr '\0' '\n' < /proc/$pid/environ | grep -qx "$RANK_VARIABLE=1"; then kill -$SIGNAL $pid; fi
 done
 start=$(date +%s)
 wait $launcher; status=$?
 echo "launcher exited $status after $(( $(date +%s) - start )) s"
 exit $status
 )sh";
-  std::vector<std::string> command = {"env", "RUN=" + path("killed"), "bash", "-c", script, "bash"};
-  const auto launch = launch_command(2, "killed", {"training.max_steps=100000", "distributed.timeout_s=20"});
-  command.insert(command.end(), launch.begin(), launch.end());
-  const auto result = run_process(command, 300.0);
+  std::vector<std::string> command = {"env", "RUN=" + run, "SIGNAL=" + signal, "RANK_VARIABLE=" + rank_variable, "bash", "-c", script, "bash"};
+  command.insert(command.end(), launcher.begin(), launcher.end());
+  Failure failure{run_process(command, 300.0)};
+  const auto at = failure.result.out.find("launcher exited");
+  if (at != std::string::npos) failure.seconds_after_signal = std::stoi(failure.result.out.substr(failure.result.out.find("after", at) + 6));
+  return failure;
+}
+
+constexpr int kFailureTimeoutS = 10;  // distributed.timeout_s of the failure tests
+
+}  // namespace
+
+TEST_F(DistributedTraining, LaunchStopsEveryRankWhenOneIsKilledAndTheCheckpointResumes) {
+  const auto failure = signal_rank_one(path("killed"), "KILL", "SHARDLORA_RANK",
+                                       launch_command(2, "killed", {"training.max_steps=100000", "distributed.timeout_s=20"}));
+  const auto& result = failure.result;
   ASSERT_FALSE(result.timed_out) << result.out << result.err;
   EXPECT_EQ(result.exit_code, 128 + 9) << "the killed rank's status: " << result.out << result.err;
   EXPECT_NE(result.err.find("rank 1"), std::string::npos) << result.err;
   EXPECT_NE(result.err.find("killed by signal 9"), std::string::npos) << result.err;
   // Well within distributed.timeout_s + 10 s: the lost connection is noticed at once.
-  const auto at = result.out.find("launcher exited");
-  ASSERT_NE(at, std::string::npos) << result.out;
-  EXPECT_LE(std::stoi(result.out.substr(result.out.find("after", at) + 6)), 30) << result.out;
+  ASSERT_GE(failure.seconds_after_signal, 0) << result.out;
+  EXPECT_LE(failure.seconds_after_signal, 30) << result.out;
   // The last checkpoint is whole and resumes (on one rank) to the end.
   const auto saved = train::checkpoints(path("killed"));
   ASSERT_FALSE(saved.empty());
   const auto resumed = train(1, "killed", {"--resume", "training.max_steps=" + std::to_string(std::stoi(saved.back().filename().string().substr(11)) + 2)});
   EXPECT_EQ(resumed.exit_code, 0) << resumed.out << resumed.err;
+}
+
+TEST_F(DistributedTraining, MpirunStopsEveryRankWhenOneIsKilledAndTheCheckpointResumes) {
+  std::vector<std::string> command = {shardlora_binary(), "train", path("recipe.yaml"), "output.dir=" + path("killed"),
+                                      "training.micro_batch_size=3", "training.max_steps=100000",
+                                      "distributed.timeout_s=" + std::to_string(kFailureTimeoutS)};
+  const auto failure = signal_rank_one(path("killed"), "KILL", "OMPI_COMM_WORLD_RANK", mpirun_command(2, command));
+  const auto& result = failure.result;
+  ASSERT_FALSE(result.timed_out) << result.out << result.err;
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_NE((result.out + result.err).find("rank 1"), std::string::npos) << result.out << result.err;
+  ASSERT_GE(failure.seconds_after_signal, 0) << result.out;
+  EXPECT_LE(failure.seconds_after_signal, kFailureTimeoutS + 10) << result.out;
+  const auto saved = train::checkpoints(path("killed"));
+  ASSERT_FALSE(saved.empty());
+  const auto resumed = train(2, "killed", {"--resume", "training.max_steps=" + std::to_string(std::stoi(saved.back().filename().string().substr(11)) + 2)});
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.out << resumed.err;
+}
+
+// A SIGSTOPped rank neither exits nor closes a socket: only its silence gives it away. The
+// watchdog names it (half of distributed.timeout_s) before any collective times out.
+TEST_F(DistributedTraining, AStoppedRankIsNamedByTheWatchdogUnderMpirun) {
+  std::vector<std::string> command = {shardlora_binary(), "train", path("recipe.yaml"), "output.dir=" + path("stopped"),
+                                      "training.micro_batch_size=3", "training.max_steps=100000",
+                                      "distributed.timeout_s=" + std::to_string(kFailureTimeoutS)};
+  const auto failure = signal_rank_one(path("stopped"), "STOP", "OMPI_COMM_WORLD_RANK", mpirun_command(2, command));
+  const auto& result = failure.result;
+  ASSERT_FALSE(result.timed_out) << result.out << result.err;
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_NE(result.err.find("shardlora (rank 0 of 2): lost rank 1: no heartbeat for"), std::string::npos) << result.err;
+  ASSERT_GE(failure.seconds_after_signal, 0) << result.out;
+  EXPECT_LE(failure.seconds_after_signal, kFailureTimeoutS + 10) << result.out;
+  EXPECT_FALSE(train::checkpoints(path("stopped")).empty());
+}
+
+TEST_F(DistributedTraining, AStoppedRankIsNamedByTheWatchdogUnderLaunch) {
+  const auto failure = signal_rank_one(
+      path("stopped"), "STOP", "SHARDLORA_RANK",
+      launch_command(2, "stopped", {"training.max_steps=100000", "distributed.timeout_s=" + std::to_string(kFailureTimeoutS)}));
+  const auto& result = failure.result;
+  ASSERT_FALSE(result.timed_out) << result.out << result.err;
+  EXPECT_EQ(result.exit_code, 1) << result.out << result.err;
+  EXPECT_NE(result.err.find("shardlora (rank 0 of 2): lost rank 1: no heartbeat for"), std::string::npos) << result.err;
+  EXPECT_NE(result.err.find("shardlora launch: rank 0 exited with status 1"), std::string::npos) << result.err;
+  ASSERT_GE(failure.seconds_after_signal, 0) << result.out;
+  // The watchdog's limit, then the launcher's grace (5 s) for the stopped rank.
+  EXPECT_LE(failure.seconds_after_signal, kFailureTimeoutS + 10) << result.out;
 }

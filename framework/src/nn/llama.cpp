@@ -192,15 +192,22 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
                     "distributed.strategy replicate");
     sharded_ = std::make_unique<ShardedBase>(*options.shard_over, options.quant, options.device, config.num_hidden_layers);
   }
-  const std::vector<std::tuple<std::string, int64_t, int64_t, bool>> modules = {
-      {"self_attn.q_proj", config.q_size(), hidden, config.qkv_bias}, {"self_attn.k_proj", config.kv_size(), hidden, config.qkv_bias},
-      {"self_attn.v_proj", config.kv_size(), hidden, config.qkv_bias}, {"self_attn.o_proj", hidden, config.q_size(), config.o_bias},
-      {"mlp.gate_proj", inter, hidden, config.mlp_bias},               {"mlp.up_proj", inter, hidden, config.mlp_bias},
-      {"mlp.down_proj", hidden, inter, config.mlp_bias}};
+  // Out and in features and bias of each decoder Linear, in decoder_linear_names() order.
+  struct LinearShape {
+    int64_t out, in;
+    bool bias;
+  };
+  const std::vector<LinearShape> shapes = {{config.q_size(), hidden, config.qkv_bias}, {config.kv_size(), hidden, config.qkv_bias},
+                                           {config.kv_size(), hidden, config.qkv_bias}, {hidden, config.q_size(), config.o_bias},
+                                           {inter, hidden, config.mlp_bias},           {inter, hidden, config.mlp_bias},
+                                           {hidden, inter, config.mlp_bias}};
+  const auto& modules = decoder_linear_names();
   for (int64_t index = 0; index < config.num_hidden_layers; ++index) {
     const std::string prefix = "model.layers." + std::to_string(index) + ".";
     std::vector<LayerWeight> layer_weights;
-    for (const auto& [module, out, in, bias] : modules) layer_weights.push_back(read_weight(prefix, module, out, in, bias));
+    for (size_t i = 0; i < modules.size(); ++i) {
+      layer_weights.push_back(read_weight(prefix, modules[i], shapes[i].out, shapes[i].in, shapes[i].bias));
+    }
     std::vector<std::shared_ptr<FrozenLinear>> bases;
     if (sharded_) {
       for (auto& base : sharded_->add_layer(index, layer_weights, label)) bases.push_back(std::move(base));
@@ -208,7 +215,7 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
       for (auto& weight : layer_weights) bases.push_back(whole_base(std::move(weight)));
     }
     std::vector<AdaptedLinear> adapted;
-    for (size_t i = 0; i < modules.size(); ++i) adapted.push_back(adapt(prefix + std::get<0>(modules[i]), bases[i]));
+    for (size_t i = 0; i < modules.size(); ++i) adapted.push_back(adapt(prefix + modules[i], bases[i]));
     layers_.push_back(Layer{to_model(require(weights, prefix + "input_layernorm.weight", {hidden}, label)),
                             to_model(require(weights, prefix + "post_attention_layernorm.weight", {hidden}, label)), adapted[0],
                             adapted[1], adapted[2], adapted[3], adapted[4], adapted[5], adapted[6]});

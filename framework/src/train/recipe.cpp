@@ -240,7 +240,7 @@ const std::vector<KeySpec>& recipe_schema() {
         choice("distributed.backend", "auto", {"auto", "nccl", "mpi", "tcp"},
                "collectives backend (auto: NCCL on GPUs; on CPUs MPI under mpirun, else tcp)"),
         integer("distributed.bucket_mb", "25", 1, 1 << 16, "gradient all-reduce bucket size"),
-        integer("distributed.timeout_s", "300", 1, 1 << 24, "a collective (or a silent rank) older than this aborts the job"),
+        integer("distributed.timeout_s", "300", 1, 1 << 24, "a collective older than this aborts the job; a rank silent for half of it is lost"),
         integer("distributed.load_timeout_s", "3600", 1, 1 << 24, "the same while ranks load the model (rank 0 may be slow)"),
         text("output.dir", "runs/run", "run directory: resolved recipe, metrics, checkpoints, adapter"),
     };

@@ -8,6 +8,10 @@
 //   tcp   CPU tensors over a ring of sockets (cluster/tcp_communicator.h), rendezvous
 //         through the TCP store: what a job started by shardlora launch uses on CPUs
 // A single process gets no communicator at all: single-rank training never touches MPI.
+//
+// Every rank of a distributed job runs a heartbeat watchdog (dist/watchdog.h) over its own
+// connection to the job's store (the launcher's; under mpirun rank 0 serves one): a rank
+// silent for half of the timeout is named and every rank exits with status 1.
 #pragma once
 
 #include <memory>
@@ -15,13 +19,16 @@
 
 #include "shardlora/cluster/launch_env.h"
 #include "shardlora/dist/communicator.h"
+#include "shardlora/dist/watchdog.h"
 
 namespace shardlora::cluster {
+
+class TcpStoreServer;
 
 struct JobOptions {
   std::string backend = "auto";      // distributed.backend
   bool on_gpu = false;               // the model runs on this rank's GPU (local rank)
-  dist::Milliseconds timeout{300000};  // distributed.timeout_s, for every collective
+  dist::Milliseconds timeout{300000};  // distributed.timeout_s, for every collective; half of it for the watchdog
 };
 
 class Job {
@@ -42,10 +49,16 @@ class Job {
 
  private:
   Job() = default;
+  void start_watchdog(const JobOptions& options, const std::string& backend);
+
   LaunchEnv launch_;
   std::unique_ptr<dist::Store> store_;
   std::unique_ptr<dist::Communicator> comm_;
   bool mpi_ = false;
+  std::unique_ptr<TcpStoreServer> store_server_;  // under mpirun, on rank 0
+  std::unique_ptr<dist::Store> watchdog_store_;
+  std::unique_ptr<dist::Watchdog> watchdog_;
+  dist::Milliseconds watchdog_limit_{0};
 };
 
 // "auto" resolved: "nccl" on a GPU; on the CPU "mpi" under an MPI launcher, else "tcp".
