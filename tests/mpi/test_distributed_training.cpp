@@ -76,6 +76,8 @@ class DistributedTraining : public TempDirTest {
     return command;
   }
 
+  std::vector<std::string> long_mpirun_run(const std::string& run);
+
   // Trains on `ranks` processes (1: no mpirun) with the global batch split evenly.
   ProcessResult train(int ranks, const std::string& run, std::vector<std::string> extra = {}) {
     std::vector<std::string> command = {shardlora_binary(), "train", path("recipe.yaml"), "output.dir=" + path(run),
@@ -258,6 +260,12 @@ constexpr int kFailureTimeoutS = 10;  // distributed.timeout_s of the failure te
 
 }  // namespace
 
+// Two ranks under mpirun training "forever" into `run`, for a signal to interrupt.
+std::vector<std::string> DistributedTraining::long_mpirun_run(const std::string& run) {
+  return mpirun_command(2, {shardlora_binary(), "train", path("recipe.yaml"), "output.dir=" + path(run), "training.micro_batch_size=3",
+                            "training.max_steps=100000", "distributed.timeout_s=" + std::to_string(kFailureTimeoutS)});
+}
+
 TEST_F(DistributedTraining, LaunchStopsEveryRankWhenOneIsKilledAndTheCheckpointResumes) {
   const auto failure = signal_rank_one(path("killed"), "KILL", "SHARDLORA_RANK",
                                        launch_command(2, "killed", {"training.max_steps=100000", "distributed.timeout_s=20"}));
@@ -277,10 +285,7 @@ TEST_F(DistributedTraining, LaunchStopsEveryRankWhenOneIsKilledAndTheCheckpointR
 }
 
 TEST_F(DistributedTraining, MpirunStopsEveryRankWhenOneIsKilledAndTheCheckpointResumes) {
-  std::vector<std::string> command = {shardlora_binary(), "train", path("recipe.yaml"), "output.dir=" + path("killed"),
-                                      "training.micro_batch_size=3", "training.max_steps=100000",
-                                      "distributed.timeout_s=" + std::to_string(kFailureTimeoutS)};
-  const auto failure = signal_rank_one(path("killed"), "KILL", "OMPI_COMM_WORLD_RANK", mpirun_command(2, command));
+  const auto failure = signal_rank_one(path("killed"), "KILL", "OMPI_COMM_WORLD_RANK", long_mpirun_run("killed"));
   const auto& result = failure.result;
   ASSERT_FALSE(result.timed_out) << result.out << result.err;
   EXPECT_NE(result.exit_code, 0);
@@ -296,10 +301,7 @@ TEST_F(DistributedTraining, MpirunStopsEveryRankWhenOneIsKilledAndTheCheckpointR
 // A SIGSTOPped rank neither exits nor closes a socket: only its silence gives it away. The
 // watchdog names it (half of distributed.timeout_s) before any collective times out.
 TEST_F(DistributedTraining, AStoppedRankIsNamedByTheWatchdogUnderMpirun) {
-  std::vector<std::string> command = {shardlora_binary(), "train", path("recipe.yaml"), "output.dir=" + path("stopped"),
-                                      "training.micro_batch_size=3", "training.max_steps=100000",
-                                      "distributed.timeout_s=" + std::to_string(kFailureTimeoutS)};
-  const auto failure = signal_rank_one(path("stopped"), "STOP", "OMPI_COMM_WORLD_RANK", mpirun_command(2, command));
+  const auto failure = signal_rank_one(path("stopped"), "STOP", "OMPI_COMM_WORLD_RANK", long_mpirun_run("stopped"));
   const auto& result = failure.result;
   ASSERT_FALSE(result.timed_out) << result.out << result.err;
   EXPECT_NE(result.exit_code, 0);
