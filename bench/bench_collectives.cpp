@@ -153,14 +153,16 @@ int main(int argc, char** argv) try {
   const Args args = parse(argc, argv);
 #ifdef SHARDLORA_BENCH_JOB
   const bool nccl = args.backend == "nccl";
-  auto job = cluster::Job::join({.backend = args.backend, .on_gpu = nccl});
+  const cluster::LaunchEnv launch = cluster::detect_launch_env();
+  const torch::Device device = cluster::rank_device(nccl ? "cuda" : "cpu", launch);
+  auto job = cluster::Job::join({.backend = args.backend, .device = device}, launch);
   std::unique_ptr<dist::Communicator> single = !job->distributed() && nccl ? one_gpu_rank() : nullptr;
   dist::Communicator* comm_pointer = single ? single.get() : job->communicator();
   if (!comm_pointer) {
     std::fprintf(stderr, "bench_collectives: one rank: start it under mpirun or shardlora launch, or use --backend nccl\n");
     return 2;
   }
-  Ranks ranks{*comm_pointer, nccl ? torch::Device(torch::kCUDA, job->launch().local_rank) : torch::Device(torch::kCPU)};
+  Ranks ranks{*comm_pointer, device};
 #else
   if (args.backend != "nccl" && args.backend != "auto") {
     std::fprintf(stderr, "bench_collectives: this build has only the nccl backend\n");

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 
+#include "shardlora/cluster/job.h"
 #include "shardlora/data/utf8.h"
 #include "shardlora/io/staging_directory.h"
 #include "shardlora/kernels/check.h"
@@ -80,7 +81,9 @@ int run_demo(const std::vector<std::string>& overrides, train::StartMode mode) {
 
   train::check_run_directory(run_dir, mode);
   const auto start = std::chrono::steady_clock::now();
-  train::Trainer trainer(recipe);
+  const torch::Device device = cluster::rank_device(recipe.get_string("training.device"), cluster::detect_launch_env());
+  std::printf("  device       %s\n", device.str().c_str());
+  train::Trainer trainer(recipe, nullptr, device);
   const train::AccuracyResult before = accuracy(trainer, recipe);
   std::printf("  accuracy before training: %5.1f%% (%lld of %lld held-out strings)\n", 100 * before.accuracy(),
               static_cast<long long>(before.correct), static_cast<long long>(before.total));

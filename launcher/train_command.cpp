@@ -79,15 +79,15 @@ train::TrainSummary train_with_progress(train::Trainer& trainer, train::StartMod
 
 namespace {
 
-cluster::JobOptions job_options_from(const train::Recipe& recipe) {
+cluster::JobOptions job_options_from(const train::Recipe& recipe, const cluster::LaunchEnv& launch) {
   cluster::JobOptions options;
   options.backend = recipe.get_string("distributed.backend");
-  options.on_gpu = false;  // the trainer places the model on the CPU (GPU placement: issue 8's next step)
+  options.device = cluster::rank_device(recipe.get_string("training.device"), launch);
   options.timeout = std::chrono::seconds(recipe.get_int("distributed.timeout_s"));
   return options;
 }
 
-int train_recipe(const train::Recipe& recipe, train::StartMode mode, cluster::Job& job);
+int train_recipe(const train::Recipe& recipe, train::StartMode mode, cluster::Job& job, torch::Device device);
 
 int run_train(TrainArgs args) {
   if (args.help_recipe) {
@@ -115,10 +115,12 @@ int run_train(TrainArgs args) {
   }
   const train::Recipe recipe = train::Recipe::load(args.recipe, args.overrides);
   train::check_run_directory(recipe.get_string("output.dir"), mode);
-  const auto job = cluster::Job::join(job_options_from(recipe));
-  if (!job->distributed()) return train_recipe(recipe, mode, *job);
+  const cluster::LaunchEnv launch = cluster::detect_launch_env();
+  const cluster::JobOptions job_options = job_options_from(recipe, launch);
+  const auto job = cluster::Job::join(job_options, launch);
+  if (!job->distributed()) return train_recipe(recipe, mode, *job, job_options.device);
   try {
-    return train_recipe(recipe, mode, *job);
+    return train_recipe(recipe, mode, *job, job_options.device);
   } catch (const std::exception& error) {
     // One rank failing must not leave the others waiting in a collective.
     std::fprintf(stderr, "shardlora train (rank %d of %d): error: %s\n", job->launch().rank, job->launch().world_size, error.what());
@@ -127,12 +129,12 @@ int run_train(TrainArgs args) {
   }
 }
 
-int train_recipe(const train::Recipe& recipe, train::StartMode mode, cluster::Job& job) {
+int train_recipe(const train::Recipe& recipe, train::StartMode mode, cluster::Job& job, torch::Device device) {
   dist::Communicator* comm = job.communicator();
   // Loading may take long on some ranks (a slow filesystem): the collectives of setup wait
   // up to distributed.load_timeout_s, training's up to distributed.timeout_s.
   if (comm) comm->set_timeout(std::chrono::seconds(recipe.get_int("distributed.load_timeout_s")));
-  train::Trainer trainer(recipe, comm);
+  train::Trainer trainer(recipe, comm, device);
   if (comm) comm->set_timeout(std::chrono::seconds(recipe.get_int("distributed.timeout_s")));
   const bool rank0 = job.launch().rank == 0;
   const train::TrainSummary summary = train_with_progress(trainer, mode, rank0);

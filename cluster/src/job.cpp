@@ -104,13 +104,29 @@ std::string resolve_backend(const std::string& backend, bool on_gpu, const Launc
   return launched_by_mpi(launch) ? "mpi" : "tcp";
 }
 
+torch::Device rank_device(const std::string& choice, const LaunchEnv& launch, int visible_gpus) {
+  SHARDLORA_CHECK(choice == "auto" || choice == "cpu" || choice == "cuda", "training.device '", choice, "' is not one of auto, cpu, cuda");
+  if (choice == "cpu" || (choice == "auto" && visible_gpus == 0)) return torch::kCPU;
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  const std::string visible_text = std::string("CUDA_VISIBLE_DEVICES=") + (visible ? visible : "unset");
+  SHARDLORA_CHECK(visible_gpus > 0, "training.device is cuda, but this process sees no GPU (", visible_text,
+                  "; a libtorch built without CUDA sees none)");
+  if (launch.local_rank < visible_gpus) return {torch::kCUDA, static_cast<c10::DeviceIndex>(launch.local_rank)};
+  if (visible_gpus == 1 && launch.source == LaunchSource::Slurm) return {torch::kCUDA, 0};
+  throw Error("local rank " + std::to_string(launch.local_rank) + " (rank " + std::to_string(launch.rank) + " of " +
+              std::to_string(launch.world_size) + ") has no GPU of its own: this process sees " + std::to_string(visible_gpus) +
+              " (" + visible_text + "); start at most " + std::to_string(visible_gpus) +
+              " ranks per node, or train on the CPU with training.device=cpu");
+}
+
 std::unique_ptr<Job> Job::join(const JobOptions& options, const LaunchEnv& launch) {
   std::unique_ptr<Job> job(new Job);
   job->launch_ = launch;
   if (launch.world_size == 1) return job;
-  const std::string backend = resolve_backend(options.backend, options.on_gpu, launch);
+  const bool on_gpu = options.device.is_cuda();
+  const std::string backend = resolve_backend(options.backend, on_gpu, launch);
   if (backend == "mpi") {
-    SHARDLORA_CHECK(!options.on_gpu, "distributed.backend mpi moves CPU tensors; this model runs on a GPU: use nccl or auto");
+    SHARDLORA_CHECK(!on_gpu, "distributed.backend mpi moves CPU tensors; this model runs on a GPU: use nccl or auto");
     SHARDLORA_CHECK(launched_by_mpi(launch), "distributed.backend mpi needs an MPI launcher (mpirun / mpiexec), but this rank was started by ",
                     launch_source_name(launch.source), " with world size ", launch.world_size);
     auto comm = std::make_unique<dist::MpiCommunicator>();
@@ -120,7 +136,7 @@ std::unique_ptr<Job> Job::join(const JobOptions& options, const LaunchEnv& launc
                     " of ", launch.world_size);
     job->comm_ = std::move(comm);
   } else if (backend == "nccl") {
-    SHARDLORA_CHECK(options.on_gpu, "distributed.backend nccl needs the model on a GPU (this run is on the CPU)");
+    SHARDLORA_CHECK(on_gpu, "distributed.backend nccl needs the model on a GPU (this run is on the CPU)");
     std::string id;
     if (launched_by_mpi(launch)) {
       // The id rides an MPI broadcast; MPI is then only the bootstrap.
@@ -138,9 +154,9 @@ std::unique_ptr<Job> Job::join(const JobOptions& options, const LaunchEnv& launc
       if (launch.rank == 0) job->store_->set("nccl/unique_id", dist::nccl_unique_id());
       id = job->store_->get("nccl/unique_id", options.timeout);
     }
-    job->comm_ = dist::make_nccl_communicator(launch.rank, launch.world_size, launch.local_rank, id, options.timeout);
+    job->comm_ = dist::make_nccl_communicator(launch.rank, launch.world_size, options.device.index(), id, options.timeout);
   } else if (backend == "tcp") {
-    SHARDLORA_CHECK(!options.on_gpu, "distributed.backend tcp moves CPU tensors; this model runs on a GPU: use nccl or auto");
+    SHARDLORA_CHECK(!on_gpu, "distributed.backend tcp moves CPU tensors; this model runs on a GPU: use nccl or auto");
     const StoreAddress address = store_address(backend);
     job->store_ = connect_store(address, job_token_from_environment(), options.timeout);
     job->comm_ = make_tcp_communicator(*job->store_, {.rank = launch.rank, .world_size = launch.world_size,

@@ -3,6 +3,7 @@
 
 #include <map>
 
+#include "shardlora/cluster/job.h"
 #include "shardlora/cluster/launch_env.h"
 #include "shardlora/kernels/check.h"
 
@@ -16,6 +17,15 @@ LaunchEnv detect(const std::map<std::string, std::string>& vars) {
     if (it == vars.end()) return std::nullopt;
     return it->second;
   });
+}
+
+std::string device_error(const std::string& choice, const LaunchEnv& launch, int visible_gpus) {
+  try {
+    rank_device(choice, launch, visible_gpus);
+  } catch (const shardlora::Error& error) {
+    return error.what();
+  }
+  return "no error";
 }
 
 std::string error_of(const std::map<std::string, std::string>& vars) {
@@ -99,4 +109,36 @@ TEST(LaunchEnv, BadValuesNameTheVariable) {
                       {"SLURM_NTASKS_PER_NODE", "2"}}).find("SLURM_LOCALID=3"), std::string::npos);
   EXPECT_NE(error_of({{"SHARDLORA_RANK", "99999999999"}, {"SHARDLORA_WORLD_SIZE", "2"}})
                 .find("SHARDLORA_RANK"), std::string::npos);
+}
+
+TEST(RankDevice, TheLocalRankNumbersTheGpuNeverTheGlobalRank) {
+  // Rank 6 of 8 on the second node of two with 4 GPUs each: GPU 2 (6 % 4 happens to agree);
+  // rank 5 of 8 placed 3 per node (local rank 2): GPU 2, where rank % GPUs would give 1.
+  const LaunchEnv sixth = detect({{"OMPI_COMM_WORLD_RANK", "6"}, {"OMPI_COMM_WORLD_SIZE", "8"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "2"}});
+  EXPECT_EQ(rank_device("cuda", sixth, 4), torch::Device(torch::kCUDA, 2));
+  const LaunchEnv fifth = detect({{"OMPI_COMM_WORLD_RANK", "5"}, {"OMPI_COMM_WORLD_SIZE", "8"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "2"}});
+  EXPECT_EQ(rank_device("auto", fifth, 4), torch::Device(torch::kCUDA, 2));
+}
+
+TEST(RankDevice, AutoTrainsOnTheCpuWithoutAGpuAndCpuAlwaysDoes) {
+  const LaunchEnv single = detect({});
+  EXPECT_EQ(rank_device("auto", single, 0), torch::Device(torch::kCPU));
+  EXPECT_EQ(rank_device("cpu", single, 8), torch::Device(torch::kCPU));
+  EXPECT_EQ(rank_device("auto", single, 8), torch::Device(torch::kCUDA, 0));
+}
+
+TEST(RankDevice, SlurmsOneBoundGpuServesAnyLocalRank) {
+  // srun --gpus-per-task=1: local rank 3 sees only its own GPU, as device 0.
+  const LaunchEnv task = detect({{"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "4"}, {"SLURM_LOCALID", "3"}});
+  EXPECT_EQ(rank_device("cuda", task, 1), torch::Device(torch::kCUDA, 0));
+}
+
+TEST(RankDevice, ALocalRankWithoutAGpuIsAnErrorNamingIt) {
+  const LaunchEnv third = detect({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "4"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "3"}});
+  const std::string error = device_error("cuda", third, 2);
+  EXPECT_NE(error.find("local rank 3 (rank 3 of 4) has no GPU of its own: this process sees 2"), std::string::npos) << error;
+  EXPECT_NE(error.find("training.device=cpu"), std::string::npos) << error;
+  EXPECT_NE(device_error("auto", third, 1).find("has no GPU of its own"), std::string::npos) << "one GPU is shared only under Slurm";
+  EXPECT_NE(device_error("cuda", detect({}), 0).find("training.device is cuda, but this process sees no GPU"), std::string::npos);
+  EXPECT_NE(device_error("gpu", detect({}), 1).find("training.device 'gpu' is not one of auto, cpu, cuda"), std::string::npos);
 }

@@ -7,14 +7,11 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "shardlora/io/tensor_file.h"
 #include "shardlora/kernels/check.h"
-#include "shardlora/nn/random_model.h"
 #include "shardlora/train/trainer.h"
-#include "temp_dir.h"
+#include "tiny_training_run.h"
 
 using namespace shardlora;
 using namespace shardlora::train;
@@ -22,36 +19,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class TrainerRuns : public shardlora::testing::TempDirTest {
- protected:
-  void SetUp() override {
-    TempDirTest::SetUp();
-    nn::write_random_hf_model(path("model"), {});
-    std::ofstream data(path("train.jsonl"));
-    for (int i = 0; i < 24; ++i) data << R"({"text": "the cat sat on the mat )" << i % 5 << R"("})" << "\n";
-  }
-
-  Recipe recipe(const std::string& run, std::vector<std::string> extra = {}) {
-    std::vector<std::string> overrides = {"model.path=" + path("model"), "data.train=" + path("train.jsonl"),
-                                          "data.format=text", "data.max_seq_len=64", "model.dtype=fp32",
-                                          "lora.r=4", "lora.dropout=0.1", "optimizer.lr=1e-2", "training.max_steps=6",
-                                          "training.save_every=2", "training.keep_last=2", "training.log_every=1",
-                                          "training.micro_batch_size=2", "training.gradient_accumulation_steps=2",
-                                          "output.dir=" + path(run)};
-    overrides.insert(overrides.end(), extra.begin(), extra.end());
-    return Recipe::parse("", "test", overrides);
-  }
-
-  std::vector<double> losses(const std::string& run, const std::string& key = "loss") {
-    std::vector<double> values;
-    std::ifstream in(path(run + "/metrics.jsonl"));
-    for (std::string line; std::getline(in, line);) {
-      const auto json = nlohmann::json::parse(line);
-      if (json.contains(key)) values.push_back(json[key].get<double>());
-    }
-    return values;
-  }
-};
+class TrainerRuns : public shardlora::testing::TinyTrainingRun {};
 
 }  // namespace
 

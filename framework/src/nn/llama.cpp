@@ -9,6 +9,13 @@
 #include "shardlora/kernels/check.h"
 
 namespace shardlora::nn {
+
+std::vector<at::Generator> dropout_generators(const torch::Device& device) {
+  std::vector<at::Generator> generators = {at::detail::getDefaultCPUGenerator()};
+  if (!device.is_cpu()) generators.push_back(at::globalContext().defaultGenerator(device));
+  return generators;
+}
+
 namespace {
 
 std::string shape_text(c10::IntArrayRef shape) {
@@ -34,14 +41,6 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
-
-// The default generators a layer on `device` draws dropout masks from: the CPU's, and the
-// accelerator's when the layer runs on one.
-std::vector<at::Generator> dropout_generators(const torch::Device& device) {
-  std::vector<at::Generator> generators = {at::detail::getDefaultCPUGenerator()};
-  if (!device.is_cpu()) generators.push_back(at::globalContext().defaultGenerator(device));
-  return generators;
-}
 
 std::vector<torch::Tensor> rng_states(std::vector<at::Generator>& generators) {
   std::vector<torch::Tensor> states;
@@ -181,6 +180,7 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
     LoraOptions lora = options.lora;
     if (!is_lora_target(options.target_modules, path.substr(path.rfind('.') + 1))) lora.r = 0;
     AdaptedLinear linear(std::move(base), lora);
+    linear->to(options.device);  // initialised on the CPU: the same adapters on every device
     // Module names cannot hold dots: register by index, keep the HF path in linears_.
     register_module("linear" + std::to_string(linears_.size()), linear);
     linears_.emplace_back(path, linear);

@@ -31,8 +31,9 @@ class EvalMode {
 
 std::pair<torch::Tensor, int64_t> summed_loss(const torch::Tensor& logits, const data::Batch& batch) {
   const int64_t length = batch.input_ids.size(1);
-  const torch::Tensor targets = batch.labels.narrow(1, 1, length - 1);
-  const torch::Tensor same_document = batch.document_ids.narrow(1, 1, length - 1).eq(batch.document_ids.narrow(1, 0, length - 1));
+  const torch::Tensor labels = batch.labels.to(logits.device()), documents = batch.document_ids.to(logits.device());
+  const torch::Tensor targets = labels.narrow(1, 1, length - 1);
+  const torch::Tensor same_document = documents.narrow(1, 1, length - 1).eq(documents.narrow(1, 0, length - 1));
   const torch::Tensor mask = targets.ne(data::kIgnoreIndex).logical_and(same_document);
   const torch::Tensor predictions = logits.narrow(1, 0, length - 1).reshape({-1, logits.size(-1)});
   const torch::Tensor losses = torch::nn::functional::cross_entropy(

@@ -225,6 +225,8 @@ const std::vector<KeySpec>& recipe_schema() {
         integer("optimizer.gpu_pages", "4", 1, 1 << 20, "paged: staging buffer size in pages"),
         choice("schedule.type", "cosine", {"constant", "linear", "cosine"}, "learning-rate schedule"),
         integer("schedule.warmup_steps", "0", 0, 1LL << 40, "linear warmup steps"),
+        choice("training.device", "auto", {"auto", "cpu", "cuda"},
+               "where the model trains: cuda = this rank's GPU (its local rank; Slurm's one bound GPU), auto = cuda when a GPU is visible, else cpu"),
         integer("training.seed", "0", 0, 1LL << 62, "seed for initialisation, sampling and dropout"),
         integer("training.micro_batch_size", "1", 1, 1 << 20, "sequences per forward/backward"),
         integer("training.gradient_accumulation_steps", "1", 1, 1 << 20, "micro-batches per optimizer step"),

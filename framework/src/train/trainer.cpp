@@ -34,6 +34,9 @@ std::string checkpoint_name(int64_t step) {
   return name;
 }
 
+// "cpu" or "cuda": a generator's key in rng.safetensors.
+std::string generator_name(const at::Generator& generator) { return c10::DeviceTypeName(generator.device().type(), /*lower_case=*/true); }
+
 // A rank's data position as a flat int64 row, so all ranks' rows can be gathered in one call.
 constexpr int64_t kPositionFields = 7;
 
@@ -94,9 +97,10 @@ struct Trainer::State {
   int64_t accumulation = 1, total_steps = 0, step = 0;
   dist::Communicator* comm = nullptr;  // null: one rank
   int rank = 0, world = 1;
+  torch::Device device;  // the model's, and the communicator's
   std::unique_ptr<dist::GradientBuckets> buckets;
 
-  State(const Recipe& r, dist::Communicator* c) : recipe(r), comm(c) {
+  State(const Recipe& r, dist::Communicator* c, torch::Device d) : recipe(r), comm(c), device(d) {
     if (comm) {
       rank = comm->rank();
       world = comm->world_size();
@@ -108,18 +112,21 @@ struct Trainer::State {
     if (distributed()) comm->barrier();
   }
 
-  // Element-wise sum over ranks of a few float64 counters (identity on one rank).
-  torch::Tensor sum_over_ranks(torch::Tensor values) {
-    if (distributed()) comm->allreduce(values, dist::ReduceOp::Sum);
-    return values;
+  // Element-wise reduction over ranks of a few CPU counters, on the CPU (identity on one
+  // rank). They travel through the model's device: NCCL moves only GPU tensors.
+  torch::Tensor reduce_over_ranks(const torch::Tensor& values, dist::ReduceOp op = dist::ReduceOp::Sum) {
+    if (!distributed()) return values;
+    torch::Tensor on_device = values.to(device, /*non_blocking=*/false, /*copy=*/true);
+    comm->allreduce(on_device, op);
+    return on_device.cpu();
   }
 
-  // Every rank's row of `row`, in rank order ([world, n]).
+  // Every rank's row of the CPU tensor `row`, in rank order ([world, n], on the CPU).
   torch::Tensor gather_rows(const torch::Tensor& row) {
     if (!distributed()) return row.unsqueeze(0);
-    auto all = torch::empty({world, row.numel()}, row.options());
-    comm->allgather(row.contiguous(), all);
-    return all;
+    auto all = torch::empty({world, row.numel()}, row.options().device(device));
+    comm->allgather(row.to(device).contiguous(), all);
+    return all.cpu();
   }
 
   // data.train's samples, less the held-out data.val_fraction (computed once).
@@ -143,15 +150,11 @@ struct Trainer::State {
     const auto batches = eval_batches(val_dataset ? *val_dataset : *dataset, mine, *tokenizer, loader_options_from(recipe, &chat_template));
     // A sharded base makes every forward collective: all ranks run as many as the busiest.
     int64_t passes = static_cast<int64_t>(batches.size());
-    if (model->sharded_base()) {
-      auto most = torch::tensor({passes}, torch::kInt64);
-      comm->allreduce(most, dist::ReduceOp::Max);
-      passes = most.item<int64_t>();
-    }
+    if (model->sharded_base()) passes = reduce_over_ranks(torch::tensor({passes}, torch::kInt64), dist::ReduceOp::Max).item<int64_t>();
     const auto result = evaluate_loss(model, batches, passes);
     if (!distributed()) return result;
     const double tokens = result ? static_cast<double>(result->tokens) : 0.0;
-    const auto sums = sum_over_ranks(torch::tensor({result ? result->loss * tokens : 0.0, tokens}, torch::kFloat64));
+    const auto sums = reduce_over_ranks(torch::tensor({result ? result->loss * tokens : 0.0, tokens}, torch::kFloat64));
     if (sums[1].item<double>() == 0) return std::nullopt;
     return LossResult{sums[0].item<double>() / sums[1].item<double>(), static_cast<int64_t>(sums[1].item<double>())};
   }
@@ -160,20 +163,24 @@ struct Trainer::State {
   // rank's data position and RNG state (gathered first); the others wait at a barrier.
   void save_checkpoint() {
     const auto positions = gather_rows(torch::tensor(position_row(loader->position()), torch::kInt64));
-    auto generator = at::detail::getDefaultCPUGenerator();
-    torch::Tensor rng;
-    {
-      std::lock_guard<std::mutex> lock(generator.mutex());
-      rng = generator.get_state();
+    // Every rank's dropout streams, by name: "cpu", and "cuda" when training on a GPU.
+    std::map<std::string, torch::Tensor> rng_file;
+    for (at::Generator& generator : nn::dropout_generators(device)) {
+      torch::Tensor state;
+      {
+        std::lock_guard<std::mutex> lock(generator.mutex());
+        state = generator.get_state();
+      }
+      const std::string name = generator_name(generator);
+      const auto rows = gather_rows(state);
+      rng_file[name] = rows[0];
+      for (int r = 1; r < world; ++r) rng_file[name + ".rank" + std::to_string(r)] = rows[r];
     }
-    const auto rng_states = gather_rows(rng);
     if (rank == 0) {
       const std::string final_dir = run_dir + "/" + checkpoint_name(step);
       io::StagingDirectory staging(final_dir, /*replace=*/true);
       nn::save_peft_adapter(model, staging.path("adapter"), recipe.get_string("model.path"));
       optimizer->save(staging.path("optimizer.safetensors"));
-      std::map<std::string, torch::Tensor> rng_file{{"cpu", rng_states[0]}};
-      for (int r = 1; r < world; ++r) rng_file["cpu.rank" + std::to_string(r)] = rng_states[r];
       io::write_tensor_file(staging.path("rng.safetensors"), rng_file);
       nlohmann::json ranks = nlohmann::json::array();
       for (int r = 0; r < world; ++r) {
@@ -213,12 +220,14 @@ struct Trainer::State {
     }
     const int saved_world = static_cast<int>(saved.size());
     const auto rng = io::read_tensor_file((dir / "rng.safetensors").string());
-    const std::string rng_key = rank > 0 && rank < saved_world ? "cpu.rank" + std::to_string(rank) : "cpu";
-    SHARDLORA_CHECK(rng.count(rng_key), label, ": rng.safetensors has no '", rng_key, "' state");
-    auto generator = at::detail::getDefaultCPUGenerator();
-    {
+    for (at::Generator& generator : nn::dropout_generators(device)) {
+      const std::string name = generator_name(generator);
+      const std::string key = rank > 0 && rank < saved_world ? name + ".rank" + std::to_string(rank) : name;
+      // A checkpoint written on the CPU has no GPU stream: that one starts from the seed.
+      if (!rng.count(key) && name != "cpu") continue;
+      SHARDLORA_CHECK(rng.count(key), label, ": rng.safetensors has no '", key, "' state");
       std::lock_guard<std::mutex> lock(generator.mutex());
-      generator.set_state(rng.at(rng_key));
+      generator.set_state(rng.at(key));
     }
     if (saved_world == world) {
       loader->restore(saved[static_cast<size_t>(rank)]);
@@ -256,7 +265,8 @@ void check_run_directory(const std::string& run_dir, StartMode mode) {
                   "): continue it with --resume, start over with --overwrite, or choose another output.dir");
 }
 
-Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm) : state_(std::make_unique<State>(recipe, comm)) {
+Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm, torch::Device device)
+    : state_(std::make_unique<State>(recipe, comm, device)) {
   State& s = *state_;
   recipe.require_paths({"model.path", "data.train", "data.val"});
   s.run_dir = recipe.get_string("output.dir");
@@ -283,16 +293,13 @@ Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm) : state_(std::m
       counter.next();
       ++batches;
     }
-    if (s.distributed()) {
-      auto negated = torch::tensor({-batches}, torch::kInt64);
-      comm->allreduce(negated, dist::ReduceOp::Max);
-      batches = -negated.item<int64_t>();
-    }
+    batches = -s.reduce_over_ranks(torch::tensor({-batches}, torch::kInt64), dist::ReduceOp::Max).item<int64_t>();
     s.total_steps = std::max<int64_t>(1, batches * recipe.get_int("training.epochs") / s.accumulation);
   }
 
   torch::manual_seed(seed);
   nn::ModelOptions model_options = model_options_from(recipe);
+  model_options.device = device;
   if (s.distributed() && recipe.get_string("distributed.strategy") == "shard") model_options.shard_over = comm;
   s.model = nn::load_hf_model(model_dir, model_options);
   if (s.distributed()) {
@@ -346,7 +353,7 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
   double tokens_seen = 0;
   while (s.step < s.total_steps) {
     s.optimizer->zero_grad();
-    torch::Tensor loss_sum = torch::zeros({}, torch::kFloat64);
+    torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(s.device));
     int64_t local_targets = 0, local_tokens = 0;
     for (int64_t micro = 0; micro < s.accumulation; ++micro) {
       const data::Batch batch = s.loader->next();
@@ -362,7 +369,7 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
     // Loss, targets, tokens and the stop request, summed over ranks in one call: every rank
     // then divides by the same target count and stops at the same step.
     const bool stop_here = hooks.stop && hooks.stop(s.step + 1);
-    const auto totals = s.sum_over_ranks(torch::stack({loss_sum, torch::tensor(static_cast<double>(local_targets), torch::kFloat64),
+    const auto totals = s.reduce_over_ranks(torch::stack({loss_sum.cpu(), torch::tensor(static_cast<double>(local_targets), torch::kFloat64),
                                                        torch::tensor(static_cast<double>(local_tokens), torch::kFloat64),
                                                        torch::tensor(stop_here ? 1.0 : 0.0, torch::kFloat64)}));
     if (s.buckets) s.buckets->finish();
@@ -432,7 +439,7 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
   if (s.step == s.total_steps) s.save_final_adapter();
   summary.steps = s.step;
   summary.steps_run = s.step - first_step;
-  const auto stats = s.sum_over_ranks(torch::tensor(position_row(s.loader->position()), torch::kInt64).slice(0, 3).clone());
+  const auto stats = s.reduce_over_ranks(torch::tensor(position_row(s.loader->position()), torch::kInt64).slice(0, 3).clone());
   summary.data = {stats[0].item<int64_t>(), stats[1].item<int64_t>(), stats[2].item<int64_t>(), stats[3].item<int64_t>()};
   return summary;
 }

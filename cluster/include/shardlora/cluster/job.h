@@ -14,6 +14,8 @@
 // silent for half of the timeout is named and every rank exits with status 1.
 #pragma once
 
+#include <torch/cuda.h>
+
 #include <memory>
 #include <string>
 
@@ -27,7 +29,7 @@ class TcpStoreServer;
 
 struct JobOptions {
   std::string backend = "auto";      // distributed.backend
-  bool on_gpu = false;               // the model runs on this rank's GPU (local rank)
+  torch::Device device = torch::kCPU;  // where this rank's model runs (rank_device)
   dist::Milliseconds timeout{300000};  // distributed.timeout_s, for every collective; half of it for the watchdog
 };
 
@@ -63,5 +65,12 @@ class Job {
 
 // "auto" resolved: "nccl" on a GPU; on the CPU "mpi" under an MPI launcher, else "tcp".
 std::string resolve_backend(const std::string& backend, bool on_gpu, const LaunchEnv& launch);
+
+// This rank's device for training.device: "cpu"; "cuda": the GPU numbered by its local rank
+// among the visible ones, or the only one visible under Slurm (srun's --gpus-per-task and
+// --gpu-bind show each task its own GPU as device 0); "auto": cuda when a GPU is visible,
+// else cpu. Never rank % GPUs: a local rank without a GPU of its own is an error.
+torch::Device rank_device(const std::string& choice, const LaunchEnv& launch,
+                          int visible_gpus = static_cast<int>(torch::cuda::device_count()));
 
 }  // namespace shardlora::cluster

@@ -93,6 +93,10 @@ class LlamaModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaModel);
 
+// The default generators a model on `device` draws dropout masks from: the CPU's, and the
+// accelerator's when it runs on one (what activation checkpointing and checkpoints save).
+std::vector<at::Generator> dropout_generators(const torch::Device& device);
+
 // Rotary inverse frequencies [head_dim / 2] in float32, as HF computes them (with llama3 scaling).
 torch::Tensor rotary_inv_freq(const LlamaConfig& config);
 

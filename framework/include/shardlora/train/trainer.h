@@ -78,7 +78,9 @@ class Trainer {
   // must be one directory all ranks see (a shared filesystem across nodes).
   // A checkpoint written at one world size resumes at another: the data then continues from
   // the first sample every old rank had passed.
-  explicit Trainer(const Recipe& recipe, dist::Communicator* comm = nullptr);
+  // The model trains on `device` (cluster::rank_device resolves training.device for a rank);
+  // the communicator's collectives take tensors there.
+  explicit Trainer(const Recipe& recipe, dist::Communicator* comm = nullptr, torch::Device device = torch::kCPU);
   ~Trainer();
 
   TrainSummary run(StartMode mode, const TrainHooks& hooks = {});
