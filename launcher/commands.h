@@ -28,8 +28,6 @@ Subcommand add_eval_command(CLI::App& root);
 Subcommand add_estimate_command(CLI::App& root);
 Subcommand add_plot_command(CLI::App& root);
 Subcommand add_launch_command(CLI::App& root);
-
-// Commands whose issues have not landed: each prints "not implemented yet" and exits 2.
-std::vector<Subcommand> add_pending_commands(CLI::App& root);
+Subcommand add_slurm_command(CLI::App& root);
 
 }  // namespace shardlora::launcher

@@ -11,11 +11,10 @@ int main(int argc, char** argv) {
   root.set_version_flag("--version", std::string("shardlora ") + SHARDLORA_VERSION);
   root.require_subcommand(0, 1);  // extra words are then "not expected", named in the error
 
-  std::vector<Subcommand> commands = add_pending_commands(root);
-  commands.insert(commands.begin(), {add_env_command(root), add_quantize_command(root), add_init_model_command(root),
-                                      add_generate_command(root), add_merge_command(root), add_train_command(root),
-                                      add_eval_command(root), add_estimate_command(root),
-                                      add_plot_command(root), add_launch_command(root)});
+  const std::vector<Subcommand> commands = {add_env_command(root),      add_quantize_command(root), add_init_model_command(root),
+                                            add_generate_command(root), add_merge_command(root),    add_train_command(root),
+                                            add_eval_command(root),     add_estimate_command(root), add_plot_command(root),
+                                            add_launch_command(root),   add_slurm_command(root)};
 
   try {
     root.parse(argc, argv);

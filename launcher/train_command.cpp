@@ -1,7 +1,7 @@
 // `shardlora train [RECIPE] [section.key=value ...] [--resume | --overwrite]`: one rank's
 // training run; without a recipe, the built-in demo (demo.h). Progress is a live bar on a
-// terminal and one plain line per log interval otherwise. SIGTERM and SIGINT finish the
-// current step, write a checkpoint and exit 0, so a preempted job resumes with --resume.
+// terminal and one plain line per log interval otherwise. SIGTERM, SIGINT and SIGUSR1 finish
+// the current step, write a checkpoint and exit 0, so a preempted job resumes with --resume.
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -27,6 +27,7 @@ struct TrainArgs {
   std::vector<std::string> overrides;
   bool resume = false;
   bool overwrite = false;
+  bool auto_resume = false;
   bool help_recipe = false;
 };
 
@@ -68,11 +69,10 @@ train::TrainSummary train_with_progress(train::Trainer& trainer, train::StartMod
                   result.loss, result.perplexity(), static_cast<long long>(result.tokens));
     bar.print_line(text);
   };
-  std::signal(SIGTERM, request_stop);
-  std::signal(SIGINT, request_stop);
+  // SIGUSR1 is what mpirun and srun forward to every rank (the Slurm batch script sends it).
+  for (const int signal : {SIGTERM, SIGINT, SIGUSR1}) std::signal(signal, request_stop);
   const train::TrainSummary summary = trainer.run(mode, hooks);
-  std::signal(SIGTERM, SIG_DFL);
-  std::signal(SIGINT, SIG_DFL);
+  for (const int signal : {SIGTERM, SIGINT, SIGUSR1}) std::signal(signal, SIG_DFL);
   if (show) bar.finish(summary.stopped_early ? "stopped" : "done");
   return summary;
 }
@@ -94,11 +94,11 @@ int run_train(TrainArgs args) {
     std::cout << train::recipe_help();
     return 0;
   }
-  if (args.resume && args.overwrite) {
-    std::cerr << "shardlora train: --resume and --overwrite exclude each other\n";
+  if (args.resume + args.overwrite + args.auto_resume > 1) {
+    std::cerr << "shardlora train: --resume, --auto-resume and --overwrite exclude each other\n";
     return kExitUsage;
   }
-  const train::StartMode mode =
+  train::StartMode mode =
       args.resume ? train::StartMode::Resume : args.overwrite ? train::StartMode::Overwrite : train::StartMode::Fresh;
   // `shardlora train lora.r=8` is the demo with an override, not a recipe named "lora.r=8".
   if (!args.recipe.empty() && args.recipe.find('=') != std::string::npos && !std::filesystem::exists(args.recipe)) {
@@ -106,6 +106,7 @@ int run_train(TrainArgs args) {
     args.recipe.clear();
   }
   if (args.recipe.empty()) {
+    SHARDLORA_CHECK(!args.auto_resume, "--auto-resume needs a RECIPE (the demo resumes with --resume)");
     const cluster::LaunchEnv launch = cluster::detect_launch_env();
     // N copies of the demo would write one directory at once.
     SHARDLORA_CHECK(launch.world_size == 1, "the built-in demo runs on one rank (this is rank ", launch.rank, " of ",
@@ -114,6 +115,7 @@ int run_train(TrainArgs args) {
     return run_demo(args.overrides, mode);
   }
   const train::Recipe recipe = train::Recipe::load(args.recipe, args.overrides);
+  if (args.auto_resume && !train::checkpoints(recipe.get_string("output.dir")).empty()) mode = train::StartMode::Resume;
   train::check_run_directory(recipe.get_string("output.dir"), mode);
   const cluster::LaunchEnv launch = cluster::detect_launch_env();
   const cluster::JobOptions job_options = job_options_from(recipe, launch);
@@ -160,6 +162,8 @@ Subcommand add_train_command(CLI::App& root) {
   app->add_option("RECIPE", args->recipe, "Recipe YAML (omit it for the demo)");
   app->add_option("OVERRIDES", args->overrides, "section.key=value overrides");
   app->add_flag("--resume", args->resume, "Continue from the newest checkpoint in output.dir");
+  app->add_flag("--auto-resume", args->auto_resume,
+                "Resume when output.dir holds a checkpoint, else start fresh (a batch job that may be requeued)");
   app->add_flag("--overwrite", args->overwrite, "Start over in an output.dir that holds a run (its checkpoints are removed)");
   app->add_flag("--help-recipe", args->help_recipe, "List every recipe key with its type, default and meaning");
   return {app, [args] {

@@ -31,7 +31,7 @@ struct StoreAddress {
 StoreAddress store_address(const std::string& backend) {
   const char* address = std::getenv(env::kStoreAddress);
   SHARDLORA_CHECK(address && *address, "distributed.backend ", backend, " outside mpirun needs the rendezvous store: ", env::kStoreAddress,
-                  " is not set (start the job with shardlora launch, or under mpirun)");
+                  " is not set (start the job with shardlora launch, under mpirun, or from the batch script shardlora slurm writes)");
   const std::string text = address;
   const auto colon = text.rfind(':');
   SHARDLORA_CHECK(colon != std::string::npos && colon > 0, env::kStoreAddress, "='", text, "' is not host:port");
@@ -125,6 +125,14 @@ std::unique_ptr<Job> Job::join(const JobOptions& options, const LaunchEnv& launc
   if (launch.world_size == 1) return job;
   const bool on_gpu = options.device.is_cuda();
   const std::string backend = resolve_backend(options.backend, on_gpu, launch);
+  if (launch.source == LaunchSource::Slurm && launch.rank == 0 && backend != "mpi") {
+    // srun starts the ranks directly, so no launcher serves the store: rank 0 does, at the
+    // address and with the token the batch script exported to every task.
+    const StoreAddress address = store_address(backend);
+    const char* bind = std::getenv(env::kStoreBind);
+    job->store_server_ = std::make_unique<TcpStoreServer>(TcpStoreServerOptions{
+        .bind_address = bind && *bind ? bind : "0.0.0.0", .port = address.port, .token = job_token_from_environment()});
+  }
   if (backend == "mpi") {
     SHARDLORA_CHECK(!on_gpu, "distributed.backend mpi moves CPU tensors; this model runs on a GPU: use nccl or auto");
     SHARDLORA_CHECK(launched_by_mpi(launch), "distributed.backend mpi needs an MPI launcher (mpirun / mpiexec), but this rank was started by ",

@@ -10,7 +10,8 @@
 // A single process gets no communicator at all: single-rank training never touches MPI.
 //
 // Every rank of a distributed job runs a heartbeat watchdog (dist/watchdog.h) over its own
-// connection to the job's store (the launcher's; under mpirun rank 0 serves one): a rank
+// connection to the job's store (the launcher's; under mpirun rank 0 serves one; under srun
+// rank 0 serves it at SHARDLORA_STORE_ADDR, which the batch script sets): a rank
 // silent for half of the timeout is named and every rank exits with status 1.
 #pragma once
 
