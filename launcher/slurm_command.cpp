@@ -15,6 +15,7 @@
 #include "commands.h"
 #include "shardlora/io/staging_directory.h"
 #include "shardlora/kernels/check.h"
+#include "shardlora/train/from_recipe.h"
 #include "shardlora/train/recipe.h"
 #include "shardlora/train/trainer.h"
 
@@ -111,7 +112,6 @@ std::string submit(const std::string& script) {
 }
 
 int run_slurm(const SlurmArgs& args) {
-  SHARDLORA_CHECK(args.gpus_per_node >= 0, "--gpus-per-node is required (0: a CPU job)");
   const std::string launcher = !args.launcher.empty() ? args.launcher : args.gpus_per_node > 0 ? "srun" : "mpirun";
   const int tasks_per_node = args.tasks_per_node > 0 ? args.tasks_per_node : std::max(args.gpus_per_node, 1);
   SHARDLORA_CHECK(args.gpus_per_node == 0 || tasks_per_node == args.gpus_per_node, "--ntasks-per-node ", tasks_per_node,
@@ -120,6 +120,9 @@ int run_slurm(const SlurmArgs& args) {
   // Loaded (and checked) here, as each task will load it.
   const train::Recipe recipe = train::Recipe::load(args.recipe, args.overrides);
   recipe.require_paths({"model.path", "data.train", "data.val"});
+  // With a step count the schedule is checked now; counting the steps of epochs takes the
+  // pass over the data each rank makes.
+  if (recipe.get_int("training.max_steps") > 0) train::adamw_options_from(recipe, recipe.get_int("training.max_steps")).schedule.validate();
   const fs::path run_dir = fs::absolute(recipe.get_string("output.dir")).lexically_normal();
   train::check_run_directory(run_dir.string(), args.resume ? train::StartMode::Resume : train::StartMode::Fresh);
 

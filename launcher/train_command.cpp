@@ -12,6 +12,7 @@
 #include "demo.h"
 #include "progress_bar.h"
 #include "shardlora/cluster/job.h"
+#include "shardlora/cluster/topology.h"
 #include "shardlora/train/recipe.h"
 #include "shardlora/train/trainer.h"
 
@@ -133,12 +134,17 @@ int run_train(TrainArgs args) {
 
 int train_recipe(const train::Recipe& recipe, train::StartMode mode, cluster::Job& job, torch::Device device) {
   dist::Communicator* comm = job.communicator();
+  const cluster::Topology topology = cluster::gather_topology(comm, job.launch(), device);
+  const bool rank0 = job.launch().rank == 0;
+  if (rank0) {
+    std::fputs(cluster::describe_topology(topology, recipe.get_string("distributed.strategy")).c_str(), stdout);
+    std::fflush(stdout);
+  }
   // Loading may take long on some ranks (a slow filesystem): the collectives of setup wait
   // up to distributed.load_timeout_s, training's up to distributed.timeout_s.
   if (comm) comm->set_timeout(std::chrono::seconds(recipe.get_int("distributed.load_timeout_s")));
   train::Trainer trainer(recipe, comm, device);
   if (comm) comm->set_timeout(std::chrono::seconds(recipe.get_int("distributed.timeout_s")));
-  const bool rank0 = job.launch().rank == 0;
   const train::TrainSummary summary = train_with_progress(trainer, mode, rank0);
   if (!rank0) return 0;
   const std::string run_dir = recipe.get_string("output.dir");

@@ -14,8 +14,12 @@ fi
 hostfile=$1 ranks=$2 recipe=$3
 shift 3
 [ -r "$hostfile" ] || { echo "$0: HOSTFILE: cannot read $hostfile" >&2; exit 2; }
+# The variables the ranks on other nodes need, those that are set (mpirun warns of the rest).
+forward=()
+for name in PATH LD_LIBRARY_PATH OMP_NUM_THREADS SHARDLORA_STORE_BIND; do
+  if [ -n "${!name+set}" ]; then forward+=(-x "$name"); fi
+done
 # MPIRUN_ARGS is split into words on purpose: it holds several options.
 # shellcheck disable=SC2086
-exec mpirun --hostfile "$hostfile" -np "$ranks" ${MPIRUN_ARGS:-} \
-  -x PATH -x LD_LIBRARY_PATH -x OMP_NUM_THREADS -x SHARDLORA_STORE_BIND \
+exec mpirun --hostfile "$hostfile" -np "$ranks" ${MPIRUN_ARGS:-} "${forward[@]}" \
   "${SHARDLORA:-shardlora}" train "$recipe" "$@" --auto-resume

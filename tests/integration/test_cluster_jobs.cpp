@@ -111,6 +111,10 @@ TEST_F(ClusterJob, WhatWouldFailInTheQueueIsRefusedAtSubmission) {
   EXPECT_EQ(uneven.exit_code, 1);
   EXPECT_NE(uneven.err.find("one task per GPU"), std::string::npos) << uneven.err;
   EXPECT_EQ(slurm({"--dry-run"}, "run").exit_code, 2) << "--gpus-per-node is required";
+
+  const auto all_warmup = slurm({"--gpus-per-node", "0", "--dry-run"}, "run", /*steps=*/5);  // 5 warmup steps
+  EXPECT_EQ(all_warmup.exit_code, 1);
+  EXPECT_NE(all_warmup.err.find("beyond warmup_steps (5)"), std::string::npos) << all_warmup.err;
 }
 
 TEST_F(ClusterJob, MpirunWithAHostfileRunsTheDemoOnTwoRanks) {
@@ -125,6 +129,8 @@ TEST_F(ClusterJob, MpirunWithAHostfileRunsTheDemoOnTwoRanks) {
   const auto result = run_process(argv, 300.0);
   ASSERT_EQ(result.exit_code, 0) << result.out << result.err;
   expect_complete_run("run", 40);
+  EXPECT_NE(result.out.find("topology: 2 ranks on 1 node (2 per node, Open MPI), backend mpi"), std::string::npos) << result.out;
+  EXPECT_EQ(result.err.find("could not find environment variable"), std::string::npos) << "unset variables forwarded:\n" << result.err;
 }
 
 // A Slurm of its own for each test, stopped and removed afterwards.
@@ -202,6 +208,7 @@ TEST_F(LocalSlurm, ARequeuedJobResumesFromItsCheckpointAndCompletes) {
   expect_requeued_and_completed(job, "run");
   const std::string log = read_file(path("run/slurm-" + job + ".out"));
   EXPECT_NE(log.find("2 tasks by mpirun"), std::string::npos) << log;
+  EXPECT_NE(log.find("topology: 2 ranks on 1 node (2 per node, Open MPI), backend mpi"), std::string::npos) << log;
   EXPECT_NE(log.find("restart 1"), std::string::npos) << log;
   // Resumed, not started over: the restarted job logs no step before the first checkpoint.
   const std::string restarted = log.substr(std::min(log.find("restart 1"), log.size()));
@@ -219,6 +226,7 @@ TEST_F(LocalSlurm, TheTimeLimitWarningCheckpointsRequeuesAndTheJobCompletes) {
   expect_requeued_and_completed(job, "run");
   const std::string log = read_file(path("run/slurm-" + job + ".out"));
   EXPECT_NE(log.find("2 tasks by srun"), std::string::npos) << log;
+  EXPECT_NE(log.find("topology: 2 ranks on 1 node (2 per node, Slurm), backend tcp"), std::string::npos) << log;
   EXPECT_NE(log.find("requeueing job " + job), std::string::npos) << log;
   expect_complete_run("run", 200);
 }

@@ -130,6 +130,11 @@ TEST_F(DistributedTraining, TwoAndThreeRanksTakeTheStepsOfOne) {
       size_t reports = 0;
       for (size_t at = 0; (at = result.out.find("trained 12/12 steps", at)) != std::string::npos; ++at) ++reports;
       EXPECT_EQ(reports, 1u) << result.out;
+      const std::string topology = "topology: " + std::to_string(ranks) + " ranks on 1 node (" + std::to_string(ranks) +
+                                   " per node, Open MPI), backend mpi, strategy " + strategy + ";";
+      EXPECT_NE(result.out.find(topology), std::string::npos) << result.out;
+      EXPECT_NE(result.out.find("  ranks 0-" + std::to_string(ranks - 1) + ": cpu\n"), std::string::npos) << result.out;
+      EXPECT_EQ(result.out.find("topology:"), result.out.rfind("topology:")) << "printed by rank 0 alone";
       expect_same_training("run1", run);
       EXPECT_EQ(metrics(run).back()["world_size"], ranks);
     }
@@ -222,6 +227,7 @@ TEST_F(DistributedTraining, LaunchTrainsWithoutMpirunOverTcp) {
   expect_same_training("run1", "launched");
   EXPECT_EQ(metrics("launched").back()["world_size"], 2);
   EXPECT_EQ(metrics("launched").back()["comm"]["backend"], "tcp");
+  EXPECT_NE(result.out.find("topology: 2 ranks on 1 node (2 per node, shardlora launch), backend tcp"), std::string::npos) << result.out;
 }
 
 namespace {

@@ -11,26 +11,13 @@
 #include "collective_checks.h"
 #include "shardlora/cluster/tcp_communicator.h"
 #include "shardlora/dist/store.h"
+#include "tcp_ranks.h"
 
 using namespace shardlora;
 using namespace std::chrono_literals;
+using shardlora::testing::on_ranks;
 
 namespace {
-
-
-// Runs body(rank, communicator) on `world` threads joined in one ring; failures of any
-// thread are reported by gtest (its assertions are thread-safe).
-void on_ranks(int world, const std::function<void(int, dist::Communicator&)>& body, dist::Milliseconds timeout = 20s) {
-  dist::InMemoryStore store;
-  std::vector<std::thread> threads;
-  for (int rank = 0; rank < world; ++rank) {
-    threads.emplace_back([&, rank] {
-      const auto comm = cluster::make_tcp_communicator(store, {rank, world, "job-token", "127.0.0.1", timeout});
-      body(rank, *comm);
-    });
-  }
-  for (auto& thread : threads) thread.join();
-}
 
 std::string error_of(const std::function<void()>& body) {
   try {
