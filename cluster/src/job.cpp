@@ -1,7 +1,5 @@
 #include "shardlora/cluster/job.h"
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -44,12 +42,6 @@ std::unique_ptr<dist::Store> connect_store(const StoreAddress& address, const st
   return std::make_unique<TcpStore>(address.host, address.port, token, timeout);
 }
 
-std::string host_name() {
-  char name[256] = {};
-  SHARDLORA_CHECK(::gethostname(name, sizeof name - 1) == 0, "gethostname failed");
-  return name;
-}
-
 // A store for a job under mpirun, where no launcher serves one: rank 0 serves it (on
 // SHARDLORA_STORE_BIND's interface or all, a port the OS picks, a fresh token) and the
 // address and token reach the others by MPI broadcast; ranks on rank 0's host use loopback.
@@ -59,7 +51,7 @@ struct MpiServedStore {
   std::string token;
 };
 
-MpiServedStore serve_store_over_mpi(dist::Communicator& mpi) {
+MpiServedStore serve_store_over_mpi(dist::Communicator& mpi, const std::string& hostname) {
   MpiServedStore served;
   std::string announcement;  // host \n port \n token
   if (mpi.rank() == 0) {
@@ -67,7 +59,7 @@ MpiServedStore serve_store_over_mpi(dist::Communicator& mpi) {
     served.token = random_token();
     served.server = std::make_unique<TcpStoreServer>(
         TcpStoreServerOptions{.bind_address = bind && *bind ? bind : "0.0.0.0", .port = 0, .token = served.token});
-    announcement = host_name() + "\n" + std::to_string(served.server->port()) + "\n" + served.token;
+    announcement = hostname + "\n" + std::to_string(served.server->port()) + "\n" + served.token;
   }
   auto bytes = torch::zeros({512}, torch::kUInt8);
   std::memcpy(bytes.data_ptr(), announcement.data(), std::min<size_t>(announcement.size(), 511));
@@ -77,7 +69,7 @@ MpiServedStore serve_store_over_mpi(dist::Communicator& mpi) {
   std::getline(lines, host);
   std::getline(lines, port);
   std::getline(lines, served.token);
-  served.address = {host == host_name() ? "127.0.0.1" : host, static_cast<uint16_t>(std::stoi(port))};
+  served.address = {host == hostname ? "127.0.0.1" : host, static_cast<uint16_t>(std::stoi(port))};
   return served;
 }
 
@@ -91,9 +83,9 @@ void exit_on_lost_rank(int rank, int world_size, const std::string& why) {
 
 // How the other ranks reach this one: over loopback when the store is on this host's
 // loopback (a single-node launch), else by host name.
-std::string advertised_host(const StoreAddress& store) {
+std::string advertised_host(const StoreAddress& store, const std::string& hostname) {
   if (store.host == "localhost" || store.host.rfind("127.", 0) == 0) return "127.0.0.1";
-  return host_name();
+  return hostname;
 }
 
 }  // namespace
@@ -169,7 +161,7 @@ std::unique_ptr<Job> Job::join(const JobOptions& options, const LaunchEnv& launc
     job->store_ = connect_store(address, job_token_from_environment(), options.timeout);
     job->comm_ = make_tcp_communicator(*job->store_, {.rank = launch.rank, .world_size = launch.world_size,
                                                       .token = job_token_from_environment(),
-                                                      .advertise_host = advertised_host(address), .timeout = options.timeout});
+                                                      .advertise_host = advertised_host(address, launch.hostname), .timeout = options.timeout});
   } else {
     throw Error("distributed.backend '" + backend + "' is not one of auto, mpi, nccl, tcp");
   }
@@ -183,7 +175,7 @@ void Job::start_watchdog(const JobOptions& options, const std::string& backend) 
   std::string token, owner;
   if (mpi_) {
     dist::MpiCommunicator mpi;
-    MpiServedStore served = serve_store_over_mpi(mpi);
+    MpiServedStore served = serve_store_over_mpi(mpi, launch_.hostname);
     store_server_ = std::move(served.server);
     address = served.address;
     token = served.token;

@@ -2,13 +2,23 @@
 // takes with micro-batch N*B (losses and adapters equal within fp32 reduction tolerance),
 // with the base sharded or replicated; only adapter gradients are all-reduced and the
 // sharded base moves only by all-gather (byte counters); rank 0 alone writes the run; a
-// checkpoint written by 2 ranks resumes on 3 with the same result.
+// checkpoint written by 2 ranks resumes on 3 with the same result; shardlora launch does the
+// same without mpirun, on one node or on two meeting at node 0's store; a killed or stopped
+// rank ends the job.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <thread>
 
 #include "shardlora/io/tensor_file.h"
 #include "shardlora/nn/random_model.h"
@@ -228,6 +238,52 @@ TEST_F(DistributedTraining, LaunchTrainsWithoutMpirunOverTcp) {
   EXPECT_EQ(metrics("launched").back()["world_size"], 2);
   EXPECT_EQ(metrics("launched").back()["comm"]["backend"], "tcp");
   EXPECT_NE(result.out.find("topology: 2 ranks on 1 node (2 per node, shardlora launch), backend tcp"), std::string::npos) << result.out;
+}
+
+namespace {
+
+// A loopback port free a moment ago: node 0's store must listen where node 1 already looks.
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&address), length), 0);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+}  // namespace
+
+// Two "nodes" on this host, one rank each, meeting at node 0's store; node 1 starts first
+// and waits for it. Without a shared token node 1 is refused before it starts a rank.
+TEST_F(DistributedTraining, LaunchOnTwoNodesMeetsAtNodeZerosStore) {
+  ASSERT_EQ(train(1, "run1").exit_code, 0);
+  std::ofstream(path("token")) << "a-secret-both-nodes-read\n";
+  const std::string rdzv = "127.0.0.1:" + std::to_string(free_port());
+  const auto node = [&](int node_rank) {
+    std::vector<std::string> command = {"env", "SHARDLORA_STORE_TOKEN_FILE=" + path("token"), shardlora_binary(), "launch", "--nnodes", "2",
+                                        "--node-rank", std::to_string(node_rank), "--rdzv", rdzv, "--nproc-per-node", "1", "--grace-s", "5",
+                                        "--", "train", path("recipe.yaml"), "output.dir=" + path("nodes"),
+                                        "training.micro_batch_size=" + std::to_string(kGlobalBatch / 2)};
+    return run_process(command, 600.0);
+  };
+  auto second = std::async(std::launch::async, node, 1);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const auto first = node(0);
+  const auto late = second.get();
+  ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
+  ASSERT_EQ(late.exit_code, 0) << late.out << late.err;
+  expect_same_training("run1", "nodes");
+  EXPECT_EQ(metrics("nodes").back()["world_size"], 2);
+  EXPECT_NE(first.out.find("topology: 2 ranks on 1 node (2 per node, shardlora launch), backend tcp"), std::string::npos) << first.out;
+
+  const auto untokened = run_process({shardlora_binary(), "launch", "--nnodes", "2", "--node-rank", "1", "--rdzv", rdzv, "--nproc-per-node", "1", "--",
+                                      "train", path("recipe.yaml")});
+  EXPECT_EQ(untokened.exit_code, 1);
+  EXPECT_NE(untokened.err.find("SHARDLORA_STORE_TOKEN_FILE"), std::string::npos) << untokened.err;
 }
 
 namespace {
