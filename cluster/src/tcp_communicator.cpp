@@ -285,14 +285,14 @@ class TcpCommunicator : public dist::Communicator {
              prev_rank_, Clock::now() + timeout_, what);
   }
 
-  // After N-1 steps chunk r holds every rank's contribution on rank r: chunk c starts at
-  // rank c+1 and gathers one contribution per hop.
   void ring_allreduce(const torch::Tensor& tensor, dist::ReduceOp op, const std::string& what) {
     const auto chunks = split(tensor);
     reduce_scatter_ring(chunks, op, what);
     allgather_ring(chunks, what);
   }
 
+  // After N-1 steps chunk r holds every rank's contribution on rank r: chunk c starts at
+  // rank c+1 and gathers one contribution per hop.
   void reduce_scatter_ring(const std::vector<torch::Tensor>& chunks, dist::ReduceOp op, const std::string& what) {
     for (int s = 0; s < world_ - 1; ++s) {
       const torch::Tensor& out = chunks[static_cast<size_t>(ring_index(-s - 1))];

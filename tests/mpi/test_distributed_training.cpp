@@ -103,6 +103,16 @@ class DistributedTraining : public TempDirTest {
     return lines;
   }
 
+  // The newest checkpoint of `run` is whole: training resumes from it on `ranks` ranks for
+  // two more steps.
+  void expect_newest_checkpoint_resumes(const std::string& run, int ranks) {
+    const auto saved = train::checkpoints(path(run));
+    ASSERT_FALSE(saved.empty()) << run << " holds no checkpoint";
+    const int step = std::stoi(saved.back().filename().string().substr(std::string("checkpoint-").size()));
+    const auto resumed = train(ranks, run, {"--resume", "training.max_steps=" + std::to_string(step + 2)});
+    EXPECT_EQ(resumed.exit_code, 0) << resumed.out << resumed.err;
+  }
+
   std::map<std::string, torch::Tensor> adapter(const std::string& run) {
     return io::read_tensor_file(path(run + "/adapter/adapter_model.safetensors"));
   }
@@ -339,11 +349,7 @@ TEST_F(DistributedTraining, LaunchStopsEveryRankWhenOneIsKilledAndTheCheckpointR
   // Well within distributed.timeout_s + 10 s: the lost connection is noticed at once.
   ASSERT_GE(failure.seconds_after_signal, 0) << result.out;
   EXPECT_LE(failure.seconds_after_signal, 30) << result.out;
-  // The last checkpoint is whole and resumes (on one rank) to the end.
-  const auto saved = train::checkpoints(path("killed"));
-  ASSERT_FALSE(saved.empty());
-  const auto resumed = train(1, "killed", {"--resume", "training.max_steps=" + std::to_string(std::stoi(saved.back().filename().string().substr(11)) + 2)});
-  EXPECT_EQ(resumed.exit_code, 0) << resumed.out << resumed.err;
+  expect_newest_checkpoint_resumes("killed", 1);
 }
 
 TEST_F(DistributedTraining, MpirunStopsEveryRankWhenOneIsKilledAndTheCheckpointResumes) {
@@ -354,10 +360,7 @@ TEST_F(DistributedTraining, MpirunStopsEveryRankWhenOneIsKilledAndTheCheckpointR
   EXPECT_NE((result.out + result.err).find("rank 1"), std::string::npos) << result.out << result.err;
   ASSERT_GE(failure.seconds_after_signal, 0) << result.out;
   EXPECT_LE(failure.seconds_after_signal, kFailureTimeoutS + 10) << result.out;
-  const auto saved = train::checkpoints(path("killed"));
-  ASSERT_FALSE(saved.empty());
-  const auto resumed = train(2, "killed", {"--resume", "training.max_steps=" + std::to_string(std::stoi(saved.back().filename().string().substr(11)) + 2)});
-  EXPECT_EQ(resumed.exit_code, 0) << resumed.out << resumed.err;
+  expect_newest_checkpoint_resumes("killed", 2);
 }
 
 // A SIGSTOPped rank neither exits nor closes a socket: only its silence gives it away. The
