@@ -39,7 +39,15 @@ TEST_F(CudaTraining, TakesTheStepsOfTheCpuRun) {
   const auto a = io::read_tensor_file(path("cpu/adapter/adapter_model.safetensors"));
   const auto b = io::read_tensor_file(path("gpu/adapter/adapter_model.safetensors"));
   ASSERT_EQ(a.size(), b.size());
-  for (const auto& [key, tensor] : a) EXPECT_TRUE(torch::allclose(b.at(key), tensor, 1e-3, 1e-4)) << key;
+  // AdamW moves every element by about lr (1e-2) a step whatever its gradient's size, so an
+  // element whose gradient is near zero turns a rounding-level difference into a visible one
+  // (6.5e-4 seen on an H100). A tenth of one step bounds that; a wrong gradient or a missed
+  // update moves elements by whole steps.
+  for (const auto& [key, tensor] : a) {
+    EXPECT_TRUE(torch::allclose(b.at(key), tensor, 1e-3, 1e-3))
+        << key << ": largest difference " << (b.at(key) - tensor).abs().max().item<float>() << " of values up to "
+        << tensor.abs().max().item<float>();
+  }
 }
 
 TEST_F(CudaTraining, AStoppedRunResumesToTheUninterruptedLosses) {

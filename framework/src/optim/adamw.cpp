@@ -222,7 +222,8 @@ AdamW::AdamW(std::vector<torch::Tensor> params, const AdamWOptions& options) : o
   const bool state_on_device = options.placement == Placement::Device || device.is_cpu();
   const auto state_options = [&](c10::ScalarType dtype) {
     auto tensor_options = torch::TensorOptions().dtype(dtype);
-    return state_on_device ? tensor_options.device(device) : tensor_options.pinned_memory(device.is_cuda());
+    // The CPU named: Tensor::to() keeps a tensor's device where the options name none.
+    return tensor_options.device(state_on_device ? device : torch::Device(torch::kCPU)).pinned_memory(!state_on_device && device.is_cuda());
   };
   for (size_t i = 0; i < params.size(); ++i) {
     const torch::Tensor& param = params[i];
