@@ -187,10 +187,13 @@ class LocalSlurm : public ClusterJob {
   }
 
   // Waits for the requeued job to be pending again, then lets it start at once (Slurm holds a
-  // requeued job back for two minutes), and waits for it to complete.
+  // requeued job back for two minutes), and waits for it to complete. Not in the second of the
+  // requeue: slurmd refuses every credential of the job issued up to the second it revoked the
+  // old run's (cred->ctime <= revoked, in whole seconds), and the job would fail at launch.
   void expect_requeued_and_completed(const std::string& job, const std::string& run) {
     ASSERT_TRUE(wait_for([&] { return job_field(job, "Restarts") == "1" && job_field(job, "JobState") == "PENDING"; }, 120))
         << "not requeued: " << job_field(job, "JobState") << "\n" << read_file(path(run + "/slurm-" + job + ".out"));
+    std::this_thread::sleep_for(std::chrono::seconds(2));
     run_process({"scontrol", "update", "jobid=" + job, "starttime=now"});
     ASSERT_TRUE(wait_for([&] { return job_field(job, "JobState") == "COMPLETED"; }, 240))
         << job_field(job, "JobState") << "\n" << read_file(path(run + "/slurm-" + job + ".out"));
