@@ -221,9 +221,9 @@ AdamW::AdamW(std::vector<torch::Tensor> params, const AdamWOptions& options) : o
   // Host state is pinned when the parameters live on a GPU, so copies overlap.
   const bool state_on_device = options.placement == Placement::Device || device.is_cpu();
   const auto state_options = [&](c10::ScalarType dtype) {
-    auto tensor_options = torch::TensorOptions().dtype(dtype);
     // The CPU named: Tensor::to() keeps a tensor's device where the options name none.
-    return tensor_options.device(state_on_device ? device : torch::Device(torch::kCPU)).pinned_memory(!state_on_device && device.is_cuda());
+    const torch::Device state_device = state_on_device ? device : torch::Device(torch::kCPU);
+    return torch::TensorOptions().dtype(dtype).device(state_device).pinned_memory(!state_on_device && device.is_cuda());
   };
   for (size_t i = 0; i < params.size(); ++i) {
     const torch::Tensor& param = params[i];
