@@ -3,8 +3,10 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio.hpp>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <set>
@@ -78,7 +80,23 @@ bool tokens_equal(const std::string& a, const std::string& b) {
   return differ == 0;
 }
 
-int64_t parse_timeout_ms(const std::string& text) { return dist::parse_counter("timeout", text); }
+// A day at most: a client's timeout must not overflow the server's clock arithmetic.
+int64_t parse_timeout_ms(const std::string& text) { return std::clamp<int64_t>(dist::parse_counter("timeout", text), 0, 86'400'000); }
+
+// A reply the server can always send: a message too long for a frame (it quotes a client's
+// key) is cut to fit.
+std::string encode_reply(Message message) {
+  for (auto& field : message.fields) {
+    if (field.size() > kMaxFrameBytes / 2) field = field.substr(0, 256) + "... (" + std::to_string(field.size()) + " bytes)";
+  }
+  return encode(message);
+}
+
+// The connection ended before a reply: the server was gone or turned the connection away.
+class ConnectionClosed : public Error {
+ public:
+  using Error::Error;
+};
 
 }  // namespace
 
@@ -86,20 +104,27 @@ int64_t parse_timeout_ms(const std::string& text) { return dist::parse_counter("
 
 struct TcpStoreServer::Impl {
   struct Session;
-  asio::io_context io;  // first member: destroyed last, after everything that refers to it
+  int64_t unauthenticated = 0;  // io thread only; outlives `io`, whose pending handlers end sessions that count here
+  asio::io_context io;          // destroyed after everything else that refers to it
   tcp::acceptor acceptor{io};
-  std::string token;
+  asio::steady_timer accept_retry{io};
+  TcpStoreServerOptions options;
   std::map<std::string, std::string> values;           // io thread only
+  uint64_t stored_bytes = 0;                           // keys and values in `values`
   std::set<std::shared_ptr<Session>> waiting;          // sessions parked in get/wait
   std::atomic<int64_t> refused{0};
   std::thread thread;
 
   void accept();
   void wake_waiters();
+  void store(const std::string& key, std::string value);
 };
 
 struct TcpStoreServer::Impl::Session : std::enable_shared_from_this<Session> {
-  Session(Impl& server, tcp::socket socket) : server(server), socket(std::move(socket)), timer(server.io) {}
+  Session(Impl& server, tcp::socket socket) : server(server), socket(std::move(socket)), timer(server.io) { ++server.unauthenticated; }
+  ~Session() {
+    if (!authenticated) --server.unauthenticated;
+  }
 
   Impl& server;
   tcp::socket socket;
@@ -109,12 +134,33 @@ struct TcpStoreServer::Impl::Session : std::enable_shared_from_this<Session> {
   bool authenticated = false;
   Message parked;  // the get/wait this session waits on
 
+  // A client that has not presented the token within the hello deadline is dropped.
+  void start() {
+    auto self = shared_from_this();
+    timer.expires_after(server.options.hello_deadline);
+    timer.async_wait([self](boost::system::error_code error) {
+      if (error || self->authenticated || !self->socket.is_open()) return;
+      ++self->server.refused;
+      self->close();
+    });
+    read_header();
+  }
+
+  // Ends the session: its pending handlers (the deadline, a read) drop their references.
+  void close() {
+    boost::system::error_code ignored;
+    timer.cancel();
+    socket.close(ignored);
+  }
+
   void read_header() {
     auto self = shared_from_this();
     asio::async_read(socket, asio::buffer(header), [self](boost::system::error_code error, size_t) {
       if (error) return;  // the client went away
       const uint32_t length = get_u32(self->header);
-      if (length > kMaxFrameBytes) return self->refuse("a frame of " + std::to_string(length) + " bytes is over the limit");
+      // Before the token only a hello fits: nobody unauthenticated makes the server allocate.
+      const uint32_t limit = self->authenticated ? kMaxFrameBytes : kMaxHelloBytes;
+      if (length > limit) return self->refuse("a frame of " + std::to_string(length) + " bytes is over the limit");
       self->body.assign(length, '\0');
       asio::async_read(self->socket, asio::buffer(self->body), [self](boost::system::error_code error, size_t) {
         if (!error) self->handle();
@@ -129,9 +175,10 @@ struct TcpStoreServer::Impl::Session : std::enable_shared_from_this<Session> {
 
   void reply(const Message& message, bool then_read = true) {
     auto self = shared_from_this();
-    auto frame = std::make_shared<std::string>(encode(message));
+    auto frame = std::make_shared<std::string>(encode_reply(message));
     asio::async_write(socket, asio::buffer(*frame), [self, frame, then_read](boost::system::error_code error, size_t) {
-      if (!error && then_read) self->read_header();
+      if (error || !then_read) return self->close();
+      self->read_header();
     });
   }
 
@@ -143,10 +190,12 @@ struct TcpStoreServer::Impl::Session : std::enable_shared_from_this<Session> {
       return refuse(error.what());
     }
     if (!authenticated) {
-      if (request.op != Op::Hello || request.fields.size() != 1 || !tokens_equal(request.fields[0], server.token)) {
+      if (request.op != Op::Hello || request.fields.size() != 1 || !tokens_equal(request.fields[0], server.options.token)) {
         return refuse("wrong or missing job token");
       }
       authenticated = true;
+      --server.unauthenticated;
+      timer.cancel();
       return reply({Op::Ok, {}});
     }
     try {
@@ -161,18 +210,25 @@ struct TcpStoreServer::Impl::Session : std::enable_shared_from_this<Session> {
     const auto need = [&](size_t count) {
       SHARDLORA_CHECK(f.size() == count, "store: op ", static_cast<int>(request.op), " takes ", count, " fields, got ", f.size());
     };
+    const auto check_key = [](const std::string& key) {
+      SHARDLORA_CHECK(key.size() <= kMaxKeyBytes, "store: a key of ", key.size(), " bytes is over the ", kMaxKeyBytes, "-byte limit");
+    };
     switch (request.op) {
       case Op::Set:
         need(2);
-        server.values[f[0]] = f[1];
+        check_key(f[0]);
+        server.store(f[0], f[1]);
         reply({Op::Ok, {}});
         return server.wake_waiters();
       case Op::Add: {
         need(2);
+        check_key(f[0]);
         auto found = server.values.find(f[0]);
-        const int64_t sum = (found == server.values.end() ? 0 : dist::parse_counter(f[0], found->second)) +
-                            dist::parse_counter("delta", f[1]);
-        server.values[f[0]] = std::to_string(sum);
+        const int64_t before = found == server.values.end() ? 0 : dist::parse_counter(f[0], found->second);
+        const int64_t delta = dist::parse_counter("delta", f[1]);
+        int64_t sum = 0;
+        SHARDLORA_CHECK(!__builtin_add_overflow(before, delta, &sum), "store: counter '", f[0], "' would overflow");
+        server.store(f[0], std::to_string(sum));
         reply({Op::Ok, {std::to_string(sum)}});
         return server.wake_waiters();
       }
@@ -184,6 +240,8 @@ struct TcpStoreServer::Impl::Session : std::enable_shared_from_this<Session> {
       case Op::Get:
       case Op::Wait: {
         SHARDLORA_CHECK(f.size() >= 2, "store: get/wait needs a timeout and keys");
+        SHARDLORA_CHECK(request.op == Op::Wait || f.size() == 2, "store: get takes one key");
+        for (size_t i = 1; i < f.size(); ++i) check_key(f[i]);
         parked = request;
         if (try_answer()) return;
         server.waiting.insert(shared_from_this());
@@ -214,11 +272,36 @@ struct TcpStoreServer::Impl::Session : std::enable_shared_from_this<Session> {
 
 void TcpStoreServer::Impl::accept() {
   acceptor.async_accept([this](boost::system::error_code error, tcp::socket socket) {
-    if (error) return;  // the acceptor was closed
-    socket.set_option(tcp::no_delay(true));
-    std::make_shared<Session>(*this, std::move(socket))->read_header();
+    if (error == asio::error::operation_aborted || !acceptor.is_open()) return;  // the server is closing
+    if (error) {
+      // Out of descriptors (EMFILE) or a connection reset before it was taken: the pending
+      // ones wait in the backlog; try again shortly rather than stop accepting for good.
+      accept_retry.expires_after(std::chrono::milliseconds(50));
+      accept_retry.async_wait([this](boost::system::error_code cancelled) {
+        if (!cancelled) accept();
+      });
+      return;
+    }
+    boost::system::error_code ignored;
+    if (unauthenticated >= options.max_unauthenticated) {
+      ++refused;  // a flood of strangers: the job's ranks retry (TcpStore's constructor)
+      socket.close(ignored);
+    } else {
+      socket.set_option(tcp::no_delay(true), ignored);
+      std::make_shared<Session>(*this, std::move(socket))->start();
+    }
     accept();
   });
+}
+
+void TcpStoreServer::Impl::store(const std::string& key, std::string value) {
+  const auto found = values.find(key);
+  const uint64_t old_bytes = found == values.end() ? 0 : key.size() + found->second.size();
+  const uint64_t new_bytes = key.size() + value.size();
+  SHARDLORA_CHECK(stored_bytes - old_bytes + new_bytes <= kMaxStoredBytes, "store: full (", stored_bytes, " bytes held, limit ",
+                  kMaxStoredBytes, "): the store carries addresses and counters, not data");
+  stored_bytes = stored_bytes - old_bytes + new_bytes;
+  values[key] = std::move(value);
 }
 
 void TcpStoreServer::Impl::wake_waiters() {
@@ -229,7 +312,7 @@ void TcpStoreServer::Impl::wake_waiters() {
 
 TcpStoreServer::TcpStoreServer(const TcpStoreServerOptions& options) : impl_(std::make_unique<Impl>()) {
   SHARDLORA_CHECK(!options.token.empty(), "store: the server needs a job token");
-  impl_->token = options.token;
+  impl_->options = options;
   boost::system::error_code error;
   const auto address = asio::ip::make_address(options.bind_address, error);
   SHARDLORA_CHECK(!error, "store: bind address '", options.bind_address, "' is not an IP address");
@@ -240,7 +323,18 @@ TcpStoreServer::TcpStoreServer(const TcpStoreServerOptions& options) : impl_(std
   SHARDLORA_CHECK(!error, "store: cannot listen on ", options.bind_address, ":", options.port, ": ", error.message());
   impl_->acceptor.listen();
   impl_->accept();
-  impl_->thread = std::thread([this] { impl_->io.run(); });
+  impl_->thread = std::thread([this] {
+    // Every handler catches what a client can cause; this is the last line, so that no
+    // exception can ever end the job's store.
+    while (true) {
+      try {
+        impl_->io.run();
+        return;
+      } catch (const std::exception& error) {
+        std::fprintf(stderr, "shardlora store: error serving a client (ignored): %s\n", error.what());
+      }
+    }
+  });
 }
 
 TcpStoreServer::~TcpStoreServer() {
@@ -275,10 +369,10 @@ struct TcpStore::Connection {
       if (polled < 0 && errno != EINTR) throw Error("store at " + peer + ": poll failed");
       if (polled <= 0) continue;
       const ssize_t got = ::recv(fd, data, size, 0);
-      if (got == 0) throw Error("store at " + peer + ": connection closed by the server (rank 0 exited?)");
+      if (got == 0) throw ConnectionClosed("store at " + peer + ": connection closed by the server (rank 0 exited?)");
       if (got < 0) {
         if (errno == EINTR || errno == EAGAIN) continue;
-        throw Error("store at " + peer + ": connection lost (rank 0 exited?)");
+        throw ConnectionClosed("store at " + peer + ": connection lost (rank 0 exited?)");
       }
       data += got;
       size -= static_cast<size_t>(got);
@@ -313,20 +407,25 @@ TcpStore::TcpStore(const std::string& host, uint16_t port, const std::string& to
     boost::system::error_code error;
     const auto endpoints = resolver.resolve(host, std::to_string(port), error);
     if (!error) asio::connect(connection_->socket, endpoints, error);
-    if (!error) break;
-    last_error = error.message();
-    connection_->socket.close();
+    if (!error) {
+      connection_->socket.set_option(tcp::no_delay(true), error);
+      try {
+        connection_->request({Op::Hello, {token}}, dist::Milliseconds(0));
+        return;
+      } catch (const ConnectionClosed& closed) {
+        last_error = closed.what();  // turned away (a server busy with strangers): try again
+      } catch (const dist::TimeoutError&) {
+        throw;
+      } catch (const Error& refused) {
+        throw Error(std::string(refused.what()) + " (server " + connection_->peer + ")");
+      }
+    } else {
+      last_error = error.message();
+    }
+    connection_->socket.close(error);
     SHARDLORA_CHECK(Clock::now() < deadline, "store: cannot reach ", connection_->peer, " within ", connect_timeout.count(),
                     " ms: ", last_error);
     std::this_thread::sleep_for(dist::Milliseconds(100));
-  }
-  connection_->socket.set_option(tcp::no_delay(true));
-  try {
-    connection_->request({Op::Hello, {token}}, dist::Milliseconds(0));
-  } catch (const dist::TimeoutError&) {
-    throw;
-  } catch (const Error& error) {
-    throw Error(std::string(error.what()) + " (server " + connection_->peer + ")");
   }
 }
 

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -55,6 +56,30 @@ TEST_F(HfLoading, QuantizeOnLoadEqualsLoadingThePrequantizedDirectory) {
   auto on_load_bf16 = nn::load_hf_model(path("float"), nn::ModelOptions{});
   auto prequantized_bf16 = nn::load_hf_model(path("nf4"), nn::ModelOptions{});
   EXPECT_TRUE(torch::equal(on_load_bf16->forward(ids), prequantized_bf16->forward(ids)));
+}
+
+// A float32 model used to keep views into the memory-mapped files: replacing or truncating
+// them under a running job killed it with SIGBUS. Loaded tensors are copies now.
+TEST_F(HfLoading, AFloatModelOutlivesItsFilesBeingTruncated) {
+  shardlora::testing::write_tiny_hf_model(path("float"));
+  nn::ModelOptions options = fp32_options();
+  options.quantize_base = false;
+  auto model = nn::load_hf_model(path("float"), options);
+  const torch::Tensor ids = torch::randint(48, {1, 9}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor before = model->forward(ids);
+  fs::resize_file(path("float/model.safetensors"), 16);
+  EXPECT_TRUE(torch::equal(model->forward(ids), before));
+}
+
+TEST_F(HfLoading, NonFiniteValuesInAnyFloatTensorAreRefusedNamingIt) {
+  for (const std::string name : {"model.norm.weight", "model.embed_tokens.weight", "model.layers.0.input_layernorm.weight"}) {
+    auto tensors = shardlora::testing::write_tiny_hf_model(path("nan"));
+    tensors[name].view(-1)[3] = name == "model.norm.weight" ? INFINITY : NAN;
+    io::write_tensor_file(path("nan/model.safetensors"), tensors);
+    EXPECT_NE(load_error(path("nan")).find("tensor '" + name + "' holds NaN or infinite values"), std::string::npos)
+        << load_error(path("nan"));
+  }
 }
 
 TEST_F(HfLoading, FloatBaseKeepsDenseWeights) {

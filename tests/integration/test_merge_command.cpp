@@ -77,6 +77,18 @@ TEST_F(MergeCommand, MergedFloatModelComputesBasePlusAdapter) {
   EXPECT_EQ(io::read_json_file(path("merged_bf16/config.json"))["torch_dtype"], "bfloat16");
 }
 
+TEST_F(MergeCommand, AnOutputOverItsBaseOrAdapterIsRefusedEvenWithForce) {
+  const std::string base = read_file(path("base/model.safetensors")), adapter = read_file(path("adapter/adapter_model.safetensors"));
+  for (const auto& [out, what] : {std::pair{path("base"), "its input checkpoint"}, std::pair{path("adapter"), "the adapter"},
+                                  std::pair{path("adapter/merged"), "the adapter"}}) {
+    const auto result = merge({path("base"), path("adapter"), out, "--force"});
+    EXPECT_EQ(result.exit_code, 1) << out;
+    EXPECT_NE(result.err.find(std::string("the output would overwrite ") + what), std::string::npos) << result.err;
+  }
+  EXPECT_EQ(read_file(path("base/model.safetensors")), base);
+  EXPECT_EQ(read_file(path("adapter/adapter_model.safetensors")), adapter);
+}
+
 TEST_F(MergeCommand, MismatchedAdapterIsNamedAndLeavesNothing) {
   nn::ModelOptions options;
   options.lora = {.r = 4, .alpha = 8};

@@ -200,6 +200,18 @@ TEST_F(QuantizeCommand, ExistingOutputIsReplacedOnlyWithForce) {
   EXPECT_TRUE(fs::exists(path("out/model.safetensors")));
 }
 
+TEST_F(QuantizeCommand, AnOutputOverItsOwnInputIsRefusedEvenWithForce) {
+  write_tiny_hf_model(path("in"));
+  const std::string before = read_file(path("in/model.safetensors"));
+  for (const std::string& out : {path("in"), path("in/"), path("in/nested"), path(".")}) {
+    const auto result = quantize({path("in"), out, "--force"});
+    EXPECT_EQ(result.exit_code, 1) << out;
+    EXPECT_NE(result.err.find("the output would overwrite its input checkpoint"), std::string::npos) << result.err;
+  }
+  EXPECT_EQ(read_file(path("in/model.safetensors")), before);
+  EXPECT_FALSE(fs::exists(path("in/nested")));
+}
+
 TEST_F(QuantizeCommand, UsageErrorsExit2) {
   EXPECT_EQ(quantize({}).exit_code, 2);
   EXPECT_EQ(quantize({path("in"), path("out"), "--type", "int4"}).exit_code, 2);

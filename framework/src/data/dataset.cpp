@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "shardlora/io/durable_file.h"
 #include "shardlora/kernels/check.h"
 
 namespace shardlora::data {
@@ -143,27 +144,19 @@ std::optional<std::vector<Span>> read_index(const std::string& index_path, uint6
   return spans;
 }
 
-// Written to a temporary file and renamed; a directory we cannot write to only costs the cache.
+// Written durably beside the data; a directory we cannot write to (or a full disk) only costs the cache.
 void write_index(const std::string& index_path, uint64_t size, int64_t mtime, const std::vector<Span>& spans) {
-  const std::string temp = index_path + ".tmp-" + std::to_string(::getpid());
-  {
-    std::ofstream out(temp, std::ios::binary);
-    if (!out) return;
+  try {
+    io::DurableFile out(index_path);
     const uint64_t count = spans.size();
     out.write(kIndexMagic, 8);
-    out.write(reinterpret_cast<const char*>(&size), 8);
-    out.write(reinterpret_cast<const char*>(&mtime), 8);
-    out.write(reinterpret_cast<const char*>(&count), 8);
-    out.write(reinterpret_cast<const char*>(spans.data()), static_cast<std::streamsize>(count * sizeof(Span)));
-    if (!out) {
-      out.close();
-      fs::remove(temp);
-      return;
-    }
+    out.write(&size, 8);
+    out.write(&mtime, 8);
+    out.write(&count, 8);
+    out.write(spans.data(), count * sizeof(Span));
+    out.publish();
+  } catch (const Error&) {
   }
-  std::error_code error;
-  fs::rename(temp, index_path, error);
-  if (error) fs::remove(temp, error);
 }
 
 const Json& require(const Json& record, const std::string& key, const std::string& where) {

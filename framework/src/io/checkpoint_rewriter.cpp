@@ -1,7 +1,6 @@
 #include "shardlora/io/checkpoint_rewriter.h"
 
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 
@@ -24,6 +23,7 @@ torch::Tensor tensor_view(const SafetensorsFile& file, const TensorInfo& info) {
 
 CheckpointRewriteReport rewrite_checkpoint(const HfCheckpoint& checkpoint, const std::string& out_dir,
                                            const CheckpointRewrite& rewrite) {
+  check_output_apart(out_dir, checkpoint.dir, "its input checkpoint");
   CheckpointRewriteReport report;
   std::vector<std::unique_ptr<SafetensorsFile>> inputs;
   std::map<std::string, std::pair<const SafetensorsFile*, const TensorInfo*>> by_name;
@@ -74,15 +74,15 @@ CheckpointRewriteReport rewrite_checkpoint(const HfCheckpoint& checkpoint, const
   }
   if (checkpoint.indexed) {
     const nlohmann::json index = {{"metadata", {{"total_size", total_tensor_bytes}}}, {"weight_map", weight_map}};
-    std::ofstream(staging.path(kShardIndex)) << index.dump(2) << "\n";
+    write_file_atomically(staging.path(kShardIndex), index.dump(2) + "\n");
   }
-  std::ofstream(staging.path(kConfigFile)) << rewrite.config(checkpoint.config).dump(2) << "\n";
+  write_file_atomically(staging.path(kConfigFile), rewrite.config(checkpoint.config).dump(2) + "\n");
   for (const auto& entry : fs::directory_iterator(checkpoint.dir)) {
     const std::string name = entry.path().filename().string();
     if (!entry.is_regular_file() || name == kConfigFile || name == kShardIndex || entry.path().extension() == ".safetensors") {
       continue;
     }
-    fs::copy_file(entry.path(), staging.path(name));
+    copy_file_durably(entry.path().string(), staging.path(name));
   }
   staging.commit();
   return report;

@@ -43,17 +43,6 @@ std::string system_error(const std::string& what, const std::string& path) {
   return what + " " + path + ": " + std::strerror(errno);
 }
 
-void write_all(int fd, const void* data, uint64_t bytes, const std::string& path) {
-  const auto* cursor = static_cast<const uint8_t*>(data);
-  while (bytes > 0) {
-    const ssize_t written = ::write(fd, cursor, std::min<uint64_t>(bytes, 1u << 30));
-    if (written < 0 && errno == EINTR) continue;
-    SHARDLORA_CHECK(written > 0, system_error("cannot write", path));
-    cursor += written;
-    bytes -= static_cast<uint64_t>(written);
-  }
-}
-
 }  // namespace
 
 size_t safetensors_dtype_size(const std::string& dtype) {
@@ -66,10 +55,8 @@ size_t safetensors_dtype_size(const std::string& dtype) {
 int64_t TensorInfo::numel() const { return checked_numel(shape, name); }
 
 const TensorInfo* SafetensorsHeader::find(const std::string& name) const {
-  for (const auto& tensor : tensors) {
-    if (tensor.name == name) return &tensor;
-  }
-  return nullptr;
+  const auto found = index.find(name);
+  return found == index.end() ? nullptr : &tensors[found->second];
 }
 
 SafetensorsHeader parse_safetensors_header(const uint8_t* file, uint64_t file_bytes, const std::string& label) {
@@ -153,6 +140,7 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* file, uint64_t file_by
                     " but the previous one ends at ", expected, " (overlapping or gapped data)");
     expected = tensor.end;
   }
+  for (size_t i = 0; i < result.tensors.size(); ++i) result.index[result.tensors[i].name] = i;
   SHARDLORA_CHECK(expected == result.data_bytes, label, ": the tensors cover ", expected, " of ", result.data_bytes,
                   " data bytes (trailing garbage or missing entries)");
   return result;
@@ -213,38 +201,27 @@ uint64_t SafetensorsWriter::header_bound(const std::vector<std::pair<std::string
 }
 
 SafetensorsWriter::SafetensorsWriter(std::string path, uint64_t max_header_bytes)
-    : path_(std::move(path)), temp_path_(path_ + ".tmp-" + std::to_string(::getpid())), reserved_((max_header_bytes + 7) / 8 * 8) {
-  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  SHARDLORA_CHECK(fd_ >= 0, system_error("cannot create", temp_path_));
-  if (::lseek(fd_, static_cast<off_t>(8 + reserved_), SEEK_SET) < 0) {
-    ::close(fd_);
-    ::unlink(temp_path_.c_str());
-    throw Error(system_error("cannot seek in", temp_path_));
-  }
+    : path_(std::move(path)), file_(std::make_unique<DurableFile>(path_)), reserved_((max_header_bytes + 7) / 8 * 8) {
+  file_->seek(8 + reserved_);
 }
 
-SafetensorsWriter::~SafetensorsWriter() {
-  if (fd_ >= 0) {
-    ::close(fd_);
-    ::unlink(temp_path_.c_str());
-  }
-}
+SafetensorsWriter::~SafetensorsWriter() = default;
 
 void SafetensorsWriter::add(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
                             const void* data, uint64_t bytes) {
-  SHARDLORA_CHECK(fd_ >= 0, path_, ": add() after finish()");
+  SHARDLORA_CHECK(file_, path_, ": add() after finish()");
   const size_t element_bytes = safetensors_dtype_size(dtype);
   SHARDLORA_CHECK(element_bytes > 0, path_, ": tensor '", name, "': unknown dtype '", dtype, "'");
   SHARDLORA_CHECK(static_cast<uint64_t>(checked_numel(shape, name)) * element_bytes == bytes, path_, ": tensor '", name,
                   "': ", bytes, " bytes do not match its shape and dtype");
-  for (const auto& tensor : tensors_) SHARDLORA_CHECK(tensor.name != name, path_, ": tensor '", name, "' added twice");
-  write_all(fd_, data, bytes, temp_path_);
+  SHARDLORA_CHECK(names_.insert(name).second, path_, ": tensor '", name, "' added twice");
+  file_->write(data, bytes);
   tensors_.push_back({name, dtype, shape, offset_, offset_ + bytes});
   offset_ += bytes;
 }
 
 void SafetensorsWriter::finish(const std::map<std::string, std::string>& metadata) {
-  SHARDLORA_CHECK(fd_ >= 0, path_, ": finish() called twice");
+  SHARDLORA_CHECK(file_, path_, ": finish() called twice");
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   for (const auto& tensor : tensors_) {
@@ -256,13 +233,11 @@ void SafetensorsWriter::finish(const std::map<std::string, std::string>& metadat
   text.resize(reserved_, ' ');
   uint8_t length[8];
   for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(reserved_ >> (8 * i));
-  SHARDLORA_CHECK(::lseek(fd_, 0, SEEK_SET) == 0, system_error("cannot seek in", temp_path_));
-  write_all(fd_, length, 8, temp_path_);
-  write_all(fd_, text.data(), text.size(), temp_path_);
-  SHARDLORA_CHECK(::fsync(fd_) == 0, system_error("cannot fsync", temp_path_));
-  SHARDLORA_CHECK(::close(fd_) == 0, system_error("cannot close", temp_path_));
-  fd_ = -1;
-  SHARDLORA_CHECK(::rename(temp_path_.c_str(), path_.c_str()) == 0, system_error("cannot rename " + temp_path_ + " to", path_));
+  file_->seek(0);
+  file_->write(length, 8);
+  file_->write(text);
+  file_->publish();
+  file_.reset();
 }
 
 }  // namespace shardlora::io

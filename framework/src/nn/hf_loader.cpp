@@ -1,5 +1,6 @@
 #include "shardlora/nn/hf_loader.h"
 
+#include <cstring>
 #include <map>
 #include <memory>
 #include <set>
@@ -12,9 +13,10 @@
 namespace shardlora::nn {
 namespace {
 
-// Tensors of every shard by name, as views into the memory maps. A view keeps its file
-// mapped (the deleter holds it), so tensors that survive loading stay valid; when a view
-// dies (a weight was quantized or converted) its pages are dropped from this process.
+// Tensors of every shard by name, each copied out of its file's memory map when asked for
+// (and its pages dropped from this process): no tensor that outlives loading points into a
+// mapping, so replacing or truncating the model's files under a running job cannot kill it
+// with SIGBUS. Float tensors are checked for NaN and infinities here, naming the tensor.
 class ShardedWeights {
  public:
   explicit ShardedWeights(const io::HfCheckpoint& checkpoint) {
@@ -35,8 +37,12 @@ class ShardedWeights {
     const auto& [file, info] = it->second;
     const auto type = scalar_type_from_safetensors(info->dtype);
     SHARDLORA_CHECK(type, file->path(), ": tensor '", name, "': dtype ", info->dtype, " is not supported");
-    return torch::from_blob(const_cast<uint8_t*>(file->data(*info)), info->shape,
-                            [file, info = info](void*) { file->release(*info); }, torch::TensorOptions().dtype(*type));
+    torch::Tensor tensor = torch::empty(info->shape, torch::TensorOptions().dtype(*type));
+    std::memcpy(tensor.data_ptr(), file->data(*info), info->bytes());
+    file->release(*info);
+    SHARDLORA_CHECK(!is_float_type(*type) || torch::isfinite(tensor).all().item<bool>(), file->path(), ": tensor '", name,
+                    "' holds NaN or infinite values");
+    return tensor;
   }
 
   // Names present in the checkpoint and never asked for, besides buffers HF also ignores.

@@ -3,6 +3,7 @@
 #include <set>
 
 #include "shardlora/io/checkpoint_rewriter.h"
+#include "shardlora/io/staging_directory.h"
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/llama_config.h"
 #include "shardlora/nn/peft_adapter.h"
@@ -32,6 +33,7 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
   const io::HfCheckpoint checkpoint = io::open_hf_checkpoint(base_dir);
   parse_llama_config(checkpoint.config, checkpoint.path(io::kConfigFile));
   const PeftAdapter adapter = read_peft_adapter(adapter_dir);
+  io::check_output_apart(out_dir, adapter_dir, "the adapter");
 
   MergeReport report;
   std::set<std::string> used;

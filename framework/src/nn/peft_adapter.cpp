@@ -1,11 +1,9 @@
 #include "shardlora/nn/peft_adapter.h"
 
-#include <unistd.h>
-
 #include <filesystem>
-#include <fstream>
 #include <set>
 
+#include "shardlora/io/durable_file.h"
 #include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/io/tensor_file.h"
 #include "shardlora/kernels/check.h"
@@ -24,17 +22,6 @@ std::string shape_text(c10::IntArrayRef shape) {
   return text + "]";
 }
 
-void write_atomically(const std::string& path, const std::string& content) {
-  const std::string temp = path + ".tmp-" + std::to_string(::getpid());
-  {
-    std::ofstream out(temp, std::ios::binary);
-    out << content;
-    out.flush();
-    SHARDLORA_CHECK(out, "cannot write ", temp);
-  }
-  fs::rename(temp, path);
-}
-
 }  // namespace
 
 std::string peft_key(const std::string& module_path, const std::string& matrix) {
@@ -42,7 +29,7 @@ std::string peft_key(const std::string& module_path, const std::string& matrix) 
 }
 
 void save_peft_adapter(const LlamaModel& model, const std::string& dir, const std::string& base_model_name_or_path) {
-  fs::create_directories(dir);
+  io::create_directories(dir);
   std::set<std::string> targets;
   std::map<std::string, torch::Tensor> tensors;
   LoraOptions lora;
@@ -67,7 +54,7 @@ void save_peft_adapter(const LlamaModel& model, const std::string& dir, const st
       {"target_modules", std::vector<std::string>(targets.begin(), targets.end())}, {"task_type", "CAUSAL_LM"},
       {"use_dora", false}, {"use_rslora", lora.use_rslora},
   };
-  write_atomically(dir + "/" + kAdapterConfigFile, config.dump(2) + "\n");
+  io::write_file_atomically(dir + "/" + kAdapterConfigFile, config.dump(2) + "\n");
 }
 
 PeftAdapter read_peft_adapter(const std::string& dir) {

@@ -1,10 +1,10 @@
 #include "shardlora/nn/random_model.h"
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "shardlora/data/byte_level.h"
+#include "shardlora/io/durable_file.h"
 #include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/io/safetensors.h"
 #include "shardlora/kernels/check.h"
@@ -15,7 +15,7 @@ namespace {
 
 const char* const kSpecialTokens[] = {"<s>", "</s>", "<pad>"};
 
-void write_json(const std::string& path, const nlohmann::json& json) { std::ofstream(path) << json.dump(2) << "\n"; }
+void write_json(const std::string& path, const nlohmann::json& json) { io::write_file_atomically(path, json.dump(2) + "\n"); }
 
 void write_byte_tokenizer(const std::string& dir, int64_t max_positions) {
   nlohmann::json vocab = nlohmann::json::object();
@@ -53,7 +53,7 @@ std::map<std::string, torch::Tensor> write_random_hf_model(const std::string& di
                   " must divide hidden ", spec.hidden, " and be a multiple of kv_heads ", spec.kv_heads);
   SHARDLORA_CHECK(!spec.tokenizer || spec.vocab >= kByteVocab + 3, "random model: a byte-level tokenizer needs a vocabulary of at least ",
                   kByteVocab + 3, " tokens, not ", spec.vocab);
-  std::filesystem::create_directories(dir);
+  io::create_directories(dir);
   torch::manual_seed(spec.seed);
   const int64_t kv_hidden = spec.hidden / spec.heads * spec.kv_heads;
   // HF's initializer_range: N(0, 0.02); norms start at 1.

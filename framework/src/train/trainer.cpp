@@ -6,12 +6,12 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <numeric>
 
 #include "shardlora/data/data_loader.h"
 #include "shardlora/dist/gradient_buckets.h"
 #include "shardlora/io/hf_checkpoint.h"
+#include "shardlora/io/run_lock.h"
 #include "shardlora/io/staging_directory.h"
 #include "shardlora/io/tensor_file.h"
 #include "shardlora/kernels/check.h"
@@ -87,6 +87,7 @@ data::LoaderPosition regrouped_position(const std::vector<data::LoaderPosition>&
 struct Trainer::State {
   Recipe recipe;
   std::string run_dir;
+  std::unique_ptr<io::RunDirectoryLock> lock;  // rank 0's, for the trainer's lifetime
   std::unique_ptr<data::Tokenizer> tokenizer;
   std::unique_ptr<data::Dataset> dataset, val_dataset;
   std::vector<int64_t> train_indices, held_out_indices;
@@ -188,13 +189,18 @@ struct Trainer::State {
         ranks.push_back(position_json(std::vector<int64_t>(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + kPositionFields)));
       }
       const nlohmann::json state = {{"step", step}, {"total_steps", total_steps}, {"world_size", world}, {"data", ranks[0]}, {"ranks", ranks}};
-      std::ofstream(staging.path("trainer_state.json")) << state.dump(2) << "\n";
+      io::write_file_atomically(staging.path("trainer_state.json"), state.dump(2) + "\n");
       staging.commit();
-      const auto all = checkpoints(run_dir);
-      const auto keep = static_cast<size_t>(recipe.get_int("training.keep_last"));
-      for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
+      prune_checkpoints();
     }
     barrier();  // the checkpoint is complete before any rank goes on (or exits)
+  }
+
+  // Only once the newest checkpoint is durable: the oldest beyond training.keep_last go.
+  void prune_checkpoints() {
+    const auto all = checkpoints(run_dir);
+    const auto keep = static_cast<size_t>(recipe.get_int("training.keep_last"));
+    for (size_t i = 0; i + keep < all.size(); ++i) io::remove_directory_durably(all[i].string());
   }
 
   // output.dir/adapter: the trained adapter where users look for it.
@@ -249,7 +255,8 @@ std::vector<fs::path> checkpoints(const std::string& run_dir) {
   if (!fs::exists(run_dir)) return found;
   for (const auto& entry : fs::directory_iterator(run_dir)) {
     const std::string name = entry.path().filename().string();
-    if (entry.is_directory() && name.rfind(kCheckpointPrefix, 0) == 0 && name.find(".partial-") == std::string::npos && name.find(".old-") == std::string::npos) {
+    if (entry.is_directory() && name.rfind(kCheckpointPrefix, 0) == 0 && name.find(io::kPartialSuffix) == std::string::npos &&
+        name.find(io::kRemovingSuffix) == std::string::npos) {
       found.push_back(entry.path());
     }
   }
@@ -258,11 +265,23 @@ std::vector<fs::path> checkpoints(const std::string& run_dir) {
 }
 
 
-void check_run_directory(const std::string& run_dir, StartMode mode) {
+namespace {
+
+// check_run_directory less the lock, which this process's trainer may hold itself.
+void check_run_contents(const std::string& run_dir, StartMode mode) {
   const auto found = checkpoints(run_dir);
   SHARDLORA_CHECK(mode != StartMode::Resume || !found.empty(), run_dir, ": no checkpoint to resume from");
-  SHARDLORA_CHECK(mode != StartMode::Fresh || found.empty(), run_dir, " holds a run (", found.empty() ? "" : found.back().filename().string(),
+  const bool finished = fs::exists(run_dir + "/adapter/" + nn::kAdapterConfigFile);
+  SHARDLORA_CHECK(mode != StartMode::Fresh || (found.empty() && !finished), run_dir, " holds a run (",
+                  found.empty() ? "its final adapter/" : found.back().filename().string(),
                   "): continue it with --resume, start over with --overwrite, or choose another output.dir");
+}
+
+}  // namespace
+
+void check_run_directory(const std::string& run_dir, StartMode mode) {
+  io::RunDirectoryLock::check_free(run_dir);
+  check_run_contents(run_dir, mode);
 }
 
 Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm, torch::Device device)
@@ -270,6 +289,8 @@ Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm, torch::Device d
   State& s = *state_;
   recipe.require_paths({"model.path", "data.train", "data.val"});
   s.run_dir = recipe.get_string("output.dir");
+  // Before any slow work, so a second run into this directory fails at once.
+  if (s.rank == 0) s.lock = std::make_unique<io::RunDirectoryLock>(s.run_dir);
   const std::string model_dir = recipe.get_string("model.path");
   s.tokenizer = data::load_tokenizer(model_dir);
   s.dataset = std::make_unique<data::Dataset>(dataset_options_from(recipe, recipe.get_string("data.train")));
@@ -321,27 +342,24 @@ const data::ChatTemplate& Trainer::chat_template() const { return state_->chat_t
 TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
   State& s = *state_;
   // Every rank checks the directory before rank 0 changes it.
-  check_run_directory(s.run_dir, mode);
+  check_run_contents(s.run_dir, mode);
   const auto found = checkpoints(s.run_dir);
   s.barrier();
+  // Under the lock nothing else writes here: partial files are a killed writer's leftovers.
+  if (s.rank == 0) io::remove_stale_partials(s.run_dir);
   if (mode == StartMode::Resume) {
     s.load_checkpoint(found.back());
+    if (s.rank == 0) s.prune_checkpoints();  // a kill may have come between a checkpoint and its pruning
   } else if (s.rank == 0) {
-    fs::create_directories(s.run_dir);
-    for (const auto& old : found) fs::remove_all(old);
-    fs::remove_all(s.run_dir + "/adapter");
+    for (const auto& old : found) io::remove_directory_durably(old.string());
+    io::remove_directory_durably(s.run_dir + "/adapter");
     io::write_file_atomically(s.run_dir + "/recipe.yaml", s.recipe.dump());
-    std::ofstream(s.run_dir + "/metrics.jsonl", std::ios::trunc);
+    io::write_file_atomically(s.run_dir + "/metrics.jsonl", "");
   }
-  std::ofstream metrics;
-  if (s.rank == 0) {  // one writer: the metrics are reduced over ranks first
-    metrics.open(s.run_dir + "/metrics.jsonl", std::ios::app);
-    SHARDLORA_CHECK(metrics, s.run_dir, "/metrics.jsonl: cannot open for writing");
-  }
+  std::unique_ptr<io::AppendFile> metrics;
+  if (s.rank == 0) metrics = std::make_unique<io::AppendFile>(s.run_dir + "/metrics.jsonl");  // one writer: metrics are reduced first
   const auto log = [&](const nlohmann::json& line) {
-    if (s.rank != 0) return;
-    metrics << line.dump() << "\n";
-    metrics.flush();
+    if (metrics) metrics->append(line.dump() + "\n");
   };
   const int64_t log_every = s.recipe.get_int("training.log_every"), save_every = s.recipe.get_int("training.save_every");
   const int64_t eval_every = s.recipe.get_int("training.eval_every");

@@ -4,9 +4,16 @@
 // disconnected. Frames are bounded (kMaxFrameBytes): the store carries addresses, ids and
 // counters, never tensors. The server binds to the interface it is given.
 //
+// The port is reachable by anyone on the network, so the server is built to outlast any
+// client: before the token only a small hello frame is read, a client that has not sent it
+// within hello_deadline is dropped, at most max_unauthenticated strangers are held at once, keys
+// and the stored total are bounded, the accept loop survives running out of descriptors,
+// and no request (authenticated or not) can throw out of the server.
+//
 // Wire format: u32 little-endian length, then an op byte and length-prefixed strings.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -17,11 +24,16 @@
 namespace shardlora::cluster {
 
 inline constexpr uint32_t kMaxFrameBytes = 1u << 20;
+inline constexpr uint32_t kMaxHelloBytes = 1024;        // a frame before the token
+inline constexpr uint32_t kMaxKeyBytes = 4096;
+inline constexpr uint64_t kMaxStoredBytes = 64u << 20;  // keys and values held at once
 
 struct TcpStoreServerOptions {
   std::string bind_address = "0.0.0.0";  // an interface's address; 127.0.0.1 keeps it on this host
   uint16_t port = 0;                     // 0: the OS picks one (see port())
   std::string token;                     // required from every client; must not be empty
+  std::chrono::milliseconds hello_deadline{5000};  // to present the token, from the connection
+  int64_t max_unauthenticated = 64;                // strangers held at once; more are closed at once
 };
 
 // Serves until destroyed, on a thread of its own.
@@ -33,7 +45,7 @@ class TcpStoreServer {
   TcpStoreServer& operator=(const TcpStoreServer&) = delete;
 
   uint16_t port() const;
-  int64_t refused_clients() const;  // connections closed for a wrong token or a bad frame
+  int64_t refused_clients() const;  // connections closed: a wrong token, a bad frame, silence, a flood
 
  private:
   struct Impl;

@@ -12,8 +12,11 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
+
+#include "shardlora/io/durable_file.h"
 
 namespace shardlora::io {
 
@@ -35,7 +38,8 @@ struct SafetensorsHeader {
   uint64_t data_bytes = 0;                    // file size - 8 - N
   std::vector<TensorInfo> tensors;            // ordered by offset
   std::map<std::string, std::string> metadata;
-  const TensorInfo* find(const std::string& name) const;
+  std::map<std::string, size_t> index;        // name -> position in `tensors`
+  const TensorInfo* find(const std::string& name) const;  // O(log n): headers may hold many entries
 };
 
 // Largest header the reader accepts (the reference implementation's limit).
@@ -71,8 +75,9 @@ class SafetensorsFile {
 
 // Writes a safetensors file tensor by tensor, so a converter never holds more than one
 // tensor: the data goes after a reserved header area, and finish() writes the header
-// there (padded with spaces, as the format allows), fsyncs and renames the temporary file
-// into place. Without finish() the temporary file is removed: no half-written output.
+// there (padded with spaces, as the format allows) and publishes the file (DurableFile:
+// checked writes, fsync, rename). Without finish() the partial file is removed: no
+// half-written output.
 class SafetensorsWriter {
  public:
   // max_header_bytes: an upper bound from header_bound().
@@ -91,11 +96,12 @@ class SafetensorsWriter {
                                const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
  private:
-  std::string path_, temp_path_;
-  int fd_ = -1;
+  std::string path_;
+  std::unique_ptr<DurableFile> file_;  // null once finished
   uint64_t reserved_ = 0;
   uint64_t offset_ = 0;
   std::vector<TensorInfo> tensors_;
+  std::set<std::string> names_;
 };
 
 }  // namespace shardlora::io

@@ -11,9 +11,12 @@
 // log interval and per evaluation), checkpoint-NNNNNN/ directories (the adapter in PEFT
 // format, optimizer.safetensors, rng.safetensors and trainer_state.json: step, data
 // position) and, once training completes, adapter/ (the final adapter, PEFT format). A
-// checkpoint is assembled beside its place and renamed in; the last training.keep_last are
-// kept. StartMode::Resume continues from the newest one; on the CPU the
-// resumed loss sequence equals the uninterrupted run's bit for bit.
+// checkpoint is assembled beside its place, synced and renamed in (io::StagingDirectory);
+// only then are the oldest beyond training.keep_last removed (renamed out of the way first),
+// so a crash or a full disk at any moment leaves only complete checkpoints. At start, what
+// killed writers left (*.partial-PID, *.old-PID) is removed. StartMode::Resume continues
+// from the newest checkpoint; on the CPU the resumed loss sequence equals the uninterrupted
+// run's bit for bit.
 #pragma once
 
 #include <filesystem>
@@ -57,15 +60,17 @@ struct TrainHooks {
   std::function<void(int64_t step, const LossResult&)> on_eval;   // rank 0 only
 };
 
-// Fresh refuses a run directory that holds checkpoints (never overwrite a run by accident);
-// Overwrite removes them (and adapter/) first; Resume continues from the newest.
+// Fresh refuses a run directory that holds checkpoints or a final adapter/ (never overwrite
+// a run by accident); Overwrite removes them first; Resume continues from the newest. Every
+// mode is refused while another live process holds the directory (io::RunDirectoryLock,
+// taken by rank 0 when the Trainer is built and held for its lifetime).
 enum class StartMode { Fresh, Resume, Overwrite };
 
 // The complete checkpoint-NNNNNN directories of a run, oldest first (none when it does not exist).
 std::vector<std::filesystem::path> checkpoints(const std::string& run_dir);
 
-// The error run() would give for `run_dir` and `mode` (nothing to resume, a run in the way),
-// for callers that want it before any other work.
+// The error run() would give for `run_dir` and `mode` (another live run holds it, nothing to
+// resume, a run in the way), for callers that want it before any other work.
 void check_run_directory(const std::string& run_dir, StartMode mode);
 
 class Trainer {
