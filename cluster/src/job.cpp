@@ -2,7 +2,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -38,8 +40,9 @@ StoreAddress store_address(const std::string& backend) {
   return {text.substr(0, colon), static_cast<uint16_t>(port)};
 }
 
-std::unique_ptr<dist::Store> connect_store(const StoreAddress& address, const std::string& token, dist::Milliseconds timeout) {
-  return std::make_unique<TcpStore>(address.host, address.port, token, timeout);
+std::unique_ptr<dist::Store> connect_store(const StoreAddress& address, const std::string& token, dist::Milliseconds timeout,
+                                           dist::Milliseconds reply_grace = dist::Milliseconds(30000)) {
+  return std::make_unique<TcpStore>(address.host, address.port, token, timeout, reply_grace);
 }
 
 // A store for a job under mpirun, where no launcher serves one: rank 0 serves it (on
@@ -88,6 +91,42 @@ std::string advertised_host(const StoreAddress& store, const std::string& hostna
   return hostname;
 }
 
+// Until every rank has joined (MPI initialised, the store reached, the watchdog beating) no
+// heartbeat can name a missing rank, and a rank stopped or dead before it joined would keep
+// the others in MPI_Init for good: past `limit` this rank says so and exits, and the
+// launcher stops the rest.
+class JoinDeadline {
+ public:
+  JoinDeadline(const LaunchEnv& launch, dist::Milliseconds limit) {
+    thread_ = std::thread([this, launch, limit] {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (joined_cv_.wait_for(lock, limit, [this] { return joined_; })) return;
+      std::fprintf(stderr,
+                   "shardlora (rank %d of %d): the job did not assemble within %.0f s (distributed.timeout_s): a rank was "
+                   "stopped or killed before it joined, or its host is unreachable\n",
+                   launch.rank, launch.world_size, std::chrono::duration<double>(limit).count());
+      std::fflush(stderr);
+      std::_Exit(1);
+    });
+  }
+  ~JoinDeadline() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      joined_ = true;
+    }
+    joined_cv_.notify_all();
+    thread_.join();
+  }
+  JoinDeadline(const JoinDeadline&) = delete;
+  JoinDeadline& operator=(const JoinDeadline&) = delete;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable joined_cv_;
+  bool joined_ = false;
+  std::thread thread_;
+};
+
 }  // namespace
 
 std::string resolve_backend(const std::string& backend, bool on_gpu, const LaunchEnv& launch) {
@@ -115,6 +154,7 @@ std::unique_ptr<Job> Job::join(const JobOptions& options, const LaunchEnv& launc
   std::unique_ptr<Job> job(new Job);
   job->launch_ = launch;
   if (launch.world_size == 1) return job;
+  const JoinDeadline deadline(launch, options.timeout);
   const bool on_gpu = options.device.is_cuda();
   const std::string backend = resolve_backend(options.backend, on_gpu, launch);
   if (launch.source == LaunchSource::Slurm && launch.rank == 0 && backend != "mpi") {
@@ -185,8 +225,9 @@ void Job::start_watchdog(const JobOptions& options, const std::string& backend) 
     token = job_token_from_environment();
     owner = "the rendezvous store at " + address.host + ":" + std::to_string(address.port);
   }
-  watchdog_store_ = connect_store(address, token, options.timeout);
   watchdog_limit_ = std::max(options.timeout / 2, dist::Milliseconds(1000));
+  // A store that stops answering (its rank stopped) is lost as soon as a silent rank would be.
+  watchdog_store_ = connect_store(address, token, options.timeout, watchdog_limit_);
   const dist::Watchdog::Options watch{.rank = launch_.rank, .world_size = launch_.world_size,
                                       .silence_limit = watchdog_limit_, .store_owner = owner};
   watchdog_ = std::make_unique<dist::Watchdog>(*watchdog_store_, watch, [rank = launch_.rank, world = launch_.world_size](

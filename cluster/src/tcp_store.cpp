@@ -348,22 +348,21 @@ int64_t TcpStoreServer::refused_clients() const { return impl_->refused.load(); 
 
 // ---- client -----------------------------------------------------------------------------
 
-namespace {
-// How long a reply may take beyond the request's own timeout before the server counts as lost.
-constexpr dist::Milliseconds kReplyGrace{30000};
-}  // namespace
-
 struct TcpStore::Connection {
   asio::io_context io;
   tcp::socket socket{io};
   std::string peer;  // host:port, for errors
+  dist::Milliseconds reply_grace{0};
 
   // Reads exactly `size` bytes by `deadline` (poll + recv: asio's blocking reads cannot time out).
   void read_exactly(char* data, size_t size, Clock::time_point deadline) {
     const int fd = socket.native_handle();
     while (size > 0) {
       const auto left = std::chrono::duration_cast<dist::Milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0) throw dist::TimeoutError("store at " + peer + ": no reply in time (is rank 0 alive?)");
+      if (left <= 0) {
+        throw dist::TimeoutError("store at " + peer + ": no reply within " + std::to_string(reply_grace.count()) +
+                                 " ms of the request's own timeout (is rank 0 alive?)");
+      }
       pollfd ready{fd, POLLIN, 0};
       const int polled = ::poll(&ready, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
       if (polled < 0 && errno != EINTR) throw Error("store at " + peer + ": poll failed");
@@ -383,7 +382,7 @@ struct TcpStore::Connection {
     boost::system::error_code error;
     asio::write(socket, asio::buffer(encode(message)), error);
     SHARDLORA_CHECK(!error, "store at ", peer, ": cannot send (", error.message(), "; rank 0 exited?)");
-    const auto deadline = Clock::now() + reply_within + kReplyGrace;
+    const auto deadline = Clock::now() + reply_within + reply_grace;
     char header[4];
     read_exactly(header, 4, deadline);
     const uint32_t length = get_u32(header);
@@ -397,9 +396,11 @@ struct TcpStore::Connection {
   }
 };
 
-TcpStore::TcpStore(const std::string& host, uint16_t port, const std::string& token, dist::Milliseconds connect_timeout)
+TcpStore::TcpStore(const std::string& host, uint16_t port, const std::string& token, dist::Milliseconds connect_timeout,
+                   dist::Milliseconds reply_grace)
     : connection_(std::make_unique<Connection>()) {
   connection_->peer = host + ":" + std::to_string(port);
+  connection_->reply_grace = reply_grace;
   const auto deadline = Clock::now() + connect_timeout;
   tcp::resolver resolver(connection_->io);
   std::string last_error;

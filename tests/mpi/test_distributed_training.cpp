@@ -299,28 +299,37 @@ TEST_F(DistributedTraining, LaunchOnTwoNodesMeetsAtNodeZerosStore) {
 namespace {
 
 // A long run started by `launcher` (mpirun or shardlora launch); once rank 0 has logged past
-// the step-6 checkpoint, `signal` goes to rank 1 (found among the launcher's children by its
-// rank variable). Returns the launcher's exit and how many seconds it took after the signal
-// (printed by the script as "launcher exited S after T s").
+// the step-6 checkpoint (or, with `at_start`, as soon as the rank's process exists, before it
+// has joined the job), `signal` goes to rank `rank` (found among the launcher's children by
+// its rank variable). Returns the launcher's exit and how many seconds it took after the
+// signal (printed by the script as "launcher exited S after T s").
 struct Failure {
   ProcessResult result;
   int seconds_after_signal = -1;
 };
 
-Failure signal_rank_one(const std::string& run, const std::string& signal, const std::string& rank_variable,
-                        const std::vector<std::string>& launcher) {
+Failure signal_rank(int rank, const std::string& run, const std::string& signal, const std::string& rank_variable,
+                    const std::vector<std::string>& launcher, bool at_start = false) {
   const std::string script = R"sh(
 "$@" & launcher=$!
-for i in $(seq 1200); do [ "$(cat "$RUN/metrics.jsonl" 2>/dev/null | wc -l)" -ge 8 ] && break; sleep 0.05; done
-for pid in $(pgrep -P $launcher); do
-  if tr '\0' '\n' < /proc/$pid/environ | grep -qx "$RANK_VARIABLE=1"; then kill -$SIGNAL $pid; fi
+if [ "$AT_START" = 0 ]; then
+  for i in $(seq 1200); do [ "$(cat "$RUN/metrics.jsonl" 2>/dev/null | wc -l)" -ge 8 ] && break; sleep 0.05; done
+fi
+for i in $(seq 2000); do
+  for pid in $(pgrep -P $launcher); do
+    if tr '\0' '\n' < /proc/$pid/environ 2>/dev/null | grep -qx "$RANK_VARIABLE=$RANK"; then kill -$SIGNAL $pid; signalled=1; fi
+  done
+  [ -n "$signalled" ] && break
+  sleep 0.01
 done
 start=$(date +%s)
 wait $launcher; status=$?
 echo "launcher exited $status after $(( $(date +%s) - start )) s"
 exit $status
 )sh";
-  std::vector<std::string> command = {"env", "RUN=" + run, "SIGNAL=" + signal, "RANK_VARIABLE=" + rank_variable, "bash", "-c", script, "bash"};
+  std::vector<std::string> command = {"env", "RUN=" + run, "SIGNAL=" + signal, "RANK_VARIABLE=" + rank_variable,
+                                      "RANK=" + std::to_string(rank), "AT_START=" + std::string(at_start ? "1" : "0"),
+                                      "bash", "-c", script, "bash"};
   command.insert(command.end(), launcher.begin(), launcher.end());
   Failure failure{run_process(command, 300.0)};
   const auto at = failure.result.out.find("launcher exited");
@@ -339,7 +348,7 @@ std::vector<std::string> DistributedTraining::long_mpirun_run(const std::string&
 }
 
 TEST_F(DistributedTraining, LaunchStopsEveryRankWhenOneIsKilledAndTheCheckpointResumes) {
-  const auto failure = signal_rank_one(path("killed"), "KILL", "SHARDLORA_RANK",
+  const auto failure = signal_rank(1, path("killed"), "KILL", "SHARDLORA_RANK",
                                        launch_command(2, "killed", {"training.max_steps=100000", "distributed.timeout_s=20"}));
   const auto& result = failure.result;
   ASSERT_FALSE(result.timed_out) << result.out << result.err;
@@ -353,7 +362,7 @@ TEST_F(DistributedTraining, LaunchStopsEveryRankWhenOneIsKilledAndTheCheckpointR
 }
 
 TEST_F(DistributedTraining, MpirunStopsEveryRankWhenOneIsKilledAndTheCheckpointResumes) {
-  const auto failure = signal_rank_one(path("killed"), "KILL", "OMPI_COMM_WORLD_RANK", long_mpirun_run("killed"));
+  const auto failure = signal_rank(1, path("killed"), "KILL", "OMPI_COMM_WORLD_RANK", long_mpirun_run("killed"));
   const auto& result = failure.result;
   ASSERT_FALSE(result.timed_out) << result.out << result.err;
   EXPECT_NE(result.exit_code, 0);
@@ -366,7 +375,7 @@ TEST_F(DistributedTraining, MpirunStopsEveryRankWhenOneIsKilledAndTheCheckpointR
 // A SIGSTOPped rank neither exits nor closes a socket: only its silence gives it away. The
 // watchdog names it (half of distributed.timeout_s) before any collective times out.
 TEST_F(DistributedTraining, AStoppedRankIsNamedByTheWatchdogUnderMpirun) {
-  const auto failure = signal_rank_one(path("stopped"), "STOP", "OMPI_COMM_WORLD_RANK", long_mpirun_run("stopped"));
+  const auto failure = signal_rank(1, path("stopped"), "STOP", "OMPI_COMM_WORLD_RANK", long_mpirun_run("stopped"));
   const auto& result = failure.result;
   ASSERT_FALSE(result.timed_out) << result.out << result.err;
   EXPECT_NE(result.exit_code, 0);
@@ -377,7 +386,7 @@ TEST_F(DistributedTraining, AStoppedRankIsNamedByTheWatchdogUnderMpirun) {
 }
 
 TEST_F(DistributedTraining, AStoppedRankIsNamedByTheWatchdogUnderLaunch) {
-  const auto failure = signal_rank_one(
+  const auto failure = signal_rank(1, 
       path("stopped"), "STOP", "SHARDLORA_RANK",
       launch_command(2, "stopped", {"training.max_steps=100000", "distributed.timeout_s=" + std::to_string(kFailureTimeoutS)}));
   const auto& result = failure.result;
@@ -387,5 +396,45 @@ TEST_F(DistributedTraining, AStoppedRankIsNamedByTheWatchdogUnderLaunch) {
   EXPECT_NE(result.err.find("shardlora launch: rank 0 exited with status 1"), std::string::npos) << result.err;
   ASSERT_GE(failure.seconds_after_signal, 0) << result.out;
   // The watchdog's limit, then the launcher's grace (5 s) for the stopped rank.
+  EXPECT_LE(failure.seconds_after_signal, kFailureTimeoutS + 10) << result.out;
+}
+
+// Rank 0 serves the store under mpirun: stopped, it falls silent with the store, and the
+// others name it within the watchdog's limit (their store requests time out as a beat would).
+TEST_F(DistributedTraining, AStoppedRankZeroIsNamedByTheOthersUnderMpirun) {
+  const auto failure = signal_rank(0, path("stopped"), "STOP", "OMPI_COMM_WORLD_RANK", long_mpirun_run("stopped"));
+  const auto& result = failure.result;
+  ASSERT_FALSE(result.timed_out) << result.out << result.err;
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_NE(result.err.find("shardlora (rank 1 of 2): rank 0 (it serves the job's store under mpirun) is unreachable"), std::string::npos)
+      << result.err;
+  ASSERT_GE(failure.seconds_after_signal, 0) << result.out;
+  EXPECT_LE(failure.seconds_after_signal, kFailureTimeoutS + 10) << result.out;
+}
+
+// Stopped before it joins (MPI_Init, the store, the watchdog): no heartbeat exists yet to
+// miss, and the others would wait in MPI_Init for good; the join deadline ends the job.
+TEST_F(DistributedTraining, ARankStoppedBeforeItJoinsEndsTheJobUnderMpirun) {
+  const auto failure = signal_rank(1, path("early"), "STOP", "OMPI_COMM_WORLD_RANK", long_mpirun_run("early"), /*at_start=*/true);
+  const auto& result = failure.result;
+  ASSERT_FALSE(result.timed_out) << result.out << result.err;
+  EXPECT_NE(result.exit_code, 0);
+  const bool named = result.err.find("shardlora (rank 0 of 2): the job did not assemble within 10 s") != std::string::npos ||
+                     result.err.find("shardlora (rank 0 of 2): lost rank 1: no heartbeat") != std::string::npos;
+  EXPECT_TRUE(named) << result.err;
+  ASSERT_GE(failure.seconds_after_signal, 0) << result.out;
+  EXPECT_LE(failure.seconds_after_signal, kFailureTimeoutS + 10) << result.out;
+}
+
+TEST_F(DistributedTraining, ARankStoppedBeforeItJoinsEndsTheJobUnderLaunch) {
+  const auto failure = signal_rank(
+      1, path("early"), "STOP", "SHARDLORA_RANK",
+      launch_command(2, "early", {"training.max_steps=100000", "distributed.timeout_s=" + std::to_string(kFailureTimeoutS)}),
+      /*at_start=*/true);
+  const auto& result = failure.result;
+  ASSERT_FALSE(result.timed_out) << result.out << result.err;
+  EXPECT_EQ(result.exit_code, 1) << result.out << result.err;
+  EXPECT_NE(result.err.find("shardlora launch: rank 0 exited with status 1"), std::string::npos) << result.err;
+  ASSERT_GE(failure.seconds_after_signal, 0) << result.out;
   EXPECT_LE(failure.seconds_after_signal, kFailureTimeoutS + 10) << result.out;
 }

@@ -56,8 +56,11 @@ class TcpStoreServer {
 class TcpStore : public dist::Store {
  public:
   // Retries the connection until `connect_timeout` (rank 0 may still be starting), then
-  // presents the token; Error when refused or unreachable, naming host:port.
-  TcpStore(const std::string& host, uint16_t port, const std::string& token, dist::Milliseconds connect_timeout);
+  // presents the token; Error when refused or unreachable, naming host:port. A reply may
+  // take `reply_grace` beyond the request's own timeout before the server counts as lost
+  // (dist::TimeoutError): a watchdog's connection sets it to its silence limit.
+  TcpStore(const std::string& host, uint16_t port, const std::string& token, dist::Milliseconds connect_timeout,
+           dist::Milliseconds reply_grace = dist::Milliseconds(30000));
   ~TcpStore() override;
 
   void set(const std::string& key, const std::string& value) override;
