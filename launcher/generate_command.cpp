@@ -112,6 +112,10 @@ int run_generate(GenerateArgs args, bool dtype_given, bool quant_given) {
   }
   nn::LlamaModel model = nn::load_hf_model(args.model_dir, options);
   if (adapter) nn::load_adapter_weights(model, *adapter, args.adapter_dir);
+  for (const int64_t id : args.eos_ids) {
+    SHARDLORA_CHECK(id >= 0 && id < model->config().vocab_size, "--eos-id ", id, " is outside the model's vocabulary [0, ",
+                    model->config().vocab_size, ")");
+  }
 
   args.generation.eos_token_ids = args.ignore_eos           ? std::vector<int64_t>{}
                                   : !args.eos_ids.empty()    ? args.eos_ids

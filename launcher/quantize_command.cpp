@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "progress_bar.h"
 #include "shardlora/kernels/quant_types.h"
+#include "shardlora/nn/hf_loader.h"
 #include "shardlora/quant/checkpoint_quantizer.h"
 #include "shardlora/tensor/dtypes.h"
 
@@ -45,6 +46,7 @@ int run_quantize(const QuantizeArgs& args) {
     progress.update(total ? static_cast<double>(done) / total : 1.0, megabytes(done) + " / " + megabytes(total) + "  " + tensor);
   };
 
+  nn::check_hf_model(args.in_dir);  // nothing is written for a checkpoint no loader would take
   const auto start = std::chrono::steady_clock::now();
   const auto report = quant::quantize_checkpoint(args.in_dir, args.out_dir, options);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -4,7 +4,8 @@
 // a SIGKILL before any file-system call of writing the last checkpoint, pruning the one
 // before it and publishing the adapter leaves only complete checkpoints, and a resume then
 // ends on the uninterrupted run's adapter, bit for bit, with keep_last holding. A second
-// train, resume or overwrite of a directory a live run holds is refused, naming it.
+// train, resume or overwrite of a directory a live run holds is refused, naming it. A full
+// disk fails init-model and quantize too, naming the file, with no output left.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -69,8 +70,10 @@ class FaultInjection : public TempDirTest {
     }
   }
 
-  void expect_no_leftovers(const std::string& context) {
-    for (const auto& entry : fs::directory_iterator(path("run"))) {
+  void expect_no_leftovers(const std::string& context) { expect_no_leftovers_in(path("run"), context); }
+
+  void expect_no_leftovers_in(const std::string& dir, const std::string& context = "") {
+    for (const auto& entry : fs::directory_iterator(dir)) {
       const std::string name = entry.path().filename().string();
       EXPECT_EQ(name.find(".partial-"), std::string::npos) << context << ": " << name << " left behind";
       EXPECT_EQ(name.find(".old-"), std::string::npos) << context << ": " << name << " left behind";
@@ -171,4 +174,29 @@ TEST_F(FaultInjection, AFinishedRunCountsAsARunAndALockIsFreedWhenItsHolderDies)
   ASSERT_EQ(killed.exit_code, 128 + SIGKILL) << killed.err;
   const auto after = train({"--overwrite", "training.max_steps=2"});
   EXPECT_EQ(after.exit_code, 0) << after.err;
+}
+
+TEST_F(FaultInjection, AFullDiskFailsInitModelAndQuantizeNamingTheFileAndLeavesNoOutput) {
+  const auto run_full = [&](const std::vector<std::string>& args, const std::string& full) {
+    ::setenv("LD_PRELOAD", SHARDLORA_FAULT_SHIM, 1);
+    ::setenv("SHARDLORA_FAULT_ENOSPC", full.c_str(), 1);
+    std::vector<std::string> argv = {shardlora_binary()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    ProcessResult result = run_process(argv, 120.0);
+    ::unsetenv("LD_PRELOAD");
+    ::unsetenv("SHARDLORA_FAULT_ENOSPC");
+    return result;
+  };
+  for (const char* file : {"config.json", "tokenizer.json", "model.safetensors"}) {
+    const auto made = run_full({"init-model", path("made")}, "*/made.partial-*/" + std::string(file) + "*");
+    EXPECT_EQ(made.exit_code, 1) << file << ": " << made.out;
+    EXPECT_NE(made.err.find(std::string(file) + ".partial-"), std::string::npos) << made.err;
+    EXPECT_NE(made.err.find("No space left on device"), std::string::npos) << made.err;
+    EXPECT_FALSE(fs::exists(path("made"))) << file;
+    const auto quantized = run_full({"quantize", path("model"), path("q")}, "*/q.partial-*/" + std::string(file) + "*");
+    EXPECT_EQ(quantized.exit_code, 1) << file << ": " << quantized.out;
+    EXPECT_NE(quantized.err.find("No space left on device"), std::string::npos) << quantized.err;
+    EXPECT_FALSE(fs::exists(path("q"))) << file;
+  }
+  expect_no_leftovers_in(root_.string());
 }

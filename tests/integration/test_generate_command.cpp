@@ -131,6 +131,19 @@ TEST_F(GenerateCommand, BadInputIsAnErrorNamingIt) {
   EXPECT_EQ(not_an_id.exit_code, 1);
   EXPECT_NE(not_an_id.err.find("'-2' is not a token id"), std::string::npos) << not_an_id.err;
 
+  const auto eos_outside = generate({"--eos-id", "48"});
+  EXPECT_EQ(eos_outside.exit_code, 1);
+  EXPECT_NE(eos_outside.err.find("--eos-id 48 is outside the model's vocabulary [0, 48)"), std::string::npos) << eos_outside.err;
+  const auto nan_temperature = generate({"--temperature", "nan"});
+  EXPECT_EQ(nan_temperature.exit_code, 1);
+  EXPECT_NE(nan_temperature.err.find("generate: temperature must be a finite number >= 0, not nan"), std::string::npos)
+      << nan_temperature.err;
+  // Refused before the KV cache is sized for it.
+  std::string long_prompt = "1";
+  for (int i = 0; i < 5000; ++i) long_prompt += ",1";
+  const auto too_long = run_process({shardlora_binary(), "generate", path("base"), "--prompt-ids", long_prompt});
+  EXPECT_EQ(too_long.exit_code, 1);
+  EXPECT_NE(too_long.err.find("the prompt is 5001 tokens, the model's max_position_embeddings is"), std::string::npos) << too_long.err;
   std::ofstream(path("base/generation_config.json")) << R"({"eos_token_id": "two"})";
   const auto bad_config = generate({});
   EXPECT_EQ(bad_config.exit_code, 1);

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/io/safetensors.h"
 #include "shardlora/io/tensor_file.h"
 #include "shardlora/quant/checkpoint_quantizer.h"
@@ -150,9 +151,23 @@ TEST_F(QuantizeCommand, BadInputFailsNamingTheProblemAndWritesNothing) {
   };
   const std::vector<Case> cases = {
       {"no config", [](const std::string& dir) { fs::remove(dir + "/config.json"); }, "config.json: missing"},
-      {"config without layers",
+      {"config without the model's sizes",
        [](const std::string& dir) { std::ofstream(dir + "/config.json") << R"({"model_type": "llama"})"; },
-       "config.json: key 'num_hidden_layers' is missing"},
+       "config.json: key 'vocab_size' is missing"},
+      {"a tensor missing",
+       [](const std::string& dir) {
+         auto tensors = io::read_tensor_file(dir + "/model.safetensors");
+         tensors.erase("model.layers.1.mlp.up_proj.weight");
+         io::write_tensor_file(dir + "/model.safetensors", tensors);
+       },
+       "missing tensor 'model.layers.1.mlp.up_proj.weight'"},
+      {"a shape the config contradicts",
+       [](const std::string& dir) {
+         auto config = io::read_json_file(dir + "/config.json");
+         config["intermediate_size"] = 96;
+         std::ofstream(dir + "/config.json") << config.dump();
+       },
+       "tensor 'model.layers.0.mlp.gate_proj.weight' has shape [128, 64], the config implies [96, 64]"},
       {"config not json", [](const std::string& dir) { std::ofstream(dir + "/config.json") << "{oops"; },
        "config.json: not valid JSON"},
       {"truncated weights", [](const std::string& dir) { fs::resize_file(dir + "/model.safetensors", 1000); },
@@ -160,7 +175,9 @@ TEST_F(QuantizeCommand, BadInputFailsNamingTheProblemAndWritesNothing) {
       {"no weights", [](const std::string& dir) { fs::remove(dir + "/model.safetensors"); }, "no model.safetensors"},
       {"already quantized",
        [](const std::string& dir) {
-         std::ofstream(dir + "/config.json") << R"({"model_type": "llama", "num_hidden_layers": 2, "quantization_config": {}})";
+         auto config = io::read_json_file(dir + "/config.json");
+         config["quantization_config"] = nlohmann::json::object();
+         std::ofstream(dir + "/config.json") << config.dump();
        },
        "already has a quantization_config"},
   };
@@ -182,7 +199,7 @@ TEST_F(QuantizeCommand, NonFiniteWeightIsNamed) {
   io::write_tensor_file(path("in/model.safetensors"), tensors);
   const auto result = quantize({path("in"), path("out")});
   EXPECT_EQ(result.exit_code, 1);
-  EXPECT_NE(result.err.find("tensor 'model.layers.1.self_attn.o_proj.weight': weight holds NaN or Inf"), std::string::npos)
+  EXPECT_NE(result.err.find("tensor 'model.layers.1.self_attn.o_proj.weight': holds NaN or infinite values"), std::string::npos)
       << result.err;
 }
 

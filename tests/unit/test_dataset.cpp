@@ -110,6 +110,15 @@ TEST_F(Datasets, TextTokenizedAndTxtDirectoriesWithMappedFields) {
   ASSERT_EQ(texts.size(), 2);
   EXPECT_EQ(texts.location(0), path("texts/a.txt"));
   EXPECT_EQ(text_of(texts.example(1, *tokenizer_, {})), "second</s>");
+
+  write("texts/c.txt", std::string("\x7f" "ELF\0\1\0", 7));
+  const Dataset binary({path("texts"), DatasetFormat::Text});
+  try {
+    binary.example(2, *tokenizer_, {});
+    ADD_FAILURE() << "a binary .txt file was read as text";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("c.txt: not UTF-8 text"), std::string::npos) << error.what();
+  }
 }
 
 TEST_F(Datasets, IndexIsCachedAndInvalidatedBySizeAndMtime) {

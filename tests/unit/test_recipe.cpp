@@ -126,6 +126,14 @@ TEST(Recipe, CustomTemplateComesFromItsKeys) {
   EXPECT_EQ(text, "Q: 2+2?\nA: 4</s>");
 }
 
+TEST(Recipe, ASecondDocumentOrAStructuredKeyIsAnErrorNotIgnored) {
+  EXPECT_NE(error_of(std::string(kMinimal) + "---\nlora:\n  r: 4\n").find("recipe.yaml:7: a second YAML document"), std::string::npos)
+      << error_of(std::string(kMinimal) + "---\nlora:\n  r: 4\n");
+  EXPECT_NE(error_of("lora:\n  ? [r, alpha]\n  : 4\n").find("recipe.yaml:2: a key must be a plain name (in section 'lora')"),
+            std::string::npos)
+      << error_of("lora:\n  ? [r, alpha]\n  : 4\n");
+}
+
 TEST(Recipe, MissingPathsNameTheKeyAndLine) {
   const Recipe recipe = Recipe::parse(kMinimal, "recipe.yaml");
   try {

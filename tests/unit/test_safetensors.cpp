@@ -2,6 +2,9 @@
 // fail with an error naming the file and the tensor, never crash or read out of bounds.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -126,4 +129,32 @@ TEST_F(TempDir, ReaderNamesMissingAndEmptyFiles) {
   }
   std::ofstream(path("empty.safetensors")).close();
   EXPECT_THROW(SafetensorsFile(path("empty.safetensors")), shardlora::Error);
+  // A FIFO would block the open forever, waiting for a writer.
+  ASSERT_EQ(::mkfifo(path("fifo.safetensors").c_str(), 0600), 0);
+  try {
+    SafetensorsFile fifo(path("fifo.safetensors"));
+    FAIL() << "no error";
+  } catch (const shardlora::Error& error) {
+    EXPECT_NE(std::string(error.what()).find("fifo.safetensors: not a regular file"), std::string::npos) << error.what();
+  }
+}
+
+TEST(SafetensorsHeader, LookupsStayFastWithManyEntries) {
+  // 50,000 entries: a linear find per tensor made a converter quadratic (40 s).
+  std::string json = "{";
+  constexpr int kEntries = 50000;
+  for (int i = 0; i < kEntries; ++i) {
+    json += (i ? "," : "") + std::string("\"t") + std::to_string(i) + "\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[" +
+            std::to_string(i) + "," + std::to_string(i + 1) + "]}";
+  }
+  json += "}";
+  std::vector<uint8_t> file(8 + json.size() + kEntries);
+  for (int i = 0; i < 8; ++i) file[i] = static_cast<uint8_t>(json.size() >> (8 * i));
+  std::memcpy(file.data() + 8, json.data(), json.size());
+  const auto header = parse_safetensors_header(file.data(), file.size(), "many.safetensors");
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < kEntries; ++i) ASSERT_NE(header.find("t" + std::to_string(i)), nullptr);
+  EXPECT_EQ(header.find("t" + std::to_string(kEntries)), nullptr);
+  // Well under a second on any machine (a linear scan takes tens of seconds).
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
 }

@@ -295,6 +295,17 @@ TEST_F(Tokenizers, UnsupportedOrBrokenFilesAreNamed) {
   EXPECT_NE(error_of({{"model", byte_level_model({})}}, {{"eos_token", "<|missing|>"}})
                 .find("tokenizer_config.json: eos_token '<|missing|>' is not in the tokenizer's vocabulary"),
             std::string::npos);
+  // Ids size a table: one far past the entries is refused before anything is allocated.
+  Json huge_id = {{"model", byte_level_model({})}};
+  huge_id["model"]["vocab"]["far"] = int64_t{1} << 40;
+  EXPECT_NE(error_of(huge_id).find("tokenizer.json: token 'far' has id 1099511627776, far beyond"), std::string::npos)
+      << error_of(huge_id);
+  // A field of the wrong type: the file is named, not only the JSON library's words.
+  Json wrong_type = {{"model", byte_level_model({})}};
+  wrong_type["model"]["unk_token"] = 7;
+  EXPECT_NE(error_of(wrong_type).find("tokenizer.json: a field has the wrong type"), std::string::npos) << error_of(wrong_type);
+  EXPECT_NE(error_of({{"model", byte_level_model({})}}, {{"eos_token", {{"content", 3}}}}).find("tokenizer_config.json: key 'eos_token'"),
+            std::string::npos);
   EXPECT_THROW(load_tokenizer(path("nowhere")), Error);
   const auto tokenizer = gpt2();
   EXPECT_THROW(tokenizer->decode({100000}), Error);

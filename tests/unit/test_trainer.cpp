@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include "shardlora/io/tensor_file.h"
 #include "shardlora/kernels/check.h"
@@ -54,6 +55,19 @@ TEST_F(TrainerRuns, ResumedRunEqualsTheUninterruptedOneBitForBit) {
   EXPECT_TRUE(fs::exists(path("straight/checkpoint-000004")));
   EXPECT_TRUE(fs::exists(path("straight/recipe.yaml")));
   EXPECT_EQ(Recipe::load(path("straight/recipe.yaml")).get_int("lora.r"), 4);
+}
+
+TEST_F(TrainerRuns, DataWithNothingToLearnFailsBeforeTheFirstStep) {
+  std::ofstream data(path("masked.jsonl"));
+  for (int i = 0; i < 8; ++i) data << R"({"input_ids": [5, 6, 7, 8], "labels": [-100, -100, -100, -100]})" << "\n";
+  data.close();
+  try {
+    Trainer(recipe("masked", {"data.train=" + path("masked.jsonl"), "data.format=tokenized"}));
+    ADD_FAILURE() << "a run without a single target was built";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("masked.jsonl: no example has a token to train on"), std::string::npos) << error.what();
+  }
+  EXPECT_FALSE(fs::exists(path("masked/metrics.jsonl")));
 }
 
 TEST_F(TrainerRuns, AccumulationDoesNotChangeTheLoss) {

@@ -104,7 +104,9 @@ class Parser {
   }
   bool flag(const Json& object, const char* key, bool fallback) const {
     const auto it = object.find(key);
-    return it == object.end() || it->is_null() ? fallback : it->get<bool>();
+    if (it == object.end() || it->is_null()) return fallback;
+    SHARDLORA_CHECK(it->is_boolean(), file_, ": '", key, "' must be true or false, found ", it->dump());
+    return it->get<bool>();
   }
   // A Replace / Split pattern: {"String": s} or {"Regex": r}.
   std::pair<std::string, bool> pattern(const Json& object, const std::string& where) const {
@@ -126,8 +128,22 @@ class BpeTokenizer : public Tokenizer {
  public:
   BpeTokenizer(const Json& json, const std::string& file) : parser_(file) {
     SHARDLORA_CHECK(json.is_object(), file, ": not a JSON object");
-    parse_model(parser_.field(json, "model", "the file"));
-    parse_added_tokens(json.value("added_tokens", Json::array()));
+    try {
+      parse(json);
+    } catch (const Json::exception& error) {  // a field of another type than the format's, met where no check names it
+      throw Error(file + ": a field has the wrong type for tokenizer.json (" + error.what() + ")");
+    }
+  }
+
+ private:
+  void parse(const Json& json) {
+    const Json& model = parser_.field(json, "model", "the file");
+    const Json added = json.value("added_tokens", Json::array());
+    // Ids index a table: one far beyond the entries (a corrupt file) must not size it.
+    const Json* vocab = model.is_object() && model.contains("vocab") ? &model["vocab"] : nullptr;
+    id_limit_ = static_cast<int64_t>((vocab ? vocab->size() : 0) + added.size()) * 4 + 65536;
+    parse_model(model);
+    parse_added_tokens(added);
     if (json.contains("normalizer") && !json["normalizer"].is_null()) add_normalizer(json["normalizer"], "normalizer");
     if (json.contains("pre_tokenizer") && !json["pre_tokenizer"].is_null()) {
       add_pre_tokenizer(json["pre_tokenizer"], "pre_tokenizer");
@@ -139,6 +155,7 @@ class BpeTokenizer : public Tokenizer {
     special_.add_bos = !template_prefix_.empty();
   }
 
+ public:
   std::vector<int64_t> encode(const std::string& text, bool add_special_tokens) const override {
     std::vector<int64_t> ids;
     if (add_special_tokens) ids = template_prefix_;
@@ -242,6 +259,8 @@ class BpeTokenizer : public Tokenizer {
   }
 
   void add_vocab(const std::string& token, int64_t id) {
+    SHARDLORA_CHECK(id < id_limit_, parser_.file(), ": token '", token, "' has id ", id, ", far beyond the file's ",
+                    (id_limit_ - 65536) / 4, " entries (a corrupt tokenizer.json?)");
     vocab_[token] = id;
     if (static_cast<size_t>(id) >= id_to_token_.size()) id_to_token_.resize(static_cast<size_t>(id) + 1);
     id_to_token_[static_cast<size_t>(id)] = token;
@@ -602,6 +621,7 @@ class BpeTokenizer : public Tokenizer {
 
   Parser parser_;
   std::unordered_map<std::string, int64_t> vocab_;
+  int64_t id_limit_ = 0;  // ids at or above it are refused (see parse)
   std::vector<std::string> id_to_token_;
   std::unordered_map<std::string, int64_t> merge_ranks_;
   std::optional<int64_t> unk_id_;

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "shardlora/data/utf8.h"
 #include "shardlora/io/durable_file.h"
 #include "shardlora/kernels/check.h"
 
@@ -257,7 +258,10 @@ std::string Dataset::record(int64_t index) const {
   if (!source_->files.empty()) {
     std::ifstream in(where, std::ios::binary);
     SHARDLORA_CHECK(in, where, ": cannot open");
-    return std::string(std::istreambuf_iterator<char>(in), {});
+    std::string text(std::istreambuf_iterator<char>(in), {});
+    SHARDLORA_CHECK(text.find('\0') == std::string::npos && is_valid_utf8(text), where,
+                    ": not UTF-8 text (a binary file among the .txt files?)");
+    return text;
   }
   const Span& span = source_->spans[static_cast<size_t>(index)];
   std::string bytes(span.end - span.begin, '\0');

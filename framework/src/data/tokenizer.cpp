@@ -16,7 +16,8 @@ std::optional<std::string> token_text(const nlohmann::json& config, const char* 
   const auto it = config.find(key);
   if (it == config.end() || it->is_null()) return std::nullopt;
   if (it->is_string()) return it->get<std::string>();
-  SHARDLORA_CHECK(it->is_object() && it->contains("content"), file, ": key '", key, "' must be a token string or an object with 'content'");
+  SHARDLORA_CHECK(it->is_object() && it->contains("content") && (*it)["content"].is_string(), file, ": key '", key,
+                  "' must be a token string or an object with a string 'content'");
   return (*it)["content"].get<std::string>();
 }
 

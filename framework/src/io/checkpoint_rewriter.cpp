@@ -59,7 +59,10 @@ CheckpointRewriteReport rewrite_checkpoint(const HfCheckpoint& checkpoint, const
         SHARDLORA_CHECK(listed != checkpoint.weight_map.end() && listed->second == shard, where, ": not listed for this shard in ",
                         kShardIndex);
       }
-      for (const auto& [name, part] : rewrite.rewrite(tensor, tensor_view(in, tensor), lookup, where)) {
+      const torch::Tensor view = tensor_view(in, tensor);
+      SHARDLORA_CHECK(!is_float_type(view.scalar_type()) || torch::isfinite(view).all().item<bool>(), where,
+                      ": holds NaN or infinite values");
+      for (const auto& [name, part] : rewrite.rewrite(tensor, view, lookup, where)) {
         const torch::Tensor host = part.cpu().contiguous();
         out.add(name, safetensors_dtype_name(host.scalar_type()), host.sizes().vec(), host.data_ptr(), host.nbytes());
         weight_map[name] = shard;

@@ -26,6 +26,9 @@ std::vector<int64_t> eos_token_ids(const std::string& json_path) {
 }
 
 nlohmann::json read_json_file(const std::string& path) {
+  std::error_code error;
+  // A FIFO or a device would block the read or never end.
+  SHARDLORA_CHECK(!fs::exists(path, error) || fs::is_regular_file(path, error), path, ": not a regular file");
   std::ifstream in(path, std::ios::binary);
   SHARDLORA_CHECK(in, path, ": cannot open");
   std::stringstream text;

@@ -147,12 +147,17 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* file, uint64_t file_by
 }
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   SHARDLORA_CHECK(fd >= 0, system_error("cannot open", path));
   struct stat info {};
   if (::fstat(fd, &info) != 0) {
     ::close(fd);
     throw Error(system_error("cannot stat", path));
+  }
+  if (!S_ISREG(info.st_mode)) {
+    ::close(fd);
+    throw Error(path + ": not a regular file");
   }
   map_bytes_ = static_cast<uint64_t>(info.st_size);
   if (map_bytes_ > 0) {

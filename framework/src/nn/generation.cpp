@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "shardlora/kernels/check.h"
 
@@ -37,6 +38,12 @@ std::vector<int64_t> generate(LlamaModel& model, const std::vector<int64_t>& pro
   for (const int64_t id : prompt) {
     SHARDLORA_CHECK(id >= 0 && id < vocab, "generate: prompt token id ", id, " is outside the vocabulary [0, ", vocab, ")");
   }
+  SHARDLORA_CHECK(std::isfinite(options.temperature) && options.temperature >= 0, "generate: temperature must be a finite number >= 0, not ",
+                  options.temperature);
+  // Checked before the KV cache grows: a long prompt would otherwise allocate for all of it.
+  const int64_t positions = model->config().max_position_embeddings;
+  SHARDLORA_CHECK(static_cast<int64_t>(prompt.size()) < positions, "generate: the prompt is ", prompt.size(),
+                  " tokens, the model's max_position_embeddings is ", positions);
   torch::NoGradGuard no_grad;
   model->eval();
   at::Generator generator = at::detail::createCPUGenerator(options.seed);

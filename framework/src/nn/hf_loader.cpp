@@ -19,7 +19,9 @@ namespace {
 // with SIGBUS. Float tensors are checked for NaN and infinities here, naming the tensor.
 class ShardedWeights {
  public:
-  explicit ShardedWeights(const io::HfCheckpoint& checkpoint) {
+  // `shapes_only`: tensors larger than a quant state's bookkeeping come back as meta tensors
+  // of their shape and dtype (a model built from them checks names and shapes, reads no data).
+  ShardedWeights(const io::HfCheckpoint& checkpoint, bool shapes_only) : shapes_only_(shapes_only) {
     for (const auto& shard : checkpoint.shards) {
       auto file = std::make_shared<io::SafetensorsFile>(checkpoint.path(shard));
       for (const auto& tensor : file->header().tensors) {
@@ -37,6 +39,9 @@ class ShardedWeights {
     const auto& [file, info] = it->second;
     const auto type = scalar_type_from_safetensors(info->dtype);
     SHARDLORA_CHECK(type, file->path(), ": tensor '", name, "': dtype ", info->dtype, " is not supported");
+    if (shapes_only_ && info->bytes() > kReadWhenCheckingBytes) {
+      return torch::empty(info->shape, torch::TensorOptions().dtype(*type).device(torch::kMeta));
+    }
     torch::Tensor tensor = torch::empty(info->shape, torch::TensorOptions().dtype(*type));
     std::memcpy(tensor.data_ptr(), file->data(*info), info->bytes());
     file->release(*info);
@@ -58,20 +63,33 @@ class ShardedWeights {
 
  private:
   std::map<std::string, std::pair<std::shared_ptr<io::SafetensorsFile>, const io::TensorInfo*>> index_;
+  static constexpr uint64_t kReadWhenCheckingBytes = 4096;  // bnb quant-state JSON, code tables
+  bool shapes_only_;
   std::set<std::string> used_;
 };
 
-}  // namespace
-
-LlamaModel load_hf_model(const std::string& dir, const ModelOptions& options) {
+LlamaModel build_model(const std::string& dir, const ModelOptions& options, bool shapes_only) {
   const io::HfCheckpoint checkpoint = io::open_hf_checkpoint(dir);
   const LlamaConfig config = parse_llama_config(checkpoint.config, checkpoint.path(io::kConfigFile));
-  ShardedWeights weights(checkpoint);
+  ShardedWeights weights(checkpoint, shapes_only);
   LlamaModel model(config, [&weights](const std::string& name) { return weights.find(name); }, options, dir);
   const auto extra = weights.unused(config);
   SHARDLORA_CHECK(extra.empty(), dir, ": ", extra.size(), " tensor(s) the ", config.model_type, " model does not use, e.g. '",
                   extra.empty() ? "" : extra.front(), "'");
   return model;
+}
+
+}  // namespace
+
+LlamaModel load_hf_model(const std::string& dir, const ModelOptions& options) { return build_model(dir, options, /*shapes_only=*/false); }
+
+void check_hf_model(const std::string& dir) {
+  ModelOptions options;
+  options.device = torch::kMeta;
+  options.compute_dtype = torch::kFloat32;
+  options.quantize_base = false;
+  options.lora.r = 0;
+  build_model(dir, options, /*shapes_only=*/true);
 }
 
 }  // namespace shardlora::nn

@@ -5,6 +5,7 @@
 #include "shardlora/io/checkpoint_rewriter.h"
 #include "shardlora/io/staging_directory.h"
 #include "shardlora/kernels/check.h"
+#include "shardlora/nn/hf_loader.h"
 #include "shardlora/nn/llama_config.h"
 #include "shardlora/nn/peft_adapter.h"
 #include "shardlora/quant/checkpoint_quantizer.h"
@@ -31,7 +32,7 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
                           const MergeOptions& options) {
   SHARDLORA_CHECK(is_float_type(options.dtype), "merge: the output dtype must be float32, float16 or bfloat16");
   const io::HfCheckpoint checkpoint = io::open_hf_checkpoint(base_dir);
-  parse_llama_config(checkpoint.config, checkpoint.path(io::kConfigFile));
+  check_hf_model(base_dir);  // nothing is written for a base no loader would take
   const PeftAdapter adapter = read_peft_adapter(adapter_dir);
   io::check_output_apart(out_dir, adapter_dir, "the adapter");
 

@@ -29,12 +29,17 @@ class EvalMode {
 
 }  // namespace
 
+torch::Tensor target_mask(const data::Batch& batch, torch::Device device) {
+  const int64_t length = batch.input_ids.size(1);
+  const torch::Tensor labels = batch.labels.to(device), documents = batch.document_ids.to(device);
+  const torch::Tensor same_document = documents.narrow(1, 1, length - 1).eq(documents.narrow(1, 0, length - 1));
+  return labels.narrow(1, 1, length - 1).ne(data::kIgnoreIndex).logical_and(same_document);
+}
+
 std::pair<torch::Tensor, int64_t> summed_loss(const torch::Tensor& logits, const data::Batch& batch) {
   const int64_t length = batch.input_ids.size(1);
-  const torch::Tensor labels = batch.labels.to(logits.device()), documents = batch.document_ids.to(logits.device());
-  const torch::Tensor targets = labels.narrow(1, 1, length - 1);
-  const torch::Tensor same_document = documents.narrow(1, 1, length - 1).eq(documents.narrow(1, 0, length - 1));
-  const torch::Tensor mask = targets.ne(data::kIgnoreIndex).logical_and(same_document);
+  const torch::Tensor targets = batch.labels.to(logits.device()).narrow(1, 1, length - 1);
+  const torch::Tensor mask = target_mask(batch, logits.device());
   const torch::Tensor predictions = logits.narrow(1, 0, length - 1).reshape({-1, logits.size(-1)});
   const torch::Tensor losses = torch::nn::functional::cross_entropy(
       predictions, targets.masked_fill(mask.logical_not(), 0).reshape({-1}),

@@ -157,10 +157,11 @@ std::string validate(const KeySpec& spec, const YAML::Node& node, const std::str
 void collect(const YAML::Node& node, const std::string& prefix, const std::string& name,
              std::map<std::string, std::pair<YAML::Node, int>>* leaves) {
   for (const auto& entry : node) {
-    const std::string key = entry.first.as<std::string>();
-    const std::string path = prefix.empty() ? key : prefix + "." + key;
     const int line = entry.first.Mark().line + 1;
     const std::string where = name + ":" + std::to_string(line);
+    SHARDLORA_CHECK(entry.first.IsScalar(), where, ": a key must be a plain name", prefix.empty() ? "" : " (in section '" + prefix + "')");
+    const std::string key = entry.first.as<std::string>();
+    const std::string path = prefix.empty() ? key : prefix + "." + key;
     if (find_spec(path)) {
       SHARDLORA_CHECK(!leaves->count(path), where, ": key '", path, "' is given twice");
       (*leaves)[path] = {entry.second, line};
@@ -272,12 +273,16 @@ std::string recipe_help() {
 }
 
 Recipe Recipe::parse(const std::string& yaml, const std::string& name, const std::vector<std::string>& overrides) {
-  YAML::Node root;
+  std::vector<YAML::Node> documents;
   try {
-    root = YAML::Load(yaml);
+    documents = YAML::LoadAll(yaml);
   } catch (const YAML::Exception& error) {
     throw Error(name + ":" + std::to_string(error.mark.line + 1) + ": invalid YAML: " + error.msg);
   }
+  // A second document would otherwise be ignored without a word.
+  SHARDLORA_CHECK(documents.size() <= 1, name, ":", documents.size() > 1 ? documents[1].Mark().line + 1 : 0,
+                  ": a second YAML document: a recipe is one document (remove the '---' or split the file)");
+  const YAML::Node root = documents.empty() ? YAML::Node() : documents.front();
   SHARDLORA_CHECK(root.IsNull() || root.IsMap(), name, ": a recipe is a mapping of sections");
   std::map<std::string, std::pair<YAML::Node, int>> leaves;
   if (root.IsMap()) collect(root, "", name, &leaves);

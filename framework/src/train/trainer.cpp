@@ -305,17 +305,23 @@ Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm, torch::Device d
   s.accumulation = recipe.get_int("training.gradient_accumulation_steps");
 
   s.total_steps = recipe.get_int("training.max_steps");
+  // A pass over this rank's shard (to its first target, or through the epoch when the steps
+  // come from epochs): data with nothing to learn from fails here, before any step.
+  data::DataLoader counter(*s.dataset, *s.tokenizer, s.train_indices, s.world, s.rank, seed, loader_options);
+  int64_t batches = 0, targets = 0;
+  while (counter.epoch() == 0 && (s.total_steps == 0 || targets == 0)) {
+    targets += target_mask(counter.next()).sum().item<int64_t>();
+    ++batches;
+  }
+  const auto scan = s.reduce_over_ranks(torch::tensor({-batches, targets}, torch::kInt64), dist::ReduceOp::Max);
+  SHARDLORA_CHECK(scan[1].item<int64_t>() > 0, recipe.get_string("data.train"),
+                  ": no example has a token to train on: every label is masked (-100, or only prompts with "
+                  "data.train_on_prompt off) or every example was truncated or dropped (data.max_seq_len ",
+                  recipe.get_int("data.max_seq_len"), "); ", data::describe(counter.position().stats));
   if (s.total_steps == 0) {
-    // Steps of the requested epochs: one pass over this rank's shard counts its batches; ranks
-    // agree on the smallest count (shards differ by at most one sample).
-    data::DataLoader counter(*s.dataset, *s.tokenizer, s.train_indices, s.world, s.rank, seed, loader_options);
-    int64_t batches = 0;
-    while (counter.epoch() == 0) {
-      counter.next();
-      ++batches;
-    }
-    batches = -s.reduce_over_ranks(torch::tensor({-batches}, torch::kInt64), dist::ReduceOp::Max).item<int64_t>();
-    s.total_steps = std::max<int64_t>(1, batches * recipe.get_int("training.epochs") / s.accumulation);
+    // Steps of the requested epochs; ranks agree on the smallest count (shards differ by at
+    // most one sample).
+    s.total_steps = std::max<int64_t>(1, -scan[0].item<int64_t>() * recipe.get_int("training.epochs") / s.accumulation);
   }
 
   torch::manual_seed(seed);

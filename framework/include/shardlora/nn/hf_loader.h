@@ -13,4 +13,9 @@ namespace shardlora::nn {
 
 LlamaModel load_hf_model(const std::string& dir, const ModelOptions& options);
 
+// The errors load_hf_model would give for the directory's config and tensor names, shapes
+// and dtypes, without reading the weights (built on the meta device): what quantize and
+// merge check before they write anything.
+void check_hf_model(const std::string& dir);
+
 }  // namespace shardlora::nn

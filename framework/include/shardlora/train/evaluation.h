@@ -19,6 +19,10 @@ namespace shardlora::train {
 // label at t + 1, taken when it is not -100 and t + 1 lies in t's document (packing).
 std::pair<torch::Tensor, int64_t> summed_loss(const torch::Tensor& logits, const data::Batch& batch);
 
+// Where the batch has a target ([batch, length - 1], bool, on `device`): the label is not
+// -100 and the token predicting it lies in the same packed document.
+torch::Tensor target_mask(const data::Batch& batch, torch::Device device = torch::kCPU);
+
 struct LossResult {
   double loss = 0;      // mean over target tokens
   int64_t tokens = 0;
