@@ -223,6 +223,26 @@ TEST_F(Tokenizers, RandomUnicodeRoundTrips) {
   }
 }
 
+// A record far longer than its sequence is tokenized only as far as it is kept; what is kept
+// must be exactly the head of the whole text's ids (added tokens, words and bytes alike).
+TEST_F(Tokenizers, APrefixEncodingIsTheHeadOfTheWholeEncoding) {
+  std::mt19937 rng(31);
+  const auto byte_level = gpt2(), llama3_style = llama3(), fallback = llama2(false), metaspace = llama2(true);
+  nn::write_random_hf_model(path("init"), {});  // a byte vocabulary without merges: the fast path
+  const auto init_model = load_tokenizer(path("init"));
+  for (int trial = 0; trial < 200; ++trial) {
+    std::string text = random_unicode(rng, 1 + static_cast<int>(rng() % 60));
+    if (trial % 3 == 0) text += "<|eot_id|> and <|endoftext|>" + random_unicode(rng, 10);
+    for (const Tokenizer* tokenizer : {byte_level.get(), llama3_style.get(), fallback.get(), metaspace.get(), init_model.get()}) {
+      const Ids whole = tokenizer->encode(text);
+      for (size_t keep : {size_t{0}, size_t{1}, whole.size() / 3, whole.size() / 2, whole.size(), whole.size() + 5}) {
+        const Ids head(whole.begin(), whole.begin() + static_cast<std::ptrdiff_t>(std::min(keep, whole.size())));
+        ASSERT_EQ(tokenizer->encode_prefix(text, keep), head) << "trial " << trial << ", keep " << keep;
+      }
+    }
+  }
+}
+
 TEST_F(Tokenizers, InitModelDirectoryIsAByteTokenizerWithSpecials) {
   nn::RandomModelSpec spec;
   nn::write_random_hf_model(path("model"), spec);

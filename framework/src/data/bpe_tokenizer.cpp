@@ -159,15 +159,17 @@ class BpeTokenizer : public Tokenizer {
   std::vector<int64_t> encode(const std::string& text, bool add_special_tokens) const override {
     std::vector<int64_t> ids;
     if (add_special_tokens) ids = template_prefix_;
-    size_t start = 0;
-    while (start < text.size()) {
-      const auto [at, added] = next_added_token(text, start);
-      if (at > start) encode_section(text.substr(start, at - start), start == 0, &ids);
-      if (added < 0) break;
-      ids.push_back(added);
-      start = at + added_tokens_[static_cast<size_t>(added_index_.at(added))].content.size();
-    }
+    encode_sections(text, SIZE_MAX, &ids);
     if (add_special_tokens) ids.insert(ids.end(), template_suffix_.begin(), template_suffix_.end());
+    return ids;
+  }
+
+  // Exact: pre-tokenized words are encoded independently, left to right, so the words
+  // before the cut come out as in the whole text.
+  std::vector<int64_t> encode_prefix(const std::string& text, size_t max_tokens) const override {
+    std::vector<int64_t> ids;
+    encode_sections(text, max_tokens, &ids);
+    if (ids.size() > max_tokens) ids.resize(max_tokens);
     return ids;
   }
 
@@ -540,13 +542,26 @@ class BpeTokenizer : public Tokenizer {
   }
 
   // Normalizes, pre-tokenizes and BPE-encodes text that holds no added token.
-  void encode_section(const std::string& raw, bool at_start, std::vector<int64_t>* ids) const {
+  // The text between added tokens, section by section, until `ids` holds max_tokens.
+  void encode_sections(const std::string& text, size_t max_tokens, std::vector<int64_t>* ids) const {
+    size_t start = 0;
+    while (start < text.size() && ids->size() < max_tokens) {
+      const auto [at, added] = next_added_token(text, start);
+      if (at > start) encode_section(text.substr(start, at - start), start == 0, max_tokens, ids);
+      if (added < 0 || ids->size() >= max_tokens) break;
+      ids->push_back(added);
+      start = at + added_tokens_[static_cast<size_t>(added_index_.at(added))].content.size();
+    }
+  }
+
+  void encode_section(const std::string& raw, bool at_start, size_t max_tokens, std::vector<int64_t>* ids) const {
     std::string text = raw;
     for (const Normalizer& normalizer : normalizers_) text = normalizer(std::move(text));
     std::vector<Piece> pieces = {{text, at_start}};
     for (const PreTokenizer& pre_tokenizer : pre_tokenizers_) pieces = pre_tokenizer(std::move(pieces));
     for (const Piece& piece : pieces) {
-      if (!piece.text.empty()) encode_word(piece.text, ids);
+      if (ids->size() >= max_tokens) return;
+      if (!piece.text.empty()) encode_word(piece.text, max_tokens, ids);
     }
   }
 
@@ -559,13 +574,27 @@ class BpeTokenizer : public Tokenizer {
 
   // BPE with a priority queue of adjacent pairs: lowest rank first, leftmost on ties (as
   // tokenizers does); stale entries are recognised by re-checking the pair's rank.
-  void encode_word(const std::string& word, std::vector<int64_t>* ids) const {
+  void encode_word(const std::string& word, size_t max_tokens, std::vector<int64_t>* ids) const {
     if (ignore_merges_) {
       if (const auto it = vocab_.find(word); it != vocab_.end()) {
         ids->push_back(it->second);
         return;
       }
     }
+    if (merge_ranks_.empty()) {
+      // Nothing merges (a byte- or character-level vocabulary): each symbol is a token, so
+      // a word is encoded only as far as it is kept.
+      bool last_was_unk = false;
+      for (size_t at = 0; at < word.size() && ids->size() < max_tokens;) {
+        const size_t length = std::min(utf8_length(static_cast<unsigned char>(word[at])), word.size() - at);
+        emit_symbol(word.substr(at, length), &last_was_unk, ids);
+        at += length;
+      }
+      return;
+    }
+    // Its merges need the whole word: BPE's working set is ~100 bytes a character.
+    SHARDLORA_CHECK(word.size() <= kMaxWordBytes, parser_.file(), ": a single word of ", word.size(),
+                    " bytes (no space or punctuation to split it at), over the ", kMaxWordBytes, "-byte limit: binary data?");
     std::vector<std::string> symbols = utf8_chars(word);
     const int64_t n = static_cast<int64_t>(symbols.size());
     std::vector<int64_t> prev(n), next(n);
@@ -596,32 +625,37 @@ class BpeTokenizer : public Tokenizer {
       push(left, next[left]);
     }
     bool last_was_unk = false;
-    for (int64_t i = 0; i >= 0 && i < n; i = next[i]) {
-      if (const auto it = vocab_.find(symbols[i]); it != vocab_.end()) {
-        ids->push_back(it->second);
-        last_was_unk = false;
-        continue;
-      }
-      if (byte_fallback_) {
-        for (const unsigned char byte : symbols[i]) {
-          char name[8];
-          std::snprintf(name, sizeof name, "<0x%02X>", byte);
-          const auto byte_token = vocab_.find(name);
-          SHARDLORA_CHECK(byte_token != vocab_.end(), parser_.file(), ": byte_fallback needs token ", name, " in the vocabulary");
-          ids->push_back(byte_token->second);
-        }
-        last_was_unk = false;
-        continue;
-      }
-      SHARDLORA_CHECK(unk_id_, parser_.file(), ": '", symbols[i], "' is not in the vocabulary and the model has no unk_token");
-      if (!(fuse_unk_ && last_was_unk)) ids->push_back(*unk_id_);
-      last_was_unk = true;
+    for (int64_t i = 0; i >= 0 && i < n; i = next[i]) emit_symbol(symbols[i], &last_was_unk, ids);
+  }
+
+  // A merged symbol's id: its vocabulary entry, else its bytes (byte_fallback), else unk
+  // (consecutive unks fused into one with fuse_unk).
+  void emit_symbol(const std::string& symbol, bool* last_was_unk, std::vector<int64_t>* ids) const {
+    if (const auto it = vocab_.find(symbol); it != vocab_.end()) {
+      ids->push_back(it->second);
+      *last_was_unk = false;
+      return;
     }
+    if (byte_fallback_) {
+      for (const unsigned char byte : symbol) {
+        char name[8];
+        std::snprintf(name, sizeof name, "<0x%02X>", byte);
+        const auto byte_token = vocab_.find(name);
+        SHARDLORA_CHECK(byte_token != vocab_.end(), parser_.file(), ": byte_fallback needs token ", name, " in the vocabulary");
+        ids->push_back(byte_token->second);
+      }
+      *last_was_unk = false;
+      return;
+    }
+    SHARDLORA_CHECK(unk_id_, parser_.file(), ": '", symbol, "' is not in the vocabulary and the model has no unk_token");
+    if (!(fuse_unk_ && *last_was_unk)) ids->push_back(*unk_id_);
+    *last_was_unk = true;
   }
 
   Parser parser_;
   std::unordered_map<std::string, int64_t> vocab_;
   int64_t id_limit_ = 0;  // ids at or above it are refused (see parse)
+  static constexpr size_t kMaxWordBytes = 1 << 20;
   std::vector<std::string> id_to_token_;
   std::unordered_map<std::string, int64_t> merge_ranks_;
   std::optional<int64_t> unk_id_;

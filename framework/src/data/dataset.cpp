@@ -311,13 +311,13 @@ std::vector<Message> Dataset::messages(int64_t index, const ChatTemplate& chat_t
 
 Example Dataset::example(int64_t index, const Tokenizer& tokenizer, const PromptOptions& prompt) const {
   const std::string where = location(index);
-  if (!source_->files.empty()) return tokenize_text(tokenizer, record(index));
+  if (!source_->files.empty()) return tokenize_text(tokenizer, record(index), prompt.max_tokens);
   const Json json = parsed_record(index);
   const FieldMap& f = options_.fields;
   Example example;
   switch (options_.format) {
     case DatasetFormat::Text:
-      example = tokenize_text(tokenizer, require_string(json, f.text, where));
+      example = tokenize_text(tokenizer, require_string(json, f.text, where), prompt.max_tokens);
       break;
     case DatasetFormat::Tokenized: {
       example.input_ids = token_list(require(json, f.input_ids, where), f.input_ids, where, tokenizer.vocab_size(), false);
@@ -333,7 +333,7 @@ Example Dataset::example(int64_t index, const Tokenizer& tokenizer, const Prompt
                       " format needs a chat template");
       const std::vector<Message> messages = conversation(json, where, *prompt.chat_template);
       try {
-        example = tokenize_segments(tokenizer, render_chat(*prompt.chat_template, messages), prompt.train_on_prompt);
+        example = tokenize_segments(tokenizer, render_chat(*prompt.chat_template, messages), prompt.train_on_prompt, prompt.max_tokens);
       } catch (const Error& error) {
         throw Error(where + ": " + error.what());
       }

@@ -56,11 +56,14 @@ int64_t Example::trainable_tokens() const {
   return std::count_if(labels.begin(), labels.end(), [](int64_t label) { return label != kIgnoreIndex; });
 }
 
-Example tokenize_segments(const Tokenizer& tokenizer, const std::vector<Segment>& segments, bool train_on_prompt) {
+Example tokenize_segments(const Tokenizer& tokenizer, const std::vector<Segment>& segments, bool train_on_prompt,
+                          size_t max_tokens) {
   Example example;
   for (const Segment& segment : segments) {
     if (segment.text.empty()) continue;
-    const std::vector<int64_t> ids = tokenizer.encode(segment.text);
+    if (example.input_ids.size() >= max_tokens) break;
+    const std::vector<int64_t> ids = max_tokens == SIZE_MAX ? tokenizer.encode(segment.text)
+                                                            : tokenizer.encode_prefix(segment.text, max_tokens - example.input_ids.size());
     const bool trained = segment.trainable || train_on_prompt;
     for (const int64_t id : ids) {
       example.input_ids.push_back(id);
@@ -75,8 +78,8 @@ Example tokenize_segments(const Tokenizer& tokenizer, const std::vector<Segment>
   return example;
 }
 
-Example tokenize_text(const Tokenizer& tokenizer, const std::string& text) {
-  Example example = tokenize_segments(tokenizer, {{text, true}});
+Example tokenize_text(const Tokenizer& tokenizer, const std::string& text, size_t max_tokens) {
+  Example example = tokenize_segments(tokenizer, {{text, true}}, /*train_on_prompt=*/false, max_tokens);
   if (const auto eos = tokenizer.special().eos) {
     example.input_ids.push_back(*eos);
     example.labels.push_back(*eos);

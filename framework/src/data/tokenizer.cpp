@@ -51,6 +51,12 @@ void read_special_tokens(const std::string& dir, const Tokenizer& tokenizer, Spe
 
 }  // namespace
 
+std::vector<int64_t> Tokenizer::encode_prefix(const std::string& text, size_t max_tokens) const {
+  std::vector<int64_t> ids = encode(text);
+  if (ids.size() > max_tokens) ids.resize(max_tokens);
+  return ids;
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
   std::unique_ptr<Tokenizer> tokenizer;
   if (const std::string json_path = model_dir + "/tokenizer.json"; fs::exists(json_path)) {

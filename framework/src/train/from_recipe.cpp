@@ -41,7 +41,7 @@ data::LoaderOptions loader_options_from(const Recipe& recipe, const data::ChatTe
   options.packing = recipe.get_bool("data.packing");
   options.over_length = recipe.get_string("data.over_length") == "drop" ? data::OverLength::Drop : data::OverLength::Truncate;
   options.skip_malformed = recipe.get_string("data.on_error") == "skip";
-  options.prompt = {chat_template, recipe.get_bool("data.train_on_prompt")};
+  options.prompt = {chat_template, recipe.get_bool("data.train_on_prompt"), static_cast<size_t>(options.max_seq_len) + 1};
   return options;
 }
 

@@ -45,6 +45,9 @@ struct DatasetOptions {
 struct PromptOptions {
   const ChatTemplate* chat_template = nullptr;  // alpaca and chat formats
   bool train_on_prompt = false;
+  // Tokens past this many are never produced (the loader asks for max_seq_len + 1: enough
+  // to truncate or drop as if the whole record had been tokenized).
+  size_t max_tokens = SIZE_MAX;
 };
 
 class Dataset {

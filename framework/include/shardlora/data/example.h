@@ -26,11 +26,13 @@ struct Example {
 
 // Each segment tokenized on its own (as torchtune and axolotl do), prompt segments labelled
 // kIgnoreIndex unless train_on_prompt. A tokenizer that adds bos gets it first unless the
-// text already starts with it.
-Example tokenize_segments(const Tokenizer& tokenizer, const std::vector<Segment>& segments, bool train_on_prompt = false);
+// text already starts with it. Segments stop being tokenized once `max_tokens` are out
+// (the result is then cut there, bos aside, as fit_to_length would cut the whole).
+Example tokenize_segments(const Tokenizer& tokenizer, const std::vector<Segment>& segments, bool train_on_prompt = false,
+                          size_t max_tokens = SIZE_MAX);
 
 // Plain text: bos (when the tokenizer adds one), the text, eos; every token trained on.
-Example tokenize_text(const Tokenizer& tokenizer, const std::string& text);
+Example tokenize_text(const Tokenizer& tokenizer, const std::string& text, size_t max_tokens = SIZE_MAX);
 
 enum class OverLength { Truncate, Drop };
 

@@ -27,6 +27,9 @@ class Tokenizer {
   // Ids of `text`. Special (added) tokens written in the text map to their ids; with
   // add_special_tokens the tokenizer's own template (e.g. a leading bos) is applied.
   virtual std::vector<int64_t> encode(const std::string& text, bool add_special_tokens = false) const = 0;
+  // The first `max_tokens` ids of encode(text): a tokenizer that can stops early, so a
+  // record far longer than the sequence it is cut to costs memory for what is kept.
+  virtual std::vector<int64_t> encode_prefix(const std::string& text, size_t max_tokens) const;
   // Text of `ids`; special tokens left out when skip_special. Ids outside the vocabulary are
   // an error.
   virtual std::string decode(const std::vector<int64_t>& ids, bool skip_special = false) const = 0;
