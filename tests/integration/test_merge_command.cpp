@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "shardlora/io/hf_checkpoint.h"
+#include "shardlora/io/tensor_file.h"
 #include "shardlora/nn/hf_loader.h"
 #include "shardlora/nn/peft_adapter.h"
 #include "shardlora/quant/checkpoint_quantizer.h"
@@ -87,6 +88,16 @@ TEST_F(MergeCommand, AnOutputOverItsBaseOrAdapterIsRefusedEvenWithForce) {
   }
   EXPECT_EQ(read_file(path("base/model.safetensors")), base);
   EXPECT_EQ(read_file(path("adapter/adapter_model.safetensors")), adapter);
+}
+
+TEST_F(MergeCommand, ABaseTheLoaderWouldRefuseIsRefusedBeforeAnythingIsWritten) {
+  auto tensors = io::read_tensor_file(path("base/model.safetensors"));
+  tensors.erase("model.layers.0.self_attn.k_proj.weight");
+  io::write_tensor_file(path("base/model.safetensors"), tensors);
+  const auto result = merge({path("base"), path("adapter"), path("out")});
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_NE(result.err.find("missing tensor 'model.layers.0.self_attn.k_proj.weight'"), std::string::npos) << result.err;
+  EXPECT_FALSE(fs::exists(path("out")));
 }
 
 TEST_F(MergeCommand, MismatchedAdapterIsNamedAndLeavesNothing) {

@@ -109,19 +109,21 @@ ssize_t pwrite64(int fd, const void* data, size_t size, off_t offset) {
   return real_pwrite64(fd, data, size, offset);
 }
 
-int fsync(int fd) {
-  REAL(fsync);
+static void fd_fault_point(const char* op, int fd) {
   char path[PATH_MAX];
   fd_path(fd, path, sizeof path);
-  fault_point("fsync", path);
+  fault_point(op, path);
+}
+
+int fsync(int fd) {
+  REAL(fsync);
+  fd_fault_point("fsync", fd);
   return real_fsync(fd);
 }
 
 int fdatasync(int fd) {
   REAL(fdatasync);
-  char path[PATH_MAX];
-  fd_path(fd, path, sizeof path);
-  fault_point("fdatasync", path);
+  fd_fault_point("fdatasync", fd);
   return real_fdatasync(fd);
 }
 

@@ -73,6 +73,8 @@ TEST(SafetensorsHeader, RejectsCorruptFilesNamingFileAndTensor) {
       {file_image(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})", std::string(8, 'x')), "tensor 'a' starts at byte 4"},
       {file_image(kTwoTensors, data + "zz"), "cover 11 of 13"},
       {file_image(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})", "xx"), "'a' appears twice"},
+      {file_image(R"({"__metadata__":{},"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"__metadata__":{}})", "x"), "'__metadata__' appears twice"},
+      {file_image(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)", "x"), "header is not valid JSON"},
       {file_image(R"({"__metadata__":{"format":1}})", ""), "__metadata__ value of 'format'"},
       {file_image(R"({"a":{"dtype":"U8","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,0]}})", ""), "shape overflows"},
       {file_image(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"extra":1}})", "x"), "unexpected field 'extra'"},
@@ -139,8 +141,9 @@ TEST_F(TempDir, ReaderNamesMissingAndEmptyFiles) {
   }
 }
 
-TEST(SafetensorsHeader, LookupsStayFastWithManyEntries) {
-  // 50,000 entries: a linear find per tensor made a converter quadratic (40 s).
+TEST(SafetensorsHeader, ParsingAndLookupsStayLinearWithManyEntries) {
+  // 50,000 entries: nlohmann's callback parser and a linear find per tensor each made
+  // reading such a header quadratic (28 s here, 40 s for quantize).
   std::string json = "{";
   constexpr int kEntries = 50000;
   for (int i = 0; i < kEntries; ++i) {
@@ -151,10 +154,10 @@ TEST(SafetensorsHeader, LookupsStayFastWithManyEntries) {
   std::vector<uint8_t> file(8 + json.size() + kEntries);
   for (int i = 0; i < 8; ++i) file[i] = static_cast<uint8_t>(json.size() >> (8 * i));
   std::memcpy(file.data() + 8, json.data(), json.size());
-  const auto header = parse_safetensors_header(file.data(), file.size(), "many.safetensors");
   const auto start = std::chrono::steady_clock::now();
+  const auto header = parse_safetensors_header(file.data(), file.size(), "many.safetensors");
   for (int i = 0; i < kEntries; ++i) ASSERT_NE(header.find("t" + std::to_string(i)), nullptr);
   EXPECT_EQ(header.find("t" + std::to_string(kEntries)), nullptr);
-  // Well under a second on any machine (a linear scan takes tens of seconds).
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  // A complexity guard, not a speed goal: 0.15 s here, against 28 s when quadratic.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
 }

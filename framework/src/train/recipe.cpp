@@ -285,11 +285,15 @@ Recipe Recipe::parse(const std::string& yaml, const std::string& name, const std
   const YAML::Node root = documents.empty() ? YAML::Node() : documents.front();
   SHARDLORA_CHECK(root.IsNull() || root.IsMap(), name, ": a recipe is a mapping of sections");
   std::map<std::string, std::pair<YAML::Node, int>> leaves;
-  if (root.IsMap()) collect(root, "", name, &leaves);
   Recipe recipe;
-  for (const auto& [key, leaf] : leaves) {
-    const std::string where = name + ":" + std::to_string(leaf.second);
-    recipe.values_[key] = {validate(*find_spec(key), leaf.first, where), where};
+  try {
+    if (root.IsMap()) collect(root, "", name, &leaves);
+    for (const auto& [key, leaf] : leaves) {
+      const std::string where = name + ":" + std::to_string(leaf.second);
+      recipe.values_[key] = {validate(*find_spec(key), leaf.first, where), where};
+    }
+  } catch (const YAML::Exception& error) {  // what the checks above did not foresee, still with its file and line
+    throw Error(name + ":" + std::to_string(error.mark.line + 1) + ": " + error.msg);
   }
   for (const std::string& override_text : overrides) {
     const size_t equals = override_text.find('=');
