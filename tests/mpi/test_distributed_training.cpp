@@ -438,3 +438,22 @@ TEST_F(DistributedTraining, ARankStoppedBeforeItJoinsEndsTheJobUnderLaunch) {
   ASSERT_GE(failure.seconds_after_signal, 0) << result.out;
   EXPECT_LE(failure.seconds_after_signal, kFailureTimeoutS + 10) << result.out;
 }
+
+// Frozen while it loads the model: the fault shim stops rank 1 as it opens model.safetensors.
+// Its watchdog, beating since it joined, falls silent with it, and rank 0 names it.
+TEST_F(DistributedTraining, ARankStoppedWhileLoadingTheModelIsNamedUnderMpirun) {
+  std::vector<std::string> command = {"env", std::string("LD_PRELOAD=") + SHARDLORA_FAULT_SHIM,
+                                      "SHARDLORA_FAULT_STOP_AT_OPEN=" + path("model") + "/model.safetensors",
+                                      "SHARDLORA_FAULT_ONLY_IF=OMPI_COMM_WORLD_RANK=1"};
+  const auto job = long_mpirun_run("loading");
+  command.insert(command.end(), job.begin(), job.end());
+  const auto start = std::chrono::steady_clock::now();
+  const auto result = run_process(command, 120.0);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_FALSE(result.timed_out) << result.out << result.err;
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_NE(result.err.find("fault-injection: SIGSTOP at open"), std::string::npos) << result.err;
+  EXPECT_NE(result.err.find("shardlora (rank 0 of 2): lost rank 1: no heartbeat for"), std::string::npos) << result.err;
+  EXPECT_LE(seconds, kFailureTimeoutS + 10) << "from mpirun's start, loading included";
+  EXPECT_FALSE(fs::exists(path("loading/metrics.jsonl"))) << "no step was taken";
+}

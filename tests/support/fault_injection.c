@@ -7,6 +7,10 @@
 //   SHARDLORA_FAULT_ARM=GLOB      counting starts at the first call on a path matching GLOB
 //   SHARDLORA_FAULT_SCOPE=GLOB    only calls on paths matching GLOB count (default: all)
 //   SHARDLORA_FAULT_KILL_AT=N     the process SIGKILLs itself just before the Nth counted call
+//   SHARDLORA_FAULT_STOP_AT_OPEN=GLOB  the process SIGSTOPs itself when it opens a matching
+//                                 path (a rank frozen while it loads the model)
+//   SHARDLORA_FAULT_ONLY_IF=NAME=VALUE  faults only in a process whose variable NAME is VALUE
+//                                 (one rank of those mpirun starts)
 //
 // Counted calls: write, pwrite, fsync, fdatasync, mkdir, rename, renameat, unlink,
 // unlinkat, rmdir, remove; a run of writes to one file counts once (a kill between two of
@@ -19,6 +23,7 @@
 #include <fnmatch.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,9 +36,21 @@ static atomic_int armed;
 static atomic_long counted;
 static char last_written[PATH_MAX];  // the file the previous counted call wrote, if it was a write
 
+// SHARDLORA_FAULT_ONLY_IF holds for this process (or is not set).
+static int chosen_process(void) {
+  const char* condition = getenv("SHARDLORA_FAULT_ONLY_IF");
+  if (!condition || !*condition) return 1;
+  const char* equals = strchr(condition, '=');
+  if (!equals) return 0;
+  char name[256];
+  snprintf(name, sizeof name, "%.*s", (int)(equals - condition), condition);
+  const char* value = getenv(name);
+  return value && strcmp(value, equals + 1) == 0;
+}
+
 static int matches(const char* pattern_variable, const char* path) {
   const char* pattern = getenv(pattern_variable);
-  return pattern && *pattern && path && fnmatch(pattern, path, 0) == 0;
+  return pattern && *pattern && path && fnmatch(pattern, path, 0) == 0 && chosen_process();
 }
 
 static void fd_path(int fd, char* path, size_t size) {
@@ -171,4 +188,50 @@ int remove(const char* path) {
   REAL(remove);
   fault_point("remove", path);
   return real_remove(path);
+}
+
+// open and openat: SIGSTOP when the path is the chosen one.
+static void before_open(const char* path) {
+  if (!matches("SHARDLORA_FAULT_STOP_AT_OPEN", path)) return;
+  char line[PATH_MAX + 64];
+  const int n = snprintf(line, sizeof line, "fault-injection: SIGSTOP at open %s\n", path);
+  syscall(SYS_write, 2, line, (size_t)(n > 0 ? n : 0));
+  kill(getpid(), SIGSTOP);
+}
+
+// The mode argument exists only when the flags create a file.
+static mode_t mode_of(int flags, va_list args) {
+  return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? (mode_t)va_arg(args, int) : 0;
+}
+
+int open(const char* path, int flags, ...) {
+  REAL(open);
+  va_list args;
+  va_start(args, flags);
+  const mode_t mode = mode_of(flags, args);
+  va_end(args);
+  before_open(path);
+  return real_open(path, flags, mode);
+}
+
+int open64(const char* path, int flags, ...) {
+  REAL(open64);
+  va_list args;
+  va_start(args, flags);
+  const mode_t mode = mode_of(flags, args);
+  va_end(args);
+  before_open(path);
+  return real_open64(path, flags, mode);
+}
+
+int openat(int dir, const char* name, int flags, ...) {
+  REAL(openat);
+  va_list args;
+  va_start(args, flags);
+  const mode_t mode = mode_of(flags, args);
+  va_end(args);
+  char path[PATH_MAX];
+  dir_fd_path(dir, name, path, sizeof path);
+  before_open(path);
+  return real_openat(dir, name, flags, mode);
 }

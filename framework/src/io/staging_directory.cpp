@@ -51,7 +51,13 @@ void StagingDirectory::commit() {
   const std::string previous = final_ + kRemovingSuffix + std::to_string(::getpid());
   const bool replacing = fs::exists(final_);
   if (replacing) rename_or_throw(final_, previous);
-  rename_or_throw(staging_, final_);
+  std::error_code error;
+  fs::rename(staging_, final_, error);
+  if (error) {
+    std::error_code ignored;
+    if (replacing) fs::rename(previous, final_, ignored);  // the old directory back under its name, not left as a leftover
+    throw Error(staging_ + ": cannot rename to " + final_ + ": " + error.message());
+  }
   committed_ = true;
   fsync_directory(parent_of(final_));
   if (replacing) remove_all_or_throw(previous);
