@@ -70,6 +70,20 @@ TEST_F(TrainerRuns, DataWithNothingToLearnFailsBeforeTheFirstStep) {
   EXPECT_FALSE(fs::exists(path("masked/metrics.jsonl")));
 }
 
+TEST_F(TrainerRuns, ACorruptTrainerStateIsNamedOnResume) {
+  Trainer(recipe("run", {"training.max_steps=2"})).run(StartMode::Fresh);
+  const auto newest = checkpoints(path("run")).back();
+  std::ofstream((newest / "trainer_state.json").string()) << R"({"step": "two", "data": {"epoch": 0}})";
+  try {
+    Trainer(recipe("run", {"training.max_steps=4"})).run(StartMode::Resume);
+    ADD_FAILURE() << "resumed from a corrupt trainer_state.json";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("checkpoint-000002/trainer_state.json: a key is missing or of the wrong type"),
+              std::string::npos)
+        << error.what();
+  }
+}
+
 TEST_F(TrainerRuns, AccumulationDoesNotChangeTheLoss) {
   // One micro-batch of 4 rows, or 4 micro-batches of 1: the same tokens, the same first loss.
   const auto one = recipe("one", {"training.micro_batch_size=4", "training.gradient_accumulation_steps=1",

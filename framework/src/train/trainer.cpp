@@ -219,11 +219,18 @@ struct Trainer::State {
     nn::load_adapter_weights(model, nn::read_peft_adapter((dir / "adapter").string()), label);
     optimizer->load((dir / "optimizer.safetensors").string());
     std::vector<data::LoaderPosition> saved;
-    if (state.contains("ranks")) {
-      for (const auto& row : state.at("ranks")) saved.push_back(position_from_json(row));
-    } else {
-      saved.push_back(position_from_json(state.at("data")));  // written by a single-rank version
+    int64_t saved_step = 0;
+    try {
+      if (state.contains("ranks")) {
+        for (const auto& row : state.at("ranks")) saved.push_back(position_from_json(row));
+      } else {
+        saved.push_back(position_from_json(state.at("data")));  // written by a single-rank version
+      }
+      saved_step = state.at("step").get<int64_t>();
+    } catch (const nlohmann::json::exception& error) {
+      throw Error(label + "/trainer_state.json: a key is missing or of the wrong type (" + error.what() + ")");
     }
+    SHARDLORA_CHECK(!saved.empty() && saved_step >= 0, label, "/trainer_state.json: no data position saved, or a negative step");
     const int saved_world = static_cast<int>(saved.size());
     const auto rng = io::read_tensor_file((dir / "rng.safetensors").string());
     for (at::Generator& generator : nn::dropout_generators(device)) {
@@ -246,7 +253,7 @@ struct Trainer::State {
                      static_cast<long long>(loader->position().sampler.epoch), static_cast<long long>(repeated));
       }
     }
-    step = state.at("step").get<int64_t>();
+    step = saved_step;
   }
 };
 
