@@ -204,25 +204,19 @@ static mode_t mode_of(int flags, va_list args) {
   return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? (mode_t)va_arg(args, int) : 0;
 }
 
-int open(const char* path, int flags, ...) {
-  REAL(open);
-  va_list args;
-  va_start(args, flags);
-  const mode_t mode = mode_of(flags, args);
-  va_end(args);
-  before_open(path);
-  return real_open(path, flags, mode);
-}
-
-int open64(const char* path, int flags, ...) {
-  REAL(open64);
-  va_list args;
-  va_start(args, flags);
-  const mode_t mode = mode_of(flags, args);
-  va_end(args);
-  before_open(path);
-  return real_open64(path, flags, mode);
-}
+// open and open64 are two symbols for one call.
+#define OPEN_WRAPPER(name)                          \
+  int name(const char* path, int flags, ...) {      \
+    REAL(name);                                     \
+    va_list args;                                   \
+    va_start(args, flags);                          \
+    const mode_t mode = mode_of(flags, args);       \
+    va_end(args);                                   \
+    before_open(path);                              \
+    return real_##name(path, flags, mode);          \
+  }
+OPEN_WRAPPER(open)
+OPEN_WRAPPER(open64)
 
 int openat(int dir, const char* name, int flags, ...) {
   REAL(openat);
