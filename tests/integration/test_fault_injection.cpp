@@ -200,3 +200,21 @@ TEST_F(FaultInjection, AFullDiskFailsInitModelAndQuantizeNamingTheFileAndLeavesN
   }
   expect_no_leftovers_in(root_.string());
 }
+
+TEST_F(FaultInjection, TwoTrainsIntoOneDirectoryTheSecondIsRefusedNamingTheFirst) {
+  // The first trains "forever"; once it holds the lock (its pid in the lock file), a second
+  // train into the same output.dir is started, then the first is stopped.
+  const std::string script = R"sh(
+"$BIN" train "$RECIPE" training.max_steps=100000 training.save_every=0 > /dev/null 2>&1 & first=$!
+for i in $(seq 600); do grep -q "pid $first" "$RUN/.shardlora-lock" 2>/dev/null && break; sleep 0.05; done
+"$BIN" train "$RECIPE" --overwrite; status=$?
+kill -TERM $first; wait $first
+echo "first pid $first, second status $status"
+)sh";
+  const auto result = run_process({"env", "BIN=" + shardlora_binary(), "RECIPE=" + path("recipe.yaml"), "RUN=" + path("run"), "bash", "-c", script});
+  ASSERT_NE(result.out.find("second status 1"), std::string::npos) << result.out << result.err;
+  const std::string first_pid = result.out.substr(result.out.find("first pid ") + 10, result.out.find(',') - result.out.find("first pid ") - 10);
+  EXPECT_NE(result.err.find("is in use by another run (host "), std::string::npos) << result.err;
+  EXPECT_NE(result.err.find(" pid " + first_pid + ";"), std::string::npos) << result.err;
+  EXPECT_FALSE(train::checkpoints(path("run")).empty()) << "the first run checkpointed on SIGTERM, undisturbed by the second";
+}
