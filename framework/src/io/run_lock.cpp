@@ -44,8 +44,9 @@ void lock_or_throw(int fd, const std::string& run_dir, const std::string& path) 
 
 void RunDirectoryLock::check_free(const std::string& run_dir) {
   const std::string path = run_dir + "/" + kFileName;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;  // never locked
+  // Read-write: NFS carries flock as a POSIX lock, and an exclusive one needs a writable descriptor.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return;  // never locked (or not ours to probe: the constructor will say)
   lock_or_throw(fd, run_dir, path);
   ::close(fd);  // and with it the probe's lock
 }
@@ -55,10 +56,7 @@ RunDirectoryLock::RunDirectoryLock(const std::string& run_dir) {
   const std::string path = run_dir + "/" + kFileName;
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   SHARDLORA_CHECK(fd_ >= 0, path, ": cannot open the run directory's lock: ", std::strerror(errno));
-  const int fd = fd_;
-  fd_ = -1;
-  lock_or_throw(fd, run_dir, path);
-  fd_ = fd;
+  lock_or_throw(fd_, run_dir, path);  // a constructor that throws runs no destructor: fd_ is closed there
   const std::string holder = "host " + this_host() + " pid " + std::to_string(::getpid()) + "\n";
   if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, holder.data(), holder.size(), 0) != static_cast<ssize_t>(holder.size())) {
     const std::string why = std::strerror(errno);
