@@ -135,27 +135,6 @@ class BpeTokenizer : public Tokenizer {
     }
   }
 
- private:
-  void parse(const Json& json) {
-    const Json& model = parser_.field(json, "model", "the file");
-    const Json added = json.value("added_tokens", Json::array());
-    // Ids index a table: one far beyond the entries (a corrupt file) must not size it.
-    const Json* vocab = model.is_object() && model.contains("vocab") ? &model["vocab"] : nullptr;
-    id_limit_ = static_cast<int64_t>((vocab ? vocab->size() : 0) + added.size()) * 4 + 65536;
-    parse_model(model);
-    parse_added_tokens(added);
-    if (json.contains("normalizer") && !json["normalizer"].is_null()) add_normalizer(json["normalizer"], "normalizer");
-    if (json.contains("pre_tokenizer") && !json["pre_tokenizer"].is_null()) {
-      add_pre_tokenizer(json["pre_tokenizer"], "pre_tokenizer");
-    }
-    if (json.contains("decoder") && !json["decoder"].is_null()) add_decoder(json["decoder"], "decoder");
-    if (json.contains("post_processor") && !json["post_processor"].is_null()) {
-      parse_post_processor(json["post_processor"], "post_processor");
-    }
-    special_.add_bos = !template_prefix_.empty();
-  }
-
- public:
   std::vector<int64_t> encode(const std::string& text, bool add_special_tokens) const override {
     std::vector<int64_t> ids;
     if (add_special_tokens) ids = template_prefix_;
@@ -213,6 +192,24 @@ class BpeTokenizer : public Tokenizer {
     bool special;
   };
 
+  void parse(const Json& json) {
+    const Json& model = parser_.field(json, "model", "the file");
+    const Json added = json.value("added_tokens", Json::array());
+    const Json* vocab = model.is_object() && model.contains("vocab") ? &model["vocab"] : nullptr;
+    entries_ = static_cast<int64_t>((vocab ? vocab->size() : 0) + added.size());
+    parse_model(model);
+    parse_added_tokens(added);
+    if (json.contains("normalizer") && !json["normalizer"].is_null()) add_normalizer(json["normalizer"], "normalizer");
+    if (json.contains("pre_tokenizer") && !json["pre_tokenizer"].is_null()) {
+      add_pre_tokenizer(json["pre_tokenizer"], "pre_tokenizer");
+    }
+    if (json.contains("decoder") && !json["decoder"].is_null()) add_decoder(json["decoder"], "decoder");
+    if (json.contains("post_processor") && !json["post_processor"].is_null()) {
+      parse_post_processor(json["post_processor"], "post_processor");
+    }
+    special_.add_bos = !template_prefix_.empty();
+  }
+
   void parse_model(const Json& model) {
     const std::string type = parser_.string(model, "type", "model");
     if (type != "BPE") parser_.unsupported("model.type", model["type"]);
@@ -261,8 +258,9 @@ class BpeTokenizer : public Tokenizer {
   }
 
   void add_vocab(const std::string& token, int64_t id) {
-    SHARDLORA_CHECK(id < id_limit_, parser_.file(), ": token '", token, "' has id ", id, ", far beyond the file's ",
-                    (id_limit_ - 65536) / 4, " entries (a corrupt tokenizer.json?)");
+    // Ids index a table: one far beyond the entries (a corrupt file) must not size it.
+    SHARDLORA_CHECK(id < 4 * entries_ + 65536, parser_.file(), ": token '", token, "' has id ", id, ", far beyond the file's ",
+                    entries_, " entries (a corrupt tokenizer.json?)");
     vocab_[token] = id;
     if (static_cast<size_t>(id) >= id_to_token_.size()) id_to_token_.resize(static_cast<size_t>(id) + 1);
     id_to_token_[static_cast<size_t>(id)] = token;
@@ -654,7 +652,7 @@ class BpeTokenizer : public Tokenizer {
 
   Parser parser_;
   std::unordered_map<std::string, int64_t> vocab_;
-  int64_t id_limit_ = 0;  // ids at or above it are refused (see parse)
+  int64_t entries_ = 0;  // vocab and added tokens in the file: bounds the ids (add_vocab)
   static constexpr size_t kMaxWordBytes = 1 << 20;
   std::vector<std::string> id_to_token_;
   std::unordered_map<std::string, int64_t> merge_ranks_;
