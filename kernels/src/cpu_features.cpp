@@ -16,7 +16,15 @@ bool cpu_has_sse41() {
   return supported && g_simd_enabled.load(std::memory_order_relaxed);
 }
 
-const char* cpu_kernel_isa() { return cpu_has_sse41() ? "sse4.1" : "scalar"; }
+bool cpu_has_avx2() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return supported && g_simd_enabled.load(std::memory_order_relaxed);
+}
+
+const char* cpu_kernel_isa() {
+  if (cpu_has_avx2()) return "avx2";
+  return cpu_has_sse41() ? "sse4.1" : "scalar";
+}
 
 void set_cpu_simd_enabled(bool enabled) { g_simd_enabled.store(enabled, std::memory_order_relaxed); }
 

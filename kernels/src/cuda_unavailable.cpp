@@ -2,9 +2,13 @@
 // every CUDA entry point fails with one precise message.
 #include "adamw_impl.h"
 #include "blockwise_8bit_impl.h"
+#include "cross_entropy_impl.h"
 #include "dequantize_4bit_impl.h"
 #include "gemv_4bit_impl.h"
 #include "quantize_4bit_impl.h"
+#include "rms_norm_impl.h"
+#include "rope_impl.h"
+#include "swiglu_impl.h"
 #include "shardlora/kernels/check.h"
 #include "shardlora/kernels/device.h"
 
@@ -59,6 +63,20 @@ void adamw_step_8bit_cuda(float*, const float*, AdamW8bitState, int64_t, const A
 }
 void gemv_4bit_cuda(const Packed4bit&, Gemv4bitShape, const void*, DType, void*, DType, Stream) {
   no_cuda("gemv_4bit");
+}
+void rms_norm_forward_cuda(const void*, const void*, void*, float*, RmsNormShape, float, DType, Stream) {
+  no_cuda("rms_norm_forward");
+}
+void rms_norm_backward_cuda(const void*, const void*, const void*, const float*, void*, float*, RmsNormShape, DType, Stream) {
+  no_cuda("rms_norm_backward");
+}
+void rope_apply_cuda(void*, const void*, const void*, RopeShape, RopeDirection, DType, Stream) { no_cuda("rope_apply"); }
+void swiglu_forward_cuda(const void*, const void*, void*, int64_t, DType, Stream) { no_cuda("swiglu_forward"); }
+void swiglu_backward_cuda(const void*, const void*, const void*, void*, void*, int64_t, DType, Stream) {
+  no_cuda("swiglu_backward");
+}
+void cross_entropy_rows_cuda(void*, const int64_t*, float*, CrossEntropyShape, int64_t, bool, DType, Stream) {
+  no_cuda("cross_entropy_rows");
 }
 
 }  // namespace shardlora::kernels

@@ -7,6 +7,7 @@
 
 #include <cstring>
 
+#include "gpu/cuda_test_support.h"
 #include "numerics/adamw_cases.h"
 #include "numerics/gemv_cases.h"
 #include "shardlora/kernels/blockwise_8bit.h"
@@ -15,42 +16,6 @@ using namespace shardlora::kernels;
 using namespace shardlora::testing;
 
 namespace {
-
-// Device memory holding a copy of a host vector (or scratch of a given size).
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) : bytes_(bytes), pointer_(bytes ? cuda_malloc(bytes) : nullptr) {}
-  template <typename T>
-  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size() * sizeof(T)) {
-    if (bytes_) cuda_copy_to_device(pointer_, host.data(), bytes_);
-  }
-  ~DeviceBuffer() {
-    if (pointer_) cuda_free(pointer_);
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  template <typename T>
-  T* as() const { return static_cast<T*>(pointer_); }
-  template <typename T>
-  std::vector<T> to_host(size_t count) const {
-    cuda_synchronize();
-    std::vector<T> host(count);
-    if (count) cuda_copy_to_host(host.data(), pointer_, count * sizeof(T));
-    return host;
-  }
-
- private:
-  size_t bytes_;
-  void* pointer_;
-};
-
-class KernelsCuda : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const CudaRuntimeInfo info = cuda_runtime_info();
-    if (info.device_count == 0) GTEST_SKIP() << "no CUDA device: " << info.status;
-  }
-};
 
 std::vector<int64_t> sizes_with_a_large_one() {
   std::vector<int64_t> sizes = kAwkwardSizes;

@@ -1,12 +1,14 @@
-// Run-time SIMD selection for the CPU kernels. Functions using SSE4.1 intrinsics are
-// compiled with SHARDLORA_TARGET_SSE41 and called only when cpu_has_sse41() is true, so
-// the library still runs on any x86-64.
+// Run-time SIMD selection for the CPU kernels. Functions using SSE4.1 (AVX2) intrinsics are
+// compiled with SHARDLORA_TARGET_SSE41 (_AVX2) and called only when cpu_has_sse41()
+// (cpu_has_avx2()) is true, so the library still runs on any x86-64.
 #pragma once
 
 #define SHARDLORA_TARGET_SSE41 __attribute__((target("ssse3,sse4.1")))
+#define SHARDLORA_TARGET_AVX2 __attribute__((target("avx2,f16c")))
 
 namespace shardlora::kernels {
 
 bool cpu_has_sse41();
+bool cpu_has_avx2();  // with F16C
 
 }  // namespace shardlora::kernels

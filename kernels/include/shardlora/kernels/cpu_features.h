@@ -4,7 +4,8 @@
 
 namespace shardlora::kernels {
 
-// "sse4.1" or "scalar": the path the CPU kernels take now.
+// "avx2" (the fused ops; the others use its SSE4.1), "sse4.1" or "scalar": the paths
+// the CPU kernels take now.
 const char* cpu_kernel_isa();
 
 // Tests and benchmarks turn SIMD off to exercise and compare the scalar path.

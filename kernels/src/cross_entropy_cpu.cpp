@@ -1,0 +1,81 @@
+// cross_entropy_rows on the CPU: OpenMP threads over rows. Per row three passes (max, sum of
+// exponentials, gradient), AVX2 eight logits at a time with the reference's operations and
+// lane order; a row's last vocab % 8 logits go through the scalar forms on the same lanes.
+// Without AVX2 the reference runs on each row.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "common/avx2_math.h"
+#include "common/load_element.h"
+#include "cross_entropy_impl.h"
+
+namespace shardlora::kernels {
+namespace {
+
+using avx2::at;
+
+template <DType kDType>
+SHARDLORA_TARGET_AVX2 void row_avx2(void* z, int64_t target, float* loss, int64_t vocab, bool write_gradient) {
+  using In = InputElement<kDType>;
+  const auto* values = static_cast<const typename In::type*>(z);
+  const int64_t vector_end = vocab - vocab % 8;
+  alignas(32) float lane[kSumLanes];
+
+  __m256 lanes = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t c = 0; c < vector_end; c += 8) lanes = _mm256_max_ps(avx2::load8<kDType>(at<kDType>(z, c)), lanes);
+  _mm256_store_ps(lane, lanes);
+  for (int64_t c = vector_end; c < vocab; ++c) lane[c % kSumLanes] = std::max(lane[c % kSumLanes], In::to_float(values[c]));
+  const float m = *std::max_element(lane, lane + kSumLanes);
+
+  const __m256 shift = _mm256_set1_ps(m);
+  lanes = _mm256_setzero_ps();
+  for (int64_t c = 0; c < vector_end; c += 8) {
+    lanes = _mm256_add_ps(lanes, avx2::exp_approx(_mm256_sub_ps(avx2::load8<kDType>(at<kDType>(z, c)), shift)));
+  }
+  _mm256_store_ps(lane, lanes);
+  for (int64_t c = vector_end; c < vocab; ++c) lane[c % kSumLanes] += exp_approx(In::to_float(values[c]) - m);
+  const float sum = combine_lanes(lane);
+
+  const bool valid = target >= 0 && target < vocab;
+  const float target_logit = valid ? In::to_float(values[target]) : std::numeric_limits<float>::quiet_NaN();
+  *loss = (m + std::log(sum)) - target_logit;
+  if (!write_gradient) return;
+  const float inverse = 1.0f / sum;
+  if (!valid) {
+    for (int64_t c = 0; c < vocab; ++c) static_cast<typename In::type*>(z)[c] = OutputElement<kDType>::from_float(target_logit);
+    return;
+  }
+  const __m256 scale = _mm256_set1_ps(inverse);
+  for (int64_t c = 0; c < vector_end; c += 8) {
+    const __m256 p = _mm256_mul_ps(avx2::exp_approx(_mm256_sub_ps(avx2::load8<kDType>(at<kDType>(z, c)), shift)), scale);
+    avx2::store8<kDType>(at<kDType>(z, c), p);
+  }
+  auto* out = static_cast<typename In::type*>(z);
+  for (int64_t c = vector_end; c < vocab; ++c) out[c] = OutputElement<kDType>::from_float(exp_approx(In::to_float(values[c]) - m) * inverse);
+  out[target] = OutputElement<kDType>::from_float(exp_approx(target_logit - m) * inverse - 1.0f);
+}
+
+}  // namespace
+
+void cross_entropy_rows_cpu(void* logits, const int64_t* targets, float* losses, CrossEntropyShape shape,
+                            int64_t ignore_index, bool write_gradient, DType dtype) {
+  const bool simd = cpu_has_avx2();
+  dispatch_float_dtype(dtype, [&](auto tag) {
+    constexpr DType kDType = decltype(tag)::value;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < shape.rows; ++r) {
+      void* row = at<kDType>(logits, r * shape.vocab);
+      if (!simd || targets[r] == ignore_index) {
+        cross_entropy_rows_ref(row, targets + r, losses + r, {1, shape.vocab}, ignore_index, write_gradient, dtype);
+      } else {
+        row_avx2<kDType>(row, targets[r], losses + r, shape.vocab, write_gradient);
+      }
+    }
+  });
+}
+
+}  // namespace shardlora::kernels
