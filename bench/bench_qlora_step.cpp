@@ -6,7 +6,6 @@
 //
 //   bench_qlora_step [--preset small|tiny] [--seq 512] [--steps 3] [--rank 16] [--threads N]
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -16,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "child_process.h"
 #include "shardlora/nn/hf_loader.h"
 #include "shardlora/nn/random_model.h"
 
@@ -62,35 +62,6 @@ Result run_variant(const std::string& dir, bool quantized, const Args& args) {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   result.peak_rss_mb = usage.ru_maxrss / 1024.0;
-  return result;
-}
-
-// Runs `work` in a child process and reads its result back through a pipe: peaks of resident
-// memory stay separate, and the parent never starts OpenMP threads (fork would inherit them).
-template <typename Work>
-Result in_child(const Work& work) {
-  int channel[2];
-  if (pipe(channel) != 0) throw std::runtime_error("pipe failed");
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(channel[0]);
-    int status = 0;
-    try {
-      const Result result = work();
-      status = write(channel[1], &result, sizeof result) == sizeof result ? 0 : 1;
-    } catch (const std::exception& error) {
-      std::fprintf(stderr, "child failed: %s\n", error.what());
-      status = 1;
-    }
-    _exit(status);
-  }
-  close(channel[1]);
-  Result result;
-  const bool got = read(channel[0], &result, sizeof result) == sizeof result;
-  close(channel[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (!got || !WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error("child process failed");
   return result;
 }
 

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "shardlora/kernels/check.h"
+#include "shardlora/nn/fused_ops.h"
 
 namespace shardlora::nn {
 
@@ -31,12 +32,6 @@ torch::Tensor require(const quant::TensorLookup& weights, const std::string& nam
   SHARDLORA_CHECK(found->sizes().vec() == shape, label, ": tensor '", name, "' has shape ", shape_text(found->sizes()),
                   ", the config implies ", shape_text(shape));
   return *found;
-}
-
-
-torch::Tensor rotate_half(const torch::Tensor& x) {
-  const auto halves = x.chunk(2, -1);
-  return torch::cat({-halves[1], halves[0]}, -1);
 }
 
 using torch::autograd::AutogradContext;
@@ -223,21 +218,16 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
 }
 
 torch::Tensor LlamaModelImpl::rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const {
-  // HF LlamaRMSNorm: normalize in float32, cast back, then scale.
-  const torch::Tensor x32 = x.to(torch::kFloat32);
-  const torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + config_.rms_norm_eps);
-  return weight * normed.to(x.scalar_type());
+  return nn::rms_norm(x, weight, config_.rms_norm_eps);
 }
 
 torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, const torch::Tensor& cos,
                                         const torch::Tensor& sin, const torch::Tensor& allowed, KvCache* cache, size_t index) {
   const int64_t batch = x.size(0), seq = x.size(1), heads = config_.num_attention_heads,
                 kv_heads = config_.num_key_value_heads, dim = config_.head_dim;
-  torch::Tensor q = layer.q->forward(x).view({batch, seq, heads, dim}).transpose(1, 2);
-  torch::Tensor k = layer.k->forward(x).view({batch, seq, kv_heads, dim}).transpose(1, 2);
+  torch::Tensor q = apply_rope(layer.q->forward(x), cos, sin, heads).view({batch, seq, heads, dim}).transpose(1, 2);
+  torch::Tensor k = apply_rope(layer.k->forward(x), cos, sin, kv_heads).view({batch, seq, kv_heads, dim}).transpose(1, 2);
   torch::Tensor v = layer.v->forward(x).view({batch, seq, kv_heads, dim}).transpose(1, 2);
-  q = q * cos + rotate_half(q) * sin;
-  k = k * cos + rotate_half(k) * sin;
   if (cache) {
     if (cache->keys.size() <= index) {
       cache->keys.resize(index + 1);
@@ -270,10 +260,14 @@ torch::Tensor LlamaModelImpl::layer_forward(size_t index, const torch::Tensor& h
   Layer& layer = layers_[index];
   const torch::Tensor mid = h + attention(layer, rms_norm(h, layer.input_norm), cos, sin, allowed, cache, index);
   const torch::Tensor normed = rms_norm(mid, layer.post_attention_norm);
-  return mid + layer.down->forward(torch::silu(layer.gate->forward(normed)) * layer.up->forward(normed));
+  return mid + layer.down->forward(swiglu(layer.gate->forward(normed), layer.up->forward(normed)));
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& options) {
+  return lm_head_->forward(hidden_states(input_ids, options)).to(torch::kFloat32);
+}
+
+torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, const ForwardOptions& options) {
   SHARDLORA_CHECK(input_ids.dim() == 2, "input_ids must be [batch, seq], got ", input_ids.sizes());
   const int64_t batch = input_ids.size(0), seq = input_ids.size(1);
   const int64_t past = options.cache ? options.cache->length : 0;
@@ -297,11 +291,11 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const Forw
         torch::arange(past, past + seq, longs).view({-1, 1}) - torch::arange(past + seq, longs).view({1, -1});
     windowed = allowed.logical_and(distance.lt(*config_.sliding_window).view({1, 1, seq, past + seq}));
   }
-  // HF LlamaRotaryEmbedding: angles in float32, cos / sin cast to the compute dtype.
+  // HF LlamaRotaryEmbedding: angles in float32, cos / sin cast to the compute dtype (HF
+  // repeats them for the second half of each head; the tables keep one half).
   const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq_.view({1, 1, -1});
-  const torch::Tensor emb = torch::cat({angles, angles}, -1);
   const auto dtype = options_.compute_dtype;
-  const torch::Tensor cos = emb.cos().to(dtype).unsqueeze(1), sin = emb.sin().to(dtype).unsqueeze(1);
+  const torch::Tensor cos = angles.cos().to(dtype), sin = angles.sin().to(dtype);
 
   torch::Tensor h = torch::embedding(embed_, ids);
   if (sharded_) sharded_->begin_forward(is_training() && torch::GradMode::is_enabled() && !options.cache);
@@ -315,7 +309,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const Forw
                    : layer_forward(index, h, cos, sin, mask, options.cache);
   }
   if (options.cache) options.cache->length += seq;
-  return lm_head_->forward(rms_norm(h, final_norm_)).to(torch::kFloat32);
+  return rms_norm(h, final_norm_);
 }
 
 }  // namespace shardlora::nn

@@ -36,15 +36,14 @@ torch::Tensor target_mask(const data::Batch& batch, torch::Device device) {
   return labels.narrow(1, 1, length - 1).ne(data::kIgnoreIndex).logical_and(same_document);
 }
 
-std::pair<torch::Tensor, int64_t> summed_loss(const torch::Tensor& logits, const data::Batch& batch) {
+nn::SummedLoss summed_loss(nn::LlamaModel& model, const data::Batch& batch) {
+  const torch::Tensor hidden =
+      model->hidden_states(batch.input_ids, {.position_ids = batch.position_ids, .document_ids = batch.document_ids});
   const int64_t length = batch.input_ids.size(1);
-  const torch::Tensor targets = batch.labels.to(logits.device()).narrow(1, 1, length - 1);
-  const torch::Tensor mask = target_mask(batch, logits.device());
-  const torch::Tensor predictions = logits.narrow(1, 0, length - 1).reshape({-1, logits.size(-1)});
-  const torch::Tensor losses = torch::nn::functional::cross_entropy(
-      predictions, targets.masked_fill(mask.logical_not(), 0).reshape({-1}),
-      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-  return {(losses * mask.reshape({-1}).to(losses.scalar_type())).sum(), mask.sum().item<int64_t>()};
+  const torch::Tensor mask = target_mask(batch, hidden.device());
+  const torch::Tensor targets = batch.labels.to(hidden.device()).narrow(1, 1, length - 1).masked_fill(mask.logical_not(), data::kIgnoreIndex);
+  const torch::Tensor predicting = hidden.narrow(1, 0, length - 1).reshape({-1, hidden.size(-1)});
+  return nn::linear_cross_entropy(predicting, model->lm_head_weight(), targets.reshape({-1}));
 }
 
 double LossResult::perplexity() const { return std::exp(loss); }
@@ -77,19 +76,20 @@ std::vector<data::Batch> eval_batches(const data::Dataset& dataset, const std::v
 
 std::optional<LossResult> evaluate_loss(nn::LlamaModel& model, const std::vector<data::Batch>& batches, int64_t forward_passes) {
   const EvalMode eval_mode(model);
-  double loss = 0;
-  int64_t tokens = 0;
+  // Summed on the device, read once.
+  torch::Tensor loss = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(model->lm_head_weight().device()));
+  torch::Tensor counted = torch::zeros({}, loss.options().dtype(torch::kInt64));
   for (const data::Batch& batch : batches) {
-    const auto [sum, count] =
-        summed_loss(model->forward(batch.input_ids, {.position_ids = batch.position_ids, .document_ids = batch.document_ids}), batch);
-    loss += sum.item<double>();
-    tokens += count;
+    const nn::SummedLoss summed = summed_loss(model, batch);
+    loss += summed.sum.to(torch::kFloat64);
+    counted += summed.count;
   }
+  const int64_t tokens = counted.item<int64_t>();
   for (auto pass = static_cast<int64_t>(batches.size()); pass < forward_passes; ++pass) {
     model->forward(torch::zeros({1, 1}, torch::kInt64));
   }
   if (tokens == 0) return std::nullopt;
-  return LossResult{loss / static_cast<double>(tokens), tokens};
+  return LossResult{loss.item<double>() / static_cast<double>(tokens), tokens};
 }
 
 std::optional<LossResult> evaluate_loss(nn::LlamaModel& model, const data::Dataset& dataset, const std::vector<int64_t>& indices,

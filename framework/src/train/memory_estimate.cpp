@@ -4,6 +4,7 @@
 #include <set>
 
 #include "shardlora/kernels/check.h"
+#include "shardlora/nn/fused_ops.h"
 
 namespace shardlora::train {
 namespace {
@@ -53,10 +54,10 @@ struct LayerActivations {
 
 LayerActivations layer_activations(const nn::LlamaConfig& c, int64_t dtype_bytes, int64_t lora_r, bool lora_dropout) {
   const int64_t h = c.hidden_size, q = c.q_size(), i = c.intermediate_size;
-  int64_t per_token = 2 * (4 + dtype_bytes) * h  // two RMSNorms: the fp32 input and the scaled output (the Linears' input)
-                      + dtype_bytes * 3 * q      // rotated q, k and v repeated to every head, as the attention matmuls keep them
-                      + dtype_bytes * q          // the attention output, o_proj's input
-                      + dtype_bytes * 4 * i;     // gate, up, silu(gate) and the product (down_proj's input)
+  int64_t per_token = 2 * 2 * dtype_bytes * h  // two fused RMSNorms: the input and the output (the Linears' input)
+                      + dtype_bytes * 3 * q    // q, k (rotated in place) and v repeated to every head, as attention keeps them
+                      + dtype_bytes * q        // the attention output, o_proj's input
+                      + dtype_bytes * 3 * i;   // fused SwiGLU: gate, up and the product (down_proj's input)
   if (lora_r > 0) {
     int64_t inputs = 0;
     for (const auto& linear : layer_linears(c)) inputs += linear.in;
@@ -132,7 +133,10 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
     const int64_t attention_transient = 3 * tokens * seq * c.num_attention_heads * 4;
     return kept + attention_transient + tokens * c.hidden_size * dtype_bytes;  // and the embedding output
   };
-  const int64_t logits = 3 * tokens * c.vocab_size * 4;  // fp32 logits, log-softmax, their gradient
+  // The chunked loss (nn::linear_cross_entropy): one chunk of logits, overwritten by its
+  // gradient, and a transient of the product; the gradient with respect to the hidden states.
+  const int64_t chunk_rows = nn::loss_chunk_rows(tokens, c.hidden_size, c.vocab_size);
+  const int64_t logits = 2 * chunk_rows * c.vocab_size * dtype_bytes + tokens * (c.hidden_size * dtype_bytes + 4);
 
   std::vector<MemoryEstimate> estimates;
   for (const Method method : {Method::FullFinetune, Method::Lora16, Method::QLora}) {
@@ -167,7 +171,7 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
       }
       e.rows.push_back(row("activations", activation_bytes(true), true));
     }
-    e.rows.push_back(row("logits (fp32)", logits, true));
+    e.rows.push_back(row("logits (chunked)", logits, true));
     if (world > 1) {
       // Two buckets in flight, capped by what there is to reduce.
       const int64_t gradient_bytes = method == Method::FullFinetune ? 2 * parameter_count(c) : 4 * adapter_params;

@@ -384,25 +384,26 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
   double tokens_seen = 0;
   while (s.step < s.total_steps) {
     s.optimizer->zero_grad();
+    // Loss and target count stay on the device until the step's one read (no host sync per
+    // micro-batch); the token count comes from the batch, on the host.
     torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(s.device));
-    int64_t local_targets = 0, local_tokens = 0;
+    torch::Tensor local_targets = torch::zeros({}, loss_sum.options().dtype(torch::kInt64));
+    int64_t local_tokens = 0;
     for (int64_t micro = 0; micro < s.accumulation; ++micro) {
       const data::Batch batch = s.loader->next();
-      const torch::Tensor logits =
-          s.model->forward(batch.input_ids, {.position_ids = batch.position_ids, .document_ids = batch.document_ids});
-      auto [loss, count] = summed_loss(logits, batch);
+      const nn::SummedLoss loss = summed_loss(s.model, batch);
       if (s.buckets && micro + 1 == s.accumulation) s.buckets->arm();  // the last backward all-reduces as it goes
-      loss.backward();
-      loss_sum += loss.detach().to(torch::kFloat64);
-      local_targets += count;
+      loss.sum.backward();
+      loss_sum += loss.sum.detach().to(torch::kFloat64);
+      local_targets += loss.count;
       local_tokens += batch.document_ids.ge(0).sum().item<int64_t>();
     }
     // Loss, targets, tokens and the stop request, summed over ranks in one call: every rank
     // then divides by the same target count and stops at the same step.
     const bool stop_here = hooks.stop && hooks.stop(s.step + 1);
-    const auto totals = s.reduce_over_ranks(torch::stack({loss_sum.cpu(), torch::tensor(static_cast<double>(local_targets), torch::kFloat64),
-                                                       torch::tensor(static_cast<double>(local_tokens), torch::kFloat64),
-                                                       torch::tensor(stop_here ? 1.0 : 0.0, torch::kFloat64)}));
+    const auto totals = s.reduce_over_ranks(torch::cat({torch::stack({loss_sum, local_targets.to(torch::kFloat64)}).cpu(),
+                                                        torch::tensor({static_cast<double>(local_tokens), stop_here ? 1.0 : 0.0},
+                                                                      torch::kFloat64)}));
     if (s.buckets) s.buckets->finish();
     const auto targets = static_cast<int64_t>(totals[1].item<double>());
     tokens_seen += totals[2].item<double>();

@@ -64,6 +64,7 @@ class DenseLinear : public FrozenLinear {
   torch::Tensor dense_weight(c10::ScalarType dtype) const override { return weight_.to(dtype); }
   int64_t in_features() const override { return weight_.size(1); }
   int64_t out_features() const override { return weight_.size(0); }
+  const torch::Tensor& weight() const { return weight_; }
 
  private:
   torch::Tensor weight_;

@@ -63,6 +63,10 @@ class LlamaModelImpl : public torch::nn::Module {
 
   // input_ids [batch, seq] -> logits [batch, seq, vocab] in float32.
   torch::Tensor forward(const torch::Tensor& input_ids, const ForwardOptions& options = {});
+  // The final normed hidden states [batch, seq, hidden] in the compute dtype: what the
+  // logits are computed from (the chunked loss takes them with lm_head_weight()).
+  torch::Tensor hidden_states(const torch::Tensor& input_ids, const ForwardOptions& options = {});
+  const torch::Tensor& lm_head_weight() const { return lm_head_->weight(); }
 
   // Decoder layer `index` on h [batch, seq, hidden] (used by forward and by its recomputation).
   torch::Tensor layer_forward(size_t index, const torch::Tensor& h, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -86,7 +90,7 @@ class LlamaModelImpl : public torch::nn::Module {
   LlamaConfig config_;
   ModelOptions options_;
   torch::Tensor embed_, final_norm_, inv_freq_;
-  std::shared_ptr<FrozenLinear> lm_head_;
+  std::shared_ptr<DenseLinear> lm_head_;
   std::vector<Layer> layers_;
   std::vector<std::pair<std::string, AdaptedLinear>> linears_;
   std::unique_ptr<ShardedBase> sharded_;

@@ -11,13 +11,16 @@
 
 #include "shardlora/data/data_loader.h"
 #include "shardlora/data/dataset.h"
+#include "shardlora/nn/fused_ops.h"
 #include "shardlora/nn/llama.h"
 
 namespace shardlora::train {
 
-// Loss summed over the batch's targets, and their count: the target of position t is the
-// label at t + 1, taken when it is not -100 and t + 1 lies in t's document (packing).
-std::pair<torch::Tensor, int64_t> summed_loss(const torch::Tensor& logits, const data::Batch& batch);
+// The model's loss on a batch summed over its targets, and their count, both on the model's
+// device (nothing waits for them): the target of position t is the label at t + 1, taken
+// when it is not -100 and t + 1 lies in t's document (packing). The logits are computed in
+// chunks and never held whole (nn::linear_cross_entropy).
+nn::SummedLoss summed_loss(nn::LlamaModel& model, const data::Batch& batch);
 
 // Where the batch has a target ([batch, length - 1], bool, on `device`): the label is not
 // -100 and the token predicting it lies in the same packed document.

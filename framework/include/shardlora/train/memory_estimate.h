@@ -7,7 +7,7 @@
 // all-gather buffer of two layers), float embeddings / norms / lm_head, adapters (fp32),
 // their gradients, optimizer state by placement and bit width, activations of one
 // micro-batch (with and without activation checkpointing; eager attention keeps the
-// [heads, T, T] scores), fp32 logits, gradient buckets, and the runtime itself (libtorch and
+// [heads, T, T] scores), one chunk of logits (the loss is chunked), gradient buckets, and the runtime itself (libtorch and
 // the process on the host; the CUDA context on a GPU).
 #pragma once
 
