@@ -29,7 +29,7 @@ void expect_cached_logits_equal_full(LlamaModel& model) {
   std::vector<torch::Tensor> pieces = {model->forward(ids.narrow(1, 0, 6), {.cache = &cache})};
   for (int64_t t = 6; t < 10; ++t) pieces.push_back(model->forward(ids.narrow(1, t, 1), {.cache = &cache}));
   EXPECT_EQ(cache.length, 10);
-  EXPECT_TRUE(torch::allclose(torch::cat(pieces, 1), full, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(torch::cat(pieces, 1), full, 1e-5, 1e-5)) << std::get<0>((torch::cat(pieces, 1) - full).abs().max(-1));
 }
 
 }  // namespace

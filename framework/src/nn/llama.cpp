@@ -34,6 +34,77 @@ torch::Tensor require(const quant::TensorLookup& weights, const std::string& nam
   return *found;
 }
 
+// K / V heads repeated for every query head (what attention without native GQA needs).
+torch::Tensor repeat_kv(const torch::Tensor& kv, int64_t heads) {
+  return kv.size(1) == heads ? kv : kv.repeat_interleave(heads / kv.size(1), 1);
+}
+
+// q [B, H, T, D] over k, v [B, KV, T', D] where `allowed` [B|1, 1, T, T'] says (HF eager
+// attention on libtorch 1.13: scores in the compute dtype, softmax in float32).
+torch::Tensor masked_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& allowed) {
+  const int64_t heads = q.size(1);
+#if TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(q, repeat_kv(k, heads), repeat_kv(v, heads), allowed);
+#else
+  torch::Tensor scores = torch::matmul(q, repeat_kv(k, heads).transpose(2, 3)) / std::sqrt(static_cast<double>(q.size(-1)));
+  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  return torch::matmul(torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type()), repeat_kv(v, heads));
+#endif
+}
+
+// Causal attention of q over k, v of the same length, no mask in memory: on libtorch 2.x SDPA
+// with is_causal (FlashAttention on a GPU) and, from 2.5, K / V heads shared without copies.
+torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+  return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, /*enable_gqa=*/k.size(1) != q.size(1));
+#elif TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(q, repeat_kv(k, q.size(1)), repeat_kv(v, q.size(1)), {}, 0.0, /*is_causal=*/true);
+#else
+  const int64_t length = q.size(2);
+  const auto longs = torch::TensorOptions(torch::kInt64).device(q.device());
+  const torch::Tensor causal = torch::arange(length, longs).view({1, -1}).le(torch::arange(length, longs).view({-1, 1}));
+  return masked_attention(q, k, v, causal.view({1, 1, length, length}));
+#endif
+}
+
+// Attention within each document of a packed batch: `segments` [S, 3] (row, start, length)
+// on the host, every position of every row in one segment, in order. A batch of one
+// document per row is one call.
+torch::Tensor segmented_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& segments) {
+  const int64_t batch = q.size(0), seq = q.size(2);
+  const auto s = segments.accessor<int64_t, 2>();
+  if (segments.size(0) == batch) return causal_attention(q, k, v);
+  std::vector<torch::Tensor> rows;
+  for (int64_t i = 0; i < segments.size(0);) {
+    const int64_t row = s[i][0];
+    std::vector<torch::Tensor> pieces;
+    for (; i < segments.size(0) && s[i][0] == row; ++i) {
+      const auto slice = [&](const torch::Tensor& t) { return t.narrow(0, row, 1).narrow(2, s[i][1], s[i][2]); };
+      pieces.push_back(causal_attention(slice(q), slice(k), slice(v)));
+    }
+    rows.push_back(pieces.size() == 1 ? pieces[0] : torch::cat(pieces, 2));
+  }
+  SHARDLORA_CHECK(static_cast<int64_t>(rows.size()) == batch && rows[0].size(2) == seq, "attention segments do not tile the batch");
+  return torch::cat(rows, 0);
+}
+
+// The segments of `document_ids` [B, T] (runs of one id; padding, -1, is a run too), as
+// segmented_attention takes them, and the longest.
+std::pair<torch::Tensor, int64_t> document_segments(const torch::Tensor& document_ids) {
+  const torch::Tensor docs = document_ids.to(torch::kCPU, torch::kInt64).contiguous();
+  const auto d = docs.accessor<int64_t, 2>();
+  std::vector<int64_t> flat;
+  int64_t longest = 0;
+  for (int64_t row = 0; row < docs.size(0); ++row) {
+    for (int64_t start = 0, end = 0; start < docs.size(1); start = end) {
+      while (end < docs.size(1) && d[row][end] == d[row][start]) ++end;
+      flat.insert(flat.end(), {row, start, end - start});
+      longest = std::max(longest, end - start);
+    }
+  }
+  return {torch::tensor(flat, torch::kInt64).view({-1, 3}), longest};
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
@@ -59,16 +130,16 @@ void set_rng_states(std::vector<at::Generator>& generators, const std::vector<to
 // through it, which accumulates the adapters' gradients directly.
 struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& h, LlamaModelImpl* model, int64_t index,
-                               const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& allowed) {
+                               const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& layout) {
     ctx->save_for_backward({h});
     ctx->saved_data["model"] = reinterpret_cast<int64_t>(model);
     ctx->saved_data["index"] = index;
     ctx->saved_data["cos"] = cos;
     ctx->saved_data["sin"] = sin;
-    ctx->saved_data["allowed"] = allowed;
+    ctx->saved_data["layout"] = layout;
     std::vector<at::Generator> generators = dropout_generators(h.device());
     ctx->saved_data["rng"] = rng_states(generators);
-    return model->layer_forward(static_cast<size_t>(index), h, cos, sin, allowed, nullptr);
+    return model->layer_forward(static_cast<size_t>(index), h, cos, sin, layout, nullptr);
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_outputs) {
@@ -82,7 +153,7 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
       torch::AutoGradMode enable(true);
       out = model->layer_forward(static_cast<size_t>(ctx->saved_data["index"].toInt()), h,
                                  ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor(),
-                                 ctx->saved_data["allowed"].toTensor(), nullptr);
+                                 ctx->saved_data["layout"].toTensor(), nullptr);
     }
     set_rng_states(generators, states_now);
     torch::autograd::backward({out}, {grad_outputs[0]});
@@ -222,7 +293,7 @@ torch::Tensor LlamaModelImpl::rms_norm(const torch::Tensor& x, const torch::Tens
 }
 
 torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, const torch::Tensor& cos,
-                                        const torch::Tensor& sin, const torch::Tensor& allowed, KvCache* cache, size_t index) {
+                                        const torch::Tensor& sin, const torch::Tensor& layout, KvCache* cache, size_t index) {
   const int64_t batch = x.size(0), seq = x.size(1), heads = config_.num_attention_heads,
                 kv_heads = config_.num_key_value_heads, dim = config_.head_dim;
   torch::Tensor q = apply_rope(layer.q->forward(x), cos, sin, heads).view({batch, seq, heads, dim}).transpose(1, 2);
@@ -240,25 +311,14 @@ torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, co
     cache->keys[index] = k;
     cache->values[index] = v;
   }
-  if (kv_heads != heads) {
-    k = k.repeat_interleave(heads / kv_heads, 1);
-    v = v.repeat_interleave(heads / kv_heads, 1);
-  }
-#if TORCH_VERSION_MAJOR >= 2
-  torch::Tensor out = at::scaled_dot_product_attention(q, k, v, allowed);
-#else
-  // HF eager attention: scores in the compute dtype, softmax in float32.
-  torch::Tensor scores = torch::matmul(q, k.transpose(2, 3)) / std::sqrt(static_cast<double>(dim));
-  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
-  torch::Tensor out = torch::matmul(torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type()), v);
-#endif
+  const torch::Tensor out = layout.scalar_type() == torch::kBool ? masked_attention(q, k, v, layout) : segmented_attention(q, k, v, layout);
   return layer.o->forward(out.transpose(1, 2).reshape({batch, seq, heads * dim}));
 }
 
 torch::Tensor LlamaModelImpl::layer_forward(size_t index, const torch::Tensor& h, const torch::Tensor& cos,
-                                            const torch::Tensor& sin, const torch::Tensor& allowed, KvCache* cache) {
+                                            const torch::Tensor& sin, const torch::Tensor& layout, KvCache* cache) {
   Layer& layer = layers_[index];
-  const torch::Tensor mid = h + attention(layer, rms_norm(h, layer.input_norm), cos, sin, allowed, cache, index);
+  const torch::Tensor mid = h + attention(layer, rms_norm(h, layer.input_norm), cos, sin, layout, cache, index);
   const torch::Tensor normed = rms_norm(mid, layer.post_attention_norm);
   return mid + layer.down->forward(swiglu(layer.gate->forward(normed), layer.up->forward(normed)));
 }
@@ -277,20 +337,31 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   const auto longs = torch::TensorOptions(torch::kInt64).device(device);
   const torch::Tensor positions =
       options.position_ids ? options.position_ids->to(device) : torch::arange(past, past + seq, longs).expand({batch, seq});
-  // allowed[b, 1, i, j]: token i may attend to j (j <= i counting cached tokens, same document).
-  torch::Tensor allowed =
-      torch::arange(past + seq, longs).view({1, -1}).le(torch::arange(past, past + seq, longs).view({-1, 1})).view({1, 1, seq, past + seq});
-  if (options.document_ids) {
-    const torch::Tensor docs = options.document_ids->to(device);
-    allowed = allowed.logical_and(docs.unsqueeze(2).eq(docs.unsqueeze(1)).unsqueeze(1));
+  // Without a cache, attention runs per document (segmented_attention, no mask); a sliding
+  // window shorter than the longest document, or decoding after cached tokens, takes the
+  // dense masks: allowed[b, 1, i, j], token i may attend to j (j <= i counting cached
+  // tokens, same document), and that within the window (HF: by cache position, not position
+  // id): j > i - window.
+  torch::Tensor segments, allowed, windowed;
+  int64_t longest = past + seq;  // with a cache: how far back a token may look
+  if (!options.cache) {
+    std::tie(segments, longest) = options.document_ids ? document_segments(*options.document_ids)
+                                                       : document_segments(torch::zeros({batch, seq}, torch::kInt64));
   }
-  // Sliding window (HF: by cache position, not position id): j > i - window.
-  torch::Tensor windowed;
-  if (config_.sliding_window) {
-    const torch::Tensor distance =
-        torch::arange(past, past + seq, longs).view({-1, 1}) - torch::arange(past + seq, longs).view({1, -1});
-    windowed = allowed.logical_and(distance.lt(*config_.sliding_window).view({1, 1, seq, past + seq}));
+  const bool window_binds = config_.sliding_window && *config_.sliding_window < longest;
+  if (options.cache || window_binds) {
+    allowed = torch::arange(past + seq, longs).view({1, -1}).le(torch::arange(past, past + seq, longs).view({-1, 1})).view({1, 1, seq, past + seq});
+    if (options.document_ids) {
+      const torch::Tensor docs = options.document_ids->to(device);
+      allowed = allowed.logical_and(docs.unsqueeze(2).eq(docs.unsqueeze(1)).unsqueeze(1));
+    }
+    if (window_binds) {
+      const torch::Tensor distance =
+          torch::arange(past, past + seq, longs).view({-1, 1}) - torch::arange(past + seq, longs).view({1, -1});
+      windowed = allowed.logical_and(distance.lt(*config_.sliding_window).view({1, 1, seq, past + seq}));
+    }
   }
+  const torch::Tensor& unwindowed = options.cache ? allowed : segments;
   // HF LlamaRotaryEmbedding: angles in float32, cos / sin cast to the compute dtype (HF
   // repeats them for the second half of each head; the tables keep one half).
   const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq_.view({1, 1, -1});
@@ -304,9 +375,10 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   // (HF's enable_input_require_grads does the same).
   if (checkpoint) h = h.detach().requires_grad_(true);
   for (size_t index = 0; index < layers_.size(); ++index) {
-    const torch::Tensor& mask = config_.layer_uses_window(static_cast<int64_t>(index)) ? windowed : allowed;
-    h = checkpoint ? CheckpointedLayer::apply(h, this, static_cast<int64_t>(index), cos, sin, mask)
-                   : layer_forward(index, h, cos, sin, mask, options.cache);
+    const bool in_window = window_binds && config_.layer_uses_window(static_cast<int64_t>(index));
+    const torch::Tensor& layout = in_window ? windowed : unwindowed;
+    h = checkpoint ? CheckpointedLayer::apply(h, this, static_cast<int64_t>(index), cos, sin, layout)
+                   : layer_forward(index, h, cos, sin, layout, options.cache);
   }
   if (options.cache) options.cache->length += seq;
   return rms_norm(h, final_norm_);

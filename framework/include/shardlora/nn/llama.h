@@ -1,7 +1,7 @@
 // A decoder-only Llama-family transformer in libtorch, following Hugging Face's
 // modeling_llama / modeling_qwen2: RMSNorm, rotary embeddings (rotate-half, llama3 scaling),
-// grouped-query attention with a causal mask restricted to each document of a packed
-// sequence, SwiGLU MLP, optionally tied embeddings. The decoder Linears are frozen (4-bit or
+// grouped-query attention, causal within each document of a packed sequence (per document,
+// without a mask, unless a sliding window or a KV cache needs one), SwiGLU MLP, optionally tied embeddings. The decoder Linears are frozen (4-bit or
 // float) with LoRA adapters on the target modules; only the adapters are parameters.
 #pragma once
 
@@ -69,8 +69,11 @@ class LlamaModelImpl : public torch::nn::Module {
   const torch::Tensor& lm_head_weight() const { return lm_head_->weight(); }
 
   // Decoder layer `index` on h [batch, seq, hidden] (used by forward and by its recomputation).
+  // layout: which positions attend to which, either a boolean mask [batch | 1, 1, seq,
+  // past + seq] or, without a mask, the rows' documents as int64 [segments, 3] (row, start,
+  // length) on the host, causal within each.
   torch::Tensor layer_forward(size_t index, const torch::Tensor& h, const torch::Tensor& cos, const torch::Tensor& sin,
-                              const torch::Tensor& allowed, KvCache* cache);
+                              const torch::Tensor& layout, KvCache* cache);
 
   const LlamaConfig& config() const { return config_; }
   // Every decoder Linear by its HF module path ("model.layers.0.self_attn.q_proj").
@@ -84,7 +87,7 @@ class LlamaModelImpl : public torch::nn::Module {
     AdaptedLinear q, k, v, o, gate, up, down;
   };
   torch::Tensor attention(Layer& layer, const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                          const torch::Tensor& allowed, KvCache* cache, size_t index);
+                          const torch::Tensor& layout, KvCache* cache, size_t index);
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const;
 
   LlamaConfig config_;
