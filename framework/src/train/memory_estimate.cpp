@@ -124,19 +124,25 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
   const auto row = [&](const std::string& name, int64_t bytes, bool on_device) {
     return options.on_gpu && on_device ? MemoryRow{name, bytes, 0} : MemoryRow{name, 0, bytes};
   };
+  // Attention on a GPU is FlashAttention (libtorch 2.x SDPA, no [T, T] terms); libtorch
+  // 1.13 on the CPU computes eager attention per document, counted here for documents as
+  // long as a row (the worst case: packed short documents take less).
+  const bool eager_attention = !options.on_gpu;
   const auto activation_bytes = [&](bool lora) {
     const LayerActivations per_layer = layer_activations(c, dtype_bytes, lora ? r : 0, lora && recipe.get_float("lora.dropout") > 0);
-    const int64_t one_layer = tokens * per_layer.per_token + tokens * seq * per_layer.per_token_position;
+    const int64_t one_layer = tokens * per_layer.per_token + (eager_attention ? tokens * seq * per_layer.per_token_position : 0);
     // Checkpointing keeps each layer's input and recomputes one layer at a time in backward.
     const int64_t kept = checkpointing ? layers * tokens * c.hidden_size * dtype_bytes + one_layer : layers * one_layer;
-    // Transient while one layer runs: its fp32 scores, masked scores and their gradient.
-    const int64_t attention_transient = 3 * tokens * seq * c.num_attention_heads * 4;
-    return kept + attention_transient + tokens * c.hidden_size * dtype_bytes;  // and the embedding output
+    return kept + tokens * c.hidden_size * dtype_bytes;  // and the embedding output
   };
-  // The chunked loss (nn::linear_cross_entropy): one chunk of logits, overwritten by its
-  // gradient, and a transient of the product; the gradient with respect to the hidden states.
+  // What is live beside the kept activations only for a while, the larger of: one layer's
+  // eager attention (fp32 scores, masked scores and their gradient) as it runs, and the
+  // chunked loss (nn::linear_cross_entropy): one chunk of logits, overwritten by its
+  // gradient, and the gradient with respect to the hidden states.
+  const int64_t attention_transient = eager_attention ? 3 * tokens * seq * c.num_attention_heads * 4 : 0;
   const int64_t chunk_rows = nn::loss_chunk_rows(tokens, c.hidden_size, c.vocab_size);
-  const int64_t logits = 2 * chunk_rows * c.vocab_size * dtype_bytes + tokens * (c.hidden_size * dtype_bytes + 4);
+  const int64_t loss_transient = chunk_rows * c.vocab_size * dtype_bytes + tokens * (c.hidden_size * dtype_bytes + 4);
+  const int64_t transient = std::max(attention_transient, loss_transient);
 
   std::vector<MemoryEstimate> estimates;
   for (const Method method : {Method::FullFinetune, Method::Lora16, Method::QLora}) {
@@ -171,7 +177,8 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
       }
       e.rows.push_back(row("activations", activation_bytes(true), true));
     }
-    e.rows.push_back(row("logits (chunked)", logits, true));
+    e.rows.push_back(row(attention_transient > loss_transient ? "transient: one layer's attention" : "transient: a loss chunk",
+                         transient, true));
     if (world > 1) {
       // Two buckets in flight, capped by what there is to reduce.
       const int64_t gradient_bytes = method == Method::FullFinetune ? 2 * parameter_count(c) : 4 * adapter_params;

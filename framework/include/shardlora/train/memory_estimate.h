@@ -6,8 +6,10 @@
 // quantization state (split over the ranks with distributed.strategy shard, plus the
 // all-gather buffer of two layers), float embeddings / norms / lm_head, adapters (fp32),
 // their gradients, optimizer state by placement and bit width, activations of one
-// micro-batch (with and without activation checkpointing; eager attention keeps the
-// [heads, T, T] scores), one chunk of logits (the loss is chunked), gradient buckets, and the runtime itself (libtorch and
+// micro-batch (with and without activation checkpointing; the CPU's eager attention keeps
+// [heads, T, T] scores per document, counted for documents as long as a row; a GPU's flash
+// attention none), the larger transient of one layer's eager attention and one chunk of the
+// loss's logits, gradient buckets, and the runtime itself (libtorch and
 // the process on the host; the CUDA context on a GPU).
 #pragma once
 
