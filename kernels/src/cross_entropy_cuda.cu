@@ -12,9 +12,6 @@ namespace shardlora::kernels {
 namespace {
 
 template <DType kDType>
-using Element = typename InputElement<kDType>::type;
-
-template <DType kDType>
 __global__ void cross_entropy_kernel(Element<kDType>* __restrict__ logits, const int64_t* __restrict__ targets,
                                      float* __restrict__ losses, int64_t vocab, int64_t ignore_index, bool write_gradient) {
   using In = InputElement<kDType>;

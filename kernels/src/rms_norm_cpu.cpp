@@ -29,22 +29,11 @@ void for_row_blocks(int64_t rows, Body&& body) {
 }
 
 template <DType kDType>
-SHARDLORA_TARGET_AVX2 __m256 load(const void* base, int64_t c, int64_t count) {
-  return count == 8 ? avx2::load8<kDType>(at<kDType>(base, c)) : avx2::load_partial<kDType>(at<kDType>(base, c), count);
-}
-
-template <DType kDType>
-SHARDLORA_TARGET_AVX2 void store(void* base, int64_t c, int64_t count, __m256 value) {
-  if (count == 8) return avx2::store8<kDType>(at<kDType>(base, c), value);
-  avx2::store_partial<kDType>(at<kDType>(base, c), value, count);
-}
-
-template <DType kDType>
 SHARDLORA_TARGET_AVX2 void forward_row_avx2(const void* x, const void* w, void* y, float* inv_rms, int64_t cols,
                                             float eps) {
   __m256 lanes = _mm256_setzero_ps();  // past the row's end the lanes add +0
   for (int64_t c = 0; c < cols; c += 8) {
-    const __m256 v = load<kDType>(x, c, std::min<int64_t>(8, cols - c));
+    const __m256 v = avx2::load_n<kDType>(x, c, std::min<int64_t>(8, cols - c));
     lanes = _mm256_add_ps(lanes, _mm256_mul_ps(v, v));
   }
   const float scale = 1.0f / std::sqrt(avx2::combine_lanes(lanes) / static_cast<float>(cols) + eps);
@@ -52,8 +41,8 @@ SHARDLORA_TARGET_AVX2 void forward_row_avx2(const void* x, const void* w, void* 
   const __m256 s = _mm256_set1_ps(scale);
   for (int64_t c = 0; c < cols; c += 8) {
     const int64_t n = std::min<int64_t>(8, cols - c);
-    const __m256 normed = avx2::round_to<kDType>(_mm256_mul_ps(load<kDType>(x, c, n), s));
-    store<kDType>(y, c, n, _mm256_mul_ps(load<kDType>(w, c, n), normed));
+    const __m256 normed = avx2::round_to<kDType>(_mm256_mul_ps(avx2::load_n<kDType>(x, c, n), s));
+    avx2::store_n<kDType>(y, c, n, _mm256_mul_ps(avx2::load_n<kDType>(w, c, n), normed));
   }
 }
 
@@ -64,15 +53,15 @@ SHARDLORA_TARGET_AVX2 void backward_row_avx2(const void* dy, const void* x, cons
   __m256 lanes = _mm256_setzero_ps();
   for (int64_t c = 0; c < cols; c += 8) {
     const int64_t n = std::min<int64_t>(8, cols - c);
-    const __m256 g = _mm256_mul_ps(load<kDType>(dy, c, n), load<kDType>(w, c, n));
-    lanes = _mm256_add_ps(lanes, _mm256_mul_ps(g, _mm256_mul_ps(load<kDType>(x, c, n), s)));
+    const __m256 g = _mm256_mul_ps(avx2::load_n<kDType>(dy, c, n), avx2::load_n<kDType>(w, c, n));
+    lanes = _mm256_add_ps(lanes, _mm256_mul_ps(g, _mm256_mul_ps(avx2::load_n<kDType>(x, c, n), s)));
   }
   const __m256 mean = _mm256_set1_ps(avx2::combine_lanes(lanes) / static_cast<float>(cols));
   for (int64_t c = 0; c < cols; c += 8) {
     const int64_t n = std::min<int64_t>(8, cols - c);
-    const __m256 g = _mm256_mul_ps(load<kDType>(dy, c, n), load<kDType>(w, c, n));
-    const __m256 normed = _mm256_mul_ps(load<kDType>(x, c, n), s);
-    store<kDType>(dx, c, n, _mm256_mul_ps(s, _mm256_sub_ps(g, _mm256_mul_ps(normed, mean))));
+    const __m256 g = _mm256_mul_ps(avx2::load_n<kDType>(dy, c, n), avx2::load_n<kDType>(w, c, n));
+    const __m256 normed = _mm256_mul_ps(avx2::load_n<kDType>(x, c, n), s);
+    avx2::store_n<kDType>(dx, c, n, _mm256_mul_ps(s, _mm256_sub_ps(g, _mm256_mul_ps(normed, mean))));
   }
 }
 
@@ -85,10 +74,10 @@ SHARDLORA_TARGET_AVX2 void weight_grad_columns_avx2(const void* dy, const void* 
     __m256 sum = _mm256_setzero_ps();
     for (int64_t r = 0; r < shape.rows; ++r) {
       const int64_t i = r * shape.cols + c;
-      const __m256 normed = avx2::round_to<kDType>(_mm256_mul_ps(load<kDType>(x, i, n), _mm256_set1_ps(inv_rms[r])));
-      sum = _mm256_add_ps(sum, _mm256_mul_ps(load<kDType>(dy, i, n), normed));
+      const __m256 normed = avx2::round_to<kDType>(_mm256_mul_ps(avx2::load_n<kDType>(x, i, n), _mm256_set1_ps(inv_rms[r])));
+      sum = _mm256_add_ps(sum, _mm256_mul_ps(avx2::load_n<kDType>(dy, i, n), normed));
     }
-    store<DType::F32>(dw, c, n, sum);
+    avx2::store_n<DType::F32>(dw, c, n, sum);
   }
 }
 

@@ -10,14 +10,6 @@ namespace shardlora::kernels {
 namespace {
 
 template <DType kDType>
-using Element = typename InputElement<kDType>::type;
-
-template <DType kDType>
-__device__ __forceinline__ float rounded(float value) {
-  return InputElement<kDType>::to_float(CudaOutputElement<kDType>::from_float(value));
-}
-
-template <DType kDType>
 __global__ void forward_kernel(const Element<kDType>* __restrict__ x, const Element<kDType>* __restrict__ w,
                                Element<kDType>* __restrict__ y, float* __restrict__ inv_rms, int64_t cols, float eps) {
   using In = InputElement<kDType>;

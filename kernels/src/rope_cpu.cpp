@@ -11,17 +11,6 @@ namespace {
 
 using avx2::at;
 
-template <DType kDType>
-SHARDLORA_TARGET_AVX2 __m256 load(const void* base, int64_t i, int64_t n) {
-  return n == 8 ? avx2::load8<kDType>(at<kDType>(base, i)) : avx2::load_partial<kDType>(at<kDType>(base, i), n);
-}
-
-template <DType kDType>
-SHARDLORA_TARGET_AVX2 void store(void* base, int64_t i, int64_t n, __m256 value) {
-  if (n == 8) return avx2::store8<kDType>(at<kDType>(base, i), value);
-  avx2::store_partial<kDType>(at<kDType>(base, i), value, n);
-}
-
 // One token's heads; the last pairs of a head (half % 8) through partial vectors.
 template <DType kDType>
 SHARDLORA_TARGET_AVX2 void rotate_token_avx2(void* token, const void* cos, const void* sin, RopeShape shape,
@@ -32,11 +21,11 @@ SHARDLORA_TARGET_AVX2 void rotate_token_avx2(void* token, const void* cos, const
     void* head = at<kDType>(token, h * shape.head_dim);
     for (int64_t i = 0; i < half; i += 8) {
       const int64_t n = half - i < 8 ? half - i : 8;
-      const __m256 c = load<kDType>(cos, i, n);
-      const __m256 s = _mm256_xor_ps(load<kDType>(sin, i, n), sign);
-      const __m256 x1 = load<kDType>(head, i, n), x2 = load<kDType>(head, i + half, n);
-      store<kDType>(head, i, n, _mm256_sub_ps(_mm256_mul_ps(x1, c), _mm256_mul_ps(x2, s)));
-      store<kDType>(head, i + half, n, _mm256_add_ps(_mm256_mul_ps(x2, c), _mm256_mul_ps(x1, s)));
+      const __m256 c = avx2::load_n<kDType>(cos, i, n);
+      const __m256 s = _mm256_xor_ps(avx2::load_n<kDType>(sin, i, n), sign);
+      const __m256 x1 = avx2::load_n<kDType>(head, i, n), x2 = avx2::load_n<kDType>(head, i + half, n);
+      avx2::store_n<kDType>(head, i, n, _mm256_sub_ps(_mm256_mul_ps(x1, c), _mm256_mul_ps(x2, s)));
+      avx2::store_n<kDType>(head, i + half, n, _mm256_add_ps(_mm256_mul_ps(x2, c), _mm256_mul_ps(x1, s)));
     }
   }
 }

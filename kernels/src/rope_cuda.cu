@@ -7,9 +7,6 @@
 namespace shardlora::kernels {
 namespace {
 
-template <DType kDType>
-using Element = typename InputElement<kDType>::type;
-
 constexpr int kThreads = 256;
 
 template <DType kDType>

@@ -8,15 +8,7 @@
 namespace shardlora::kernels {
 namespace {
 
-template <DType kDType>
-using Element = typename InputElement<kDType>::type;
-
 constexpr int kThreads = 256;
-
-template <DType kDType>
-__device__ __forceinline__ float rounded(float value) {
-  return InputElement<kDType>::to_float(CudaOutputElement<kDType>::from_float(value));
-}
 
 template <DType kDType>
 __global__ void forward_kernel(const Element<kDType>* __restrict__ gate, const Element<kDType>* __restrict__ up,

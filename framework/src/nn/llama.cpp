@@ -67,44 +67,6 @@ torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, c
 #endif
 }
 
-// Attention within each document of a packed batch: `segments` [S, 3] (row, start, length)
-// on the host, every position of every row in one segment, in order. A batch of one
-// document per row is one call.
-torch::Tensor segmented_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& segments) {
-  const int64_t batch = q.size(0), seq = q.size(2);
-  const auto s = segments.accessor<int64_t, 2>();
-  if (segments.size(0) == batch) return causal_attention(q, k, v);
-  std::vector<torch::Tensor> rows;
-  for (int64_t i = 0; i < segments.size(0);) {
-    const int64_t row = s[i][0];
-    std::vector<torch::Tensor> pieces;
-    for (; i < segments.size(0) && s[i][0] == row; ++i) {
-      const auto slice = [&](const torch::Tensor& t) { return t.narrow(0, row, 1).narrow(2, s[i][1], s[i][2]); };
-      pieces.push_back(causal_attention(slice(q), slice(k), slice(v)));
-    }
-    rows.push_back(pieces.size() == 1 ? pieces[0] : torch::cat(pieces, 2));
-  }
-  SHARDLORA_CHECK(static_cast<int64_t>(rows.size()) == batch && rows[0].size(2) == seq, "attention segments do not tile the batch");
-  return torch::cat(rows, 0);
-}
-
-// The segments of `document_ids` [B, T] (runs of one id; padding, -1, is a run too), as
-// segmented_attention takes them, and the longest.
-std::pair<torch::Tensor, int64_t> document_segments(const torch::Tensor& document_ids) {
-  const torch::Tensor docs = document_ids.to(torch::kCPU, torch::kInt64).contiguous();
-  const auto d = docs.accessor<int64_t, 2>();
-  std::vector<int64_t> flat;
-  int64_t longest = 0;
-  for (int64_t row = 0; row < docs.size(0); ++row) {
-    for (int64_t start = 0, end = 0; start < docs.size(1); start = end) {
-      while (end < docs.size(1) && d[row][end] == d[row][start]) ++end;
-      flat.insert(flat.end(), {row, start, end - start});
-      longest = std::max(longest, end - start);
-    }
-  }
-  return {torch::tensor(flat, torch::kInt64).view({-1, 3}), longest};
-}
-
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
@@ -162,6 +124,39 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
 };
 
 }  // namespace
+
+torch::Tensor segmented_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& segments) {
+  const int64_t batch = q.size(0), seq = q.size(2);
+  const auto s = segments.accessor<int64_t, 2>();
+  if (segments.size(0) == batch) return causal_attention(q, k, v);
+  std::vector<torch::Tensor> rows;
+  for (int64_t i = 0; i < segments.size(0);) {
+    const int64_t row = s[i][0];
+    std::vector<torch::Tensor> pieces;
+    for (; i < segments.size(0) && s[i][0] == row; ++i) {
+      const auto slice = [&](const torch::Tensor& t) { return t.narrow(0, row, 1).narrow(2, s[i][1], s[i][2]); };
+      pieces.push_back(causal_attention(slice(q), slice(k), slice(v)));
+    }
+    rows.push_back(pieces.size() == 1 ? pieces[0] : torch::cat(pieces, 2));
+  }
+  SHARDLORA_CHECK(static_cast<int64_t>(rows.size()) == batch && rows[0].size(2) == seq, "attention segments do not tile the batch");
+  return torch::cat(rows, 0);
+}
+
+std::pair<torch::Tensor, int64_t> document_segments(const torch::Tensor& document_ids) {
+  const torch::Tensor docs = document_ids.to(torch::kCPU, torch::kInt64).contiguous();
+  const auto d = docs.accessor<int64_t, 2>();
+  std::vector<int64_t> flat;
+  int64_t longest = 0;
+  for (int64_t row = 0; row < docs.size(0); ++row) {
+    for (int64_t start = 0, end = 0; start < docs.size(1); start = end) {
+      while (end < docs.size(1) && d[row][end] == d[row][start]) ++end;
+      flat.insert(flat.end(), {row, start, end - start});
+      longest = std::max(longest, end - start);
+    }
+  }
+  return {torch::tensor(flat, torch::kInt64).view({-1, 3}), longest};
+}
 
 bool is_lora_target(const std::vector<std::string>& targets, const std::string& module) {
   return std::find(targets.begin(), targets.end(), "all-linear") != targets.end() ||

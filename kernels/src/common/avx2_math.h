@@ -112,4 +112,16 @@ inline void* at(void* base, int64_t i) {
   return static_cast<char*>(base) + i * static_cast<int64_t>(dtype_size(kDType));
 }
 
+// Up to 8 elements at element index i: whole vectors when n is 8, partial ones otherwise.
+template <DType kDType>
+SHARDLORA_TARGET_AVX2 inline __m256 load_n(const void* base, int64_t i, int64_t n) {
+  return n == 8 ? load8<kDType>(at<kDType>(base, i)) : load_partial<kDType>(at<kDType>(base, i), n);
+}
+
+template <DType kDType>
+SHARDLORA_TARGET_AVX2 inline void store_n(void* base, int64_t i, int64_t n, __m256 value) {
+  if (n == 8) return store8<kDType>(at<kDType>(base, i), value);
+  store_partial<kDType>(at<kDType>(base, i), value, n);
+}
+
 }  // namespace shardlora::kernels::avx2

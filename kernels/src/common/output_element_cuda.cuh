@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "common/load_element.h"
 #include "shardlora/kernels/dtype.h"
 
 namespace shardlora::kernels {
@@ -33,5 +34,14 @@ struct CudaOutputElement<DType::BF16> {
     return __bfloat16_as_ushort(__float2bfloat16_rn(value));
   }
 };
+
+// The storage type of a float dtype's elements, and a value rounded to the dtype and back.
+template <DType kDType>
+using Element = typename InputElement<kDType>::type;
+
+template <DType kDType>
+__device__ __forceinline__ float rounded(float value) {
+  return InputElement<kDType>::to_float(CudaOutputElement<kDType>::from_float(value));
+}
 
 }  // namespace shardlora::kernels

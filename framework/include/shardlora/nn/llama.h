@@ -76,6 +76,7 @@ class LlamaModelImpl : public torch::nn::Module {
                               const torch::Tensor& layout, KvCache* cache);
 
   const LlamaConfig& config() const { return config_; }
+  void set_activation_checkpointing(bool enabled) { options_.activation_checkpointing = enabled; }
   // Every decoder Linear by its HF module path ("model.layers.0.self_attn.q_proj").
   const std::vector<std::pair<std::string, AdaptedLinear>>& linears() const { return linears_; }
   // The base split over ranks; null unless ModelOptions::shard_over was given.
@@ -99,6 +100,16 @@ class LlamaModelImpl : public torch::nn::Module {
   std::unique_ptr<ShardedBase> sharded_;
 };
 TORCH_MODULE(LlamaModel);
+
+// Attention of q [B, H, T, D] over k, v [B, KV, T, D] within each document of a packed batch,
+// causal, no mask: `segments` [S, 3] (row, start, length) on the host, every position of
+// every row in one segment, in order (SDPA with is_causal on libtorch 2.x, FlashAttention on
+// a GPU; a batch of one document per row is one call).
+torch::Tensor segmented_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& segments);
+
+// The segments of `document_ids` [B, T] (runs of one id; padding, -1, is a run too), as
+// segmented_attention takes them, and the longest.
+std::pair<torch::Tensor, int64_t> document_segments(const torch::Tensor& document_ids);
 
 // The default generators a model on `device` draws dropout masks from: the CPU's, and the
 // accelerator's when it runs on one (what activation checkpointing and checkpoints save).
