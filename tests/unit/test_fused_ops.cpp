@@ -7,53 +7,13 @@
 
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/fused_ops.h"
+#include "shardlora/nn/llama.h"
+#include "fused_op_checks.h"
 
 using namespace shardlora;
+using namespace shardlora::testing;
 
 namespace {
-
-// max |a - b| <= rel * max |b| (+ a floor for values that are all ~0).
-void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, double rel, const std::string& what) {
-  ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
-  const double scale = expected.abs().max().item<double>();
-  const double error = (actual.to(torch::kFloat64) - expected.to(torch::kFloat64)).abs().max().item<double>();
-  EXPECT_LE(error, rel * scale + 1e-12) << what << ": max error " << error << " at scale " << scale;
-}
-
-// Gradients of sum(f(inputs) * upstream) for each input, with inputs cast to `dtype`.
-std::vector<torch::Tensor> gradients(const std::function<torch::Tensor(const std::vector<torch::Tensor>&)>& f,
-                                     const std::vector<torch::Tensor>& inputs, torch::ScalarType dtype, const torch::Tensor& upstream,
-                                     torch::Tensor* value) {
-  std::vector<torch::Tensor> leaves, cast;
-  for (const auto& input : inputs) {
-    leaves.push_back(input.to(dtype).detach().requires_grad_(true));
-    cast.push_back(leaves.back() * 1);  // not a leaf: the fused RoPE rotates its input in place
-  }
-  const torch::Tensor out = f(cast);
-  *value = out.detach();
-  (out * upstream.to(out.scalar_type())).sum().backward();
-  std::vector<torch::Tensor> grads;
-  for (const auto& leaf : leaves) grads.push_back(leaf.grad());
-  return grads;
-}
-
-using Op = std::function<torch::Tensor(const std::vector<torch::Tensor>&)>;
-
-// fused(dtype) against reference(float64), forward and backward.
-void check_against_reference(const Op& fused, const Op& reference, const std::vector<torch::Tensor>& inputs, torch::ScalarType dtype,
-                             double rel, const std::string& what) {
-  torch::Tensor fused_value, reference_value;
-  const torch::Tensor probe = reference(inputs);
-  const torch::Tensor upstream = torch::randn(probe.sizes(), torch::kFloat64);
-  const auto fused_grads = gradients(fused, inputs, dtype, upstream, &fused_value);
-  const auto reference_grads = gradients(reference, inputs, torch::kFloat64, upstream, &reference_value);
-  expect_close(fused_value, reference_value, rel, what + " forward");
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    expect_close(fused_grads[i], reference_grads[i], rel, what + " gradient " + std::to_string(i));
-  }
-}
-
-constexpr double kFp32 = 2e-6, kBf16 = 2e-2;
 
 TEST(FusedOps, RmsNormMatchesTheOpChainForwardAndBackward) {
   torch::manual_seed(1);
@@ -142,6 +102,30 @@ TEST(FusedOps, LinearCrossEntropyWithoutGradientLeavesNoneAndRejectsMismatchedSh
   EXPECT_EQ(loss.count.item<int64_t>(), 3);
   EXPECT_THROW(nn::linear_cross_entropy(h, torch::randn({16, 9}), targets), Error);
   EXPECT_THROW(nn::linear_cross_entropy(h, w, targets.narrow(0, 0, 3)), Error);
+}
+
+TEST(Attention, PerDocumentEqualsTheDenseMaskWithSharedKvHeads) {
+  torch::manual_seed(5);
+  const int64_t heads = 4, kv_heads = 2, seq = 10, dim = 8;
+  const torch::Tensor docs = torch::tensor({0, 0, 0, 1, 1, 1, 1, 2, 2, -1, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5}, torch::kInt64).view({2, seq});
+  const auto [segments, longest] = nn::document_segments(docs);
+  EXPECT_EQ(longest, seq);
+  EXPECT_EQ(segments.size(0), 5) << "three documents and padding in row 0, one document in row 1";
+  const torch::Tensor q = torch::randn({2, heads, seq, dim}, torch::kFloat64);
+  const torch::Tensor k = torch::randn({2, kv_heads, seq, dim}, torch::kFloat64), v = torch::randn({2, kv_heads, seq, dim}, torch::kFloat64);
+  // The definition: softmax over the same document's earlier positions, each K / V head
+  // serving heads / kv_heads query heads.
+  const torch::Tensor allowed = docs.unsqueeze(2).eq(docs.unsqueeze(1)).logical_and(torch::ones({seq, seq}, torch::kBool).tril()).unsqueeze(1);
+  const torch::Tensor kr = k.repeat_interleave(heads / kv_heads, 1), vr = v.repeat_interleave(heads / kv_heads, 1);
+  const torch::Tensor scores = torch::matmul(q, kr.transpose(2, 3)) / std::sqrt(static_cast<double>(dim));
+  const torch::Tensor expected = torch::matmul(torch::softmax(scores.masked_fill(allowed.logical_not(), -INFINITY), -1), vr);
+  // (1e-6: the eager path takes its softmax in float32, as HF does)
+  expect_close(nn::segmented_attention(q, k, v, segments), expected, 1e-6, "packed rows");
+  const auto [whole, whole_longest] = nn::document_segments(torch::zeros({2, seq}, torch::kInt64));
+  EXPECT_EQ(whole.size(0), 2);
+  const torch::Tensor causal = torch::ones({seq, seq}, torch::kBool).tril();
+  const torch::Tensor one_document = torch::matmul(torch::softmax(scores.masked_fill(causal.logical_not(), -INFINITY), -1), vr);
+  expect_close(nn::segmented_attention(q, k, v, whole), one_document, 1e-6, "one document per row");
 }
 
 TEST(FusedOps, Float64TakesTheOpChains) {

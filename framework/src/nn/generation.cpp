@@ -53,8 +53,8 @@ std::vector<int64_t> generate(LlamaModel& model, const std::vector<int64_t>& pro
   std::vector<int64_t> generated;
   torch::Tensor input = torch::tensor(prompt, torch::kInt64).view({1, -1});
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
-    const torch::Tensor logits = model->forward(input, forward);
-    const int64_t token = choose(logits[0][-1].to(torch::kCPU), options, generator);
+    const torch::Tensor logits = model->next_token_logits(input, forward);
+    const int64_t token = choose(logits[0].to(torch::kCPU), options, generator);
     generated.push_back(token);
     if (std::find(options.eos_token_ids.begin(), options.eos_token_ids.end(), token) != options.eos_token_ids.end()) break;
     input = torch::tensor({token}, torch::kInt64).view({1, 1});

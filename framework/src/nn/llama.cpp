@@ -322,6 +322,11 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const Forw
   return lm_head_->forward(hidden_states(input_ids, options)).to(torch::kFloat32);
 }
 
+torch::Tensor LlamaModelImpl::next_token_logits(const torch::Tensor& input_ids, const ForwardOptions& options) {
+  const torch::Tensor hidden = hidden_states(input_ids, options);
+  return lm_head_->forward(hidden.select(1, hidden.size(1) - 1)).to(torch::kFloat32);
+}
+
 torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, const ForwardOptions& options) {
   SHARDLORA_CHECK(input_ids.dim() == 2, "input_ids must be [batch, seq], got ", input_ids.sizes());
   const int64_t batch = input_ids.size(0), seq = input_ids.size(1);

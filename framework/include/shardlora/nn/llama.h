@@ -67,6 +67,9 @@ class LlamaModelImpl : public torch::nn::Module {
   // logits are computed from (the chunked loss takes them with lm_head_weight()).
   torch::Tensor hidden_states(const torch::Tensor& input_ids, const ForwardOptions& options = {});
   const torch::Tensor& lm_head_weight() const { return lm_head_->weight(); }
+  // The logits of the last position only [batch, vocab] in float32 (what decoding needs;
+  // a long prompt never holds [seq, vocab]).
+  torch::Tensor next_token_logits(const torch::Tensor& input_ids, const ForwardOptions& options = {});
 
   // Decoder layer `index` on h [batch, seq, hidden] (used by forward and by its recomputation).
   // layout: which positions attend to which, either a boolean mask [batch | 1, 1, seq,

@@ -1,0 +1,90 @@
+// The fused ops on a GPU (their CUDA kernels through the autograd functions of
+// nn/fused_ops.h) against the op chains they replace in float64 on the CPU, forward and every
+// gradient; and attention per document (SDPA with is_causal: FlashAttention for bf16) against
+// the dense-mask definition. Skipped without a CUDA device.
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include "fused_op_checks.h"
+#include "shardlora/nn/fused_ops.h"
+#include "shardlora/nn/llama.h"
+
+using namespace shardlora;
+using namespace shardlora::testing;
+
+namespace {
+
+class FusedOpsCuda : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (or a libtorch without CUDA)";
+  }
+  const torch::Device gpu{torch::kCUDA, 0};
+};
+
+TEST_F(FusedOpsCuda, ElementwiseOpsMatchTheirOpChains) {
+  torch::manual_seed(1);
+  const std::vector<torch::Tensor> norm_inputs = {torch::randn({3, 50, 4096}, torch::kFloat64) * 3, torch::randn({4096}, torch::kFloat64)};
+  const std::vector<torch::Tensor> mlp_inputs = {torch::randn({2, 50, 14336}, torch::kFloat64) * 4, torch::randn({2, 50, 14336}, torch::kFloat64)};
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const double rel = dtype == torch::kFloat32 ? 1e-5 : kBf16;  // the device's expf and rsqrtf: a few fp32 ulps
+    const std::string what = torch::toString(dtype);
+    check_against_reference([](const auto& t) { return nn::rms_norm(t[0], t[1], 1e-5); },
+                            [](const auto& t) { return nn::reference::rms_norm(t[0], t[1], 1e-5); }, norm_inputs, dtype, rel,
+                            "rmsnorm " + what, gpu);
+    check_against_reference([](const auto& t) { return nn::swiglu(t[0], t[1]); },
+                            [](const auto& t) { return nn::reference::swiglu(t[0], t[1]); }, mlp_inputs, dtype, rel, "swiglu " + what,
+                            gpu);
+    const int64_t heads = 32, head_dim = 128;
+    const torch::Tensor angles = torch::randn({2, 50, head_dim / 2}, torch::kFloat64) * 30;
+    const torch::Tensor cos = angles.cos().to(dtype), sin = angles.sin().to(dtype);
+    check_against_reference([&](const auto& t) { return nn::apply_rope(t[0], cos.to(gpu), sin.to(gpu), heads); },
+                            [&](const auto& t) {
+                              return nn::reference::apply_rope(t[0], cos.to(torch::kFloat64), sin.to(torch::kFloat64), heads);
+                            },
+                            {torch::randn({2, 50, heads * head_dim}, torch::kFloat64)}, dtype, rel, "rope " + what, gpu);
+  }
+}
+
+TEST_F(FusedOpsCuda, ChunkedLinearCrossEntropyMatchesTheWholeLoss) {
+  torch::manual_seed(2);
+  const int64_t rows = 1500, hidden = 256, vocab = 128256;
+  const torch::Tensor h = torch::randn({rows, hidden}, torch::kFloat64), w = torch::randn({vocab, hidden}, torch::kFloat64) * 0.1;
+  torch::Tensor targets = torch::randint(vocab, {rows}, torch::kInt64);
+  targets.index_put_({torch::arange(0, rows, 3)}, -100);
+  const torch::Tensor hr = h.clone().requires_grad_(true);
+  const nn::SummedLoss expected = nn::reference::linear_cross_entropy(hr, w, targets);
+  expected.sum.backward();
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const torch::Tensor hg = h.to(gpu, dtype).requires_grad_(true);
+    const nn::SummedLoss loss = nn::linear_cross_entropy(hg, w.to(gpu, dtype), targets.to(gpu));
+    loss.sum.backward();
+    const double rel = dtype == torch::kFloat32 ? 1e-4 : kBf16;  // cuBLAS may use TF32 for the fp32 products
+    EXPECT_EQ(loss.count.item<int64_t>(), expected.count.item<int64_t>());
+    expect_close(loss.sum, expected.sum, rel, "loss " + std::string(torch::toString(dtype)));
+    expect_close(hg.grad(), hr.grad(), rel * 5, "d hidden " + std::string(torch::toString(dtype)));
+  }
+}
+
+TEST_F(FusedOpsCuda, AttentionPerDocumentMatchesTheDenseMask) {
+  torch::manual_seed(3);
+  const int64_t heads = 32, kv_heads = 8, seq = 512, dim = 128;
+  torch::Tensor docs = torch::zeros({2, seq}, torch::kInt64);
+  docs[0].narrow(0, 200, 312).fill_(1);
+  docs[0].narrow(0, 450, 62).fill_(-1);  // padding at the end of row 0
+  const auto [segments, longest] = nn::document_segments(docs);
+  const torch::Tensor q = torch::randn({2, heads, seq, dim}, torch::kFloat64);
+  const torch::Tensor k = torch::randn({2, kv_heads, seq, dim}, torch::kFloat64), v = torch::randn({2, kv_heads, seq, dim}, torch::kFloat64);
+  const torch::Tensor allowed = docs.unsqueeze(2).eq(docs.unsqueeze(1)).logical_and(torch::ones({seq, seq}, torch::kBool).tril()).unsqueeze(1);
+  const torch::Tensor scores =
+      torch::matmul(q, k.repeat_interleave(heads / kv_heads, 1).transpose(2, 3)) / std::sqrt(static_cast<double>(dim));
+  const torch::Tensor expected =
+      torch::matmul(torch::softmax(scores.masked_fill(allowed.logical_not(), -INFINITY), -1), v.repeat_interleave(heads / kv_heads, 1));
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const torch::Tensor out = nn::segmented_attention(q.to(gpu, dtype), k.to(gpu, dtype), v.to(gpu, dtype), segments);
+    expect_close(out, expected, dtype == torch::kFloat32 ? 1e-3 : kBf16, "attention " + std::string(torch::toString(dtype)));
+  }
+}
+
+}  // namespace
