@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "commands.h"
+#include "shardlora/cluster/cpu_threads.h"
 #include "shardlora/cluster/launch_env.h"
 #include "shardlora/util/build_info.h"
 
@@ -33,7 +34,8 @@ nlohmann::json to_json(const BuildInfo& build, const cluster::LaunchEnv& launch)
       {"nccl", {{"compiled", build.nccl_compiled}, {"version", build.nccl_version}}},
       {"mpi", {{"library", build.mpi_version}}},
       {"threads",
-       {{"torch", build.torch_threads}, {"openmp", build.openmp_threads}, {"hardware", build.hardware_threads}}},
+       {{"torch", build.torch_threads}, {"openmp", build.openmp_threads}, {"hardware", build.hardware_threads},
+        {"chosen_by", cluster::applied_threads().reason}}},
       {"launch",
        {{"source", cluster::launch_source_name(launch.source)},
         {"rank", launch.rank},
@@ -73,7 +75,7 @@ void print_text(const BuildInfo& build, const cluster::LaunchEnv& launch) {
       << "\n";
   out << prefix << "MPI        " << build.mpi_version << "\n";
   out << prefix << "threads    " << build.torch_threads << " libtorch intra-op, " << build.openmp_threads
-      << " OpenMP (CPU kernels), " << build.hardware_threads << " hardware\n";
+      << " OpenMP (CPU kernels), " << build.hardware_threads << " hardware (" << cluster::applied_threads().reason << ")\n";
   out << prefix << "launch     rank " << launch.rank << " of " << launch.world_size << ", local rank "
       << launch.local_rank;
   if (launch.local_world_size > 0) out << " of " << launch.local_world_size;

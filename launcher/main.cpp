@@ -3,10 +3,12 @@
 #include <iostream>
 
 #include "commands.h"
+#include "shardlora/cluster/cpu_threads.h"
 #include "shardlora/kernels/check.h"
 
 int main(int argc, char** argv) {
   using namespace shardlora::launcher;
+  namespace cluster = shardlora::cluster;
   CLI::App root{"shardlora: QLoRA fine-tuning of large language models across GPUs and nodes", "shardlora"};
   root.set_version_flag("--version", std::string("shardlora ") + SHARDLORA_VERSION);
   root.require_subcommand(0, 1);  // extra words are then "not expected", named in the error
@@ -33,6 +35,9 @@ int main(int argc, char** argv) {
   for (const Subcommand& command : commands) {
     if (!command.app->parsed()) continue;
     try {
+      // Every command computes with the CPUs its rank is given (train may set its recipe's).
+      cluster::apply_threads(cluster::choose_threads(0, cluster::read_cpu_budget(), cluster::process_env(),
+                                                     cluster::detect_launch_env().local_world_size));
       return command.run();
     } catch (const std::exception& error) {
       std::cerr << "shardlora " << command.app->get_name() << ": error: " << error.what() << "\n";

@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "demo.h"
 #include "progress_bar.h"
+#include "shardlora/cluster/cpu_threads.h"
 #include "shardlora/cluster/job.h"
 #include "shardlora/cluster/topology.h"
 #include "shardlora/train/recipe.h"
@@ -119,6 +120,8 @@ int run_train(TrainArgs args) {
   if (args.auto_resume && !train::checkpoints(recipe.get_string("output.dir")).empty()) mode = train::StartMode::Resume;
   train::check_run_directory(recipe.get_string("output.dir"), mode);
   const cluster::LaunchEnv launch = cluster::detect_launch_env();
+  cluster::apply_threads(cluster::choose_threads(static_cast<int>(recipe.get_int("training.threads")), cluster::read_cpu_budget(),
+                                                 cluster::process_env(), launch.local_world_size));
   const cluster::JobOptions job_options = job_options_from(recipe, launch);
   const auto job = cluster::Job::join(job_options, launch);
   if (!job->distributed()) return train_recipe(recipe, mode, *job, job_options.device);

@@ -15,10 +15,13 @@ namespace {
 // and its device label, each NUL-padded.
 constexpr int64_t kHostBytes = 256, kDeviceBytes = 96, kRowBytes = kHostBytes + kDeviceBytes;
 
+std::string plural(size_t count, const char* noun) { return std::to_string(count) + " " + noun + (count == 1 ? "" : "s"); }
+
 // Under Slurm's per-task GPU binding every rank sees its GPU as cuda:0; the visible set
-// tells them apart.
+// tells them apart. A CPU rank shows the threads it computes with.
 std::string device_label(torch::Device device) {
   std::string label = device.str();
+  if (device.is_cpu()) label += " (" + plural(static_cast<size_t>(at::get_num_threads()), "thread") + ")";
   const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
   if (device.is_cuda() && visible && *visible) label += std::string(" (CUDA_VISIBLE_DEVICES=") + visible + ")";
   return label;
@@ -45,8 +48,6 @@ std::string rank_ranges(const std::vector<int>& ranks) {
   }
   return text.str();
 }
-
-std::string plural(size_t count, const char* noun) { return std::to_string(count) + " " + noun + (count == 1 ? "" : "s"); }
 
 // "Open MPI v4.1.4, package: Debian OpenMPI, ..." -> "Open MPI v4.1.4"
 std::string short_mpi_version(const std::string& version) { return version.substr(0, version.find(',')); }
@@ -94,7 +95,7 @@ std::string describe_topology(const Topology& topology, const std::string& strat
   }
   std::ostringstream text;
   if (topology.ranks.size() == 1) {
-    text << "topology: 1 rank on " << hosts[0] << ", " << topology.ranks[0].device << " (" << topology.launcher << ")\n";
+    text << "topology: 1 rank on " << hosts[0] << ", " << topology.ranks[0].device << ", " << topology.launcher << "\n";
     return text.str();
   }
   size_t fewest = topology.ranks.size(), most = 0;
@@ -114,9 +115,12 @@ std::string describe_topology(const Topology& topology, const std::string& strat
     const auto& ranks = ranks_of[node];
     text << "  " << hosts[node] << std::string(width - hosts[node].size(), ' ') << "  " << (ranks.size() == 1 ? "rank " : "ranks ")
          << rank_ranges(ranks) << ":";
-    const bool all_cpu = std::all_of(ranks.begin(), ranks.end(), [&](int r) { return topology.ranks[static_cast<size_t>(r)].device == "cpu"; });
-    if (all_cpu) {
-      text << " cpu";
+    const std::string& first = topology.ranks[static_cast<size_t>(ranks[0])].device;
+    const bool alike_cpus = first.rfind("cpu", 0) == 0 && std::all_of(ranks.begin(), ranks.end(), [&](int r) {
+      return topology.ranks[static_cast<size_t>(r)].device == first;
+    });
+    if (alike_cpus) {
+      text << " " << first;
     } else {
       for (size_t i = 0; i < ranks.size(); ++i) text << (i ? ", " : " ") << topology.ranks[static_cast<size_t>(ranks[i])].device;
     }

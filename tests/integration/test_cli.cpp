@@ -1,5 +1,6 @@
 // The shardlora executable end to end: help, version, usage errors, `env`.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <nlohmann/json.hpp>
 
 #include "shardlora_paths.h"
@@ -68,6 +69,30 @@ TEST(Cli, EnvPrintsBuildAndLaunchFacts) {
                             "rank 0 of 1"}) {
     EXPECT_NE(result.out.find(field), std::string::npos) << field << " missing:\n" << result.out;
   }
+}
+
+TEST(Cli, EnvShowsEachRanksShareOfTheCpus) {
+  cpu_set_t mask;
+  ASSERT_EQ(sched_getaffinity(0, sizeof mask, &mask), 0);
+  const int cpus = CPU_COUNT(&mask);
+  const auto threads = [](std::vector<std::string> vars) {
+    std::vector<std::string> args = {"/usr/bin/env", "-u", "OMP_NUM_THREADS", "-u", "SLURM_CPUS_PER_TASK"};
+    args.insert(args.end(), vars.begin(), vars.end());
+    args.insert(args.end(), {shardlora_binary(), "env", "--json"});
+    const auto result = run_process(args, 60.0);
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    const auto info = nlohmann::json::parse(result.out)["threads"];
+    EXPECT_EQ(info["torch"], info["openmp"]) << info.dump();
+    return info["torch"].get<int>();
+  };
+  EXPECT_EQ(threads({}), cpus) << "one rank alone takes them all";
+  EXPECT_EQ(threads({"SHARDLORA_RANK=1", "SHARDLORA_WORLD_SIZE=2", "SHARDLORA_LOCAL_RANK=1", "SHARDLORA_LOCAL_WORLD_SIZE=2"}),
+            std::max(1, cpus / 2))
+      << "two local ranks share them";
+  EXPECT_EQ(threads({"OMP_NUM_THREADS=1"}), 1);
+  const auto bad = run_process({"/usr/bin/env", "OMP_NUM_THREADS=lots", shardlora_binary(), "env"}, 60.0);
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("OMP_NUM_THREADS='lots'"), std::string::npos) << bad.err;
 }
 
 TEST(Cli, EnvJsonIsOneParsableObject) {

@@ -3,6 +3,7 @@
 // key and line and exits 1; SIGTERM checkpoints and exits 0.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -79,6 +80,27 @@ TEST_F(TrainCommand, TrainsResumesAndExplainsItsRecipe) {
   const auto unknown = train({path("recipe.yaml"), "lora.rank=2"});
   EXPECT_EQ(unknown.exit_code, 1);
   EXPECT_NE(unknown.err.find("unknown key 'lora.rank'"), std::string::npos) << unknown.err;
+}
+
+TEST_F(TrainCommand, ComputesWithTheThreadsItIsGivenOrTold) {
+  // Alone on this machine a run takes every CPU of its affinity mask (the topology line
+  // says how many); training.threads overrides.
+  cpu_set_t mask;
+  ASSERT_EQ(sched_getaffinity(0, sizeof mask, &mask), 0);
+  const int cpus = CPU_COUNT(&mask);
+  const auto run = [&](const std::string& name, std::vector<std::string> extra) {
+    std::vector<std::string> args = {"/usr/bin/env", "-u", "OMP_NUM_THREADS", "-u", "SLURM_CPUS_PER_TASK", shardlora_binary(), "train",
+                                     path("recipe.yaml"), "training.max_steps=1", "output.dir=" + path(name)};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_process(args, 300.0);
+  };
+  const auto automatic = run("auto", {});
+  ASSERT_EQ(automatic.exit_code, 0) << automatic.err;
+  const std::string expected = "cpu (" + std::to_string(cpus) + (cpus == 1 ? " thread)" : " threads)");
+  EXPECT_NE(automatic.out.find(expected), std::string::npos) << automatic.out;
+  const auto told = run("told", {"training.threads=1"});
+  ASSERT_EQ(told.exit_code, 0) << told.err;
+  EXPECT_NE(told.out.find("cpu (1 thread)"), std::string::npos) << told.out;
 }
 
 TEST_F(TrainCommand, SigtermCheckpointsAndExitsZero) {

@@ -38,7 +38,7 @@ TEST(Topology, EveryRanksHostAndDeviceAreGatheredInRankOrder) {
     EXPECT_EQ(topology.ranks[0].host, "node-0");
     EXPECT_EQ(topology.ranks[1].host, "node-0");
     EXPECT_EQ(topology.ranks[2].host, std::string(255, 'h'));
-    for (const auto& rank : topology.ranks) EXPECT_EQ(rank.device, "cpu");
+    for (const auto& rank : topology.ranks) EXPECT_EQ(rank.device, "cpu (" + std::to_string(at::get_num_threads()) + (at::get_num_threads() == 1 ? " thread)" : " threads)"));
     EXPECT_EQ(topology.backend, "tcp");
     EXPECT_EQ(topology.launcher, "shardlora launch");
     EXPECT_FALSE(topology.mpi_version.empty());
@@ -51,7 +51,9 @@ TEST(Topology, OneProcessHasNoCommunicatorAndOneLine) {
   const Topology topology = gather_topology(nullptr, launch, torch::kCPU);
   ASSERT_EQ(topology.ranks.size(), 1u);
   EXPECT_EQ(topology.backend, "none");
-  EXPECT_EQ(describe_topology(topology, "shard"), "topology: 1 rank on laptop, cpu (single process)\n");
+  at::set_num_threads(1);
+  const Topology one_thread = gather_topology(nullptr, launch, torch::kCPU);
+  EXPECT_EQ(describe_topology(one_thread, "shard"), "topology: 1 rank on laptop, cpu (1 thread), single process\n");
 }
 
 TEST(Topology, NodesAreListedWithTheirRanksAndDevices) {
