@@ -1,7 +1,6 @@
 #include "shardlora/optim/adamw.h"
 
 #include <cmath>
-#include <cstring>
 
 #include "shardlora/io/tensor_file.h"
 #include "shardlora/kernels/check.h"
@@ -92,26 +91,23 @@ struct AdamW::ParamState {
 // Paged placement: streams each page of a parameter's host state through `slots` staging
 // slots beside the parameters. Pages are page_elements long (a multiple of the 8-bit block,
 // so paging never splits a block and the result equals the unpaged update bit for bit).
-// On a GPU: loads run on a copy stream up to `slots` pages ahead, the kernel on a compute
-// stream after its load's event, the store after the kernel's event; a slot is reloaded
-// only behind its store in the copy stream's order. On the CPU the same loop copies
-// synchronously.
+// Loads run on a copy stream up to `slots` pages ahead, the kernel on a compute stream after
+// its load's event, the store after the kernel's event; a slot is reloaded only behind its
+// store in the copy stream's order. Only parameters on a GPU page: on the CPU the host pages
+// are updated where they are (paged is then the cpu placement, with no staging copies).
 class AdamW::Pager {
  public:
   Pager(int64_t page_elements, int64_t slots, const torch::Device& device)
       : page_(page_elements), slots_(slots), device_(device) {
-    if (device.is_cuda()) {
-      copy_stream_ = kernels::cuda_stream_create();
-      compute_stream_ = kernels::cuda_stream_create();
-      for (int64_t s = 0; s < slots; ++s) {
-        loaded_.push_back(kernels::cuda_event_create());
-        updated_.push_back(kernels::cuda_event_create());
-      }
+    copy_stream_ = kernels::cuda_stream_create();
+    compute_stream_ = kernels::cuda_stream_create();
+    for (int64_t s = 0; s < slots; ++s) {
+      loaded_.push_back(kernels::cuda_event_create());
+      updated_.push_back(kernels::cuda_event_create());
     }
   }
 
   ~Pager() {
-    if (!device_.is_cuda()) return;
     for (auto event : loaded_) kernels::cuda_event_destroy(event);
     for (auto event : updated_) kernels::cuda_event_destroy(event);
     kernels::cuda_stream_destroy(copy_stream_);
@@ -129,13 +125,7 @@ class AdamW::Pager {
         const size_t bytes = static_cast<size_t>(entries * array.tensor.element_size());
         auto* host = static_cast<uint8_t*>(array.tensor.data_ptr()) + first / array.granularity * array.tensor.element_size();
         auto* stage = static_cast<uint8_t*>(staged[a].data_ptr()) + slot * (page_ / array.granularity) * array.tensor.element_size();
-        void* dst = load ? stage : host;
-        const void* src = load ? host : stage;
-        if (device_.is_cuda()) {
-          kernels::cuda_copy_async(dst, src, bytes, copy_stream_);
-        } else {
-          std::memcpy(dst, src, bytes);
-        }
+        kernels::cuda_copy_async(load ? stage : host, load ? host : stage, bytes, copy_stream_);
       }
     };
     const auto compute = [&](int64_t page) {
@@ -143,14 +133,6 @@ class AdamW::Pager {
       run_kernel(state.eight_bit, state.param.data_ptr<float>() + first, grad.data_ptr<float>() + first,
                  state.span(staged, slot * page_), count, scalars, kernel_device(device_), compute_stream_, threads);
     };
-    if (!device_.is_cuda()) {
-      for (int64_t page = 0; page < pages; ++page) {
-        transfer(page, true);
-        compute(page);
-        transfer(page, false);
-      }
-      return;
-    }
     for (int64_t page = 0; page < std::min(slots_, pages); ++page) {
       transfer(page, true);
       kernels::cuda_event_record(loaded_[page], copy_stream_);
@@ -168,14 +150,6 @@ class AdamW::Pager {
       }
     }
     kernels::cuda_stream_synchronize(copy_stream_);  // the last store follows the last update
-  }
-
-  int64_t staging_bytes() const {
-    int64_t bytes = 0;
-    for (const auto& set : {staging32_, staging8_}) {
-      for (const auto& tensor : set) bytes += tensor.nbytes();
-    }
-    return bytes;
   }
 
  private:
@@ -250,7 +224,7 @@ AdamW::AdamW(std::vector<torch::Tensor> params, const AdamWOptions& options) : o
     }
     params_.push_back(std::move(state));
   }
-  if (options.placement == Placement::Paged) {
+  if (options.placement == Placement::Paged && device.is_cuda()) {
     pager_ = std::make_unique<Pager>(options.page_elements, options.staging_pages, device);
   }
 }

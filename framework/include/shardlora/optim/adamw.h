@@ -5,8 +5,8 @@
 //           copy, parameters are copied back asynchronously.
 //   paged   state in host memory in fixed-size pages; a staging buffer of `staging_pages`
 //           pages beside the parameters; each page streams in, is updated there, streams
-//           back (on a GPU, double-buffered on a copy stream). A CPU build runs the same
-//           paging with a host staging buffer.
+//           back, double-buffered on a copy stream. Parameters on the CPU need no
+//           staging: their host pages are updated in place (as the cpu placement does).
 // State is 32-bit (default) or 8-bit blockwise as bitsandbytes keeps it (tensors under
 // min_8bit_size elements stay 32-bit). The update is torch::optim::AdamW's (kernels/adamw.h).
 //
