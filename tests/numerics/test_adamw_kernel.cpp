@@ -1,11 +1,16 @@
 // The fused AdamW step: the CPU kernel (SSE span + scalar tail, and scalar only; any thread
 // count) equals the scalar reference bit for bit, for 32-bit and 8-bit state; the reference
 // equals the textbook update computed in fp64 to fp32 rounding; 8-bit state stays close to
-// the 32-bit state it approximates.
+// the 32-bit state it approximates; the AVX2 path's 8-bit threshold lookup gives the
+// reference search's code on every float near every threshold (white box: kernels/src).
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
+
+#include "common/quantize_8bit_lookup.h"
 
 #include "numerics/adamw_cases.h"
 #include "shardlora/kernels/cpu_features.h"
@@ -26,7 +31,54 @@ class SimdPaths : public ::testing::TestWithParam<bool> {
   void TearDown() override { set_cpu_simd_enabled(true); }
 };
 
+float from_key(int64_t key) {
+  const auto k = static_cast<int32_t>(key);
+  const int32_t bits = k >= 0 ? k : k ^ 0x7fffffff;
+  float x;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+SHARDLORA_TARGET_AVX2 void quantize_eight(const Quantize8bitLookup& lookup, const float* x, uint8_t* codes) {
+  quantize8_avx2(lookup, _mm256_loadu_ps(x), codes);
+}
+
 }  // namespace
+
+TEST(Quantize8bitLookup, GivesTheSearchsCodeAroundEveryThresholdAndAcrossAllFloats) {
+  if (!cpu_has_avx2()) GTEST_SKIP() << "no AVX2 on this CPU: the lookup is not used";
+  for (const QuantType type : {QuantType::DYNAMIC8_SIGNED, QuantType::DYNAMIC8_UNSIGNED}) {
+    const Quantize8bitLookup& lookup = Quantize8bitLookup::for_map(type);
+    std::vector<float> values;
+    for (int k = 1; k < 256; ++k) {
+      for (int64_t d = -3; d <= 3; ++d) values.push_back(from_key(static_cast<int64_t>(lookup.threshold[k]) + d));
+    }
+    // Every 4099th float from -inf to +inf (and NaN, beyond them), plus the specials.
+    for (int64_t key = ordered_key(-std::numeric_limits<float>::infinity()); key <= ordered_key(std::numeric_limits<float>::infinity());
+         key += 4099) {
+      values.push_back(from_key(key));
+    }
+    for (const float special : {0.0f, -0.0f, 1.0f, -1.0f, std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                                std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN(),
+                                std::numeric_limits<float>::denorm_min()}) {
+      values.push_back(special);
+    }
+    while (values.size() % 8) values.push_back(0.5f);
+    size_t mismatches = 0;
+    for (size_t i = 0; i < values.size(); i += 8) {
+      uint8_t codes[8];
+      quantize_eight(lookup, values.data() + i, codes);
+      for (int lane = 0; lane < 8; ++lane) {
+        const uint8_t expected = quantize_8bit_value(lookup.map, values[i + lane]);
+        if (codes[lane] != expected && mismatches++ < 5) {
+          ADD_FAILURE() << quant_type_traits(type).name << ": x = " << values[i + lane] << " lookup " << int(codes[lane]) << ", search "
+                        << int(expected);
+        }
+      }
+    }
+    EXPECT_EQ(mismatches, 0u) << values.size() << " values";
+  }
+}
 
 TEST_P(SimdPaths, Cpu32bitEqualsReferenceBitForBit) {
   for (const int64_t numel : kAdamWSizes) {
