@@ -21,7 +21,14 @@ bool cpu_has_avx2() {
   return supported && g_simd_enabled.load(std::memory_order_relaxed);
 }
 
+bool cpu_has_avx512() {
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vl");
+  return supported && cpu_has_avx2();
+}
+
 const char* cpu_kernel_isa() {
+  if (cpu_has_avx512()) return "avx512";
   if (cpu_has_avx2()) return "avx2";
   return cpu_has_sse41() ? "sse4.1" : "scalar";
 }

@@ -15,23 +15,31 @@
 
 namespace shardlora::kernels {
 
+// The 15 NF4 pivots and the 7 FP4 magnitude pivots, ascending (the SIMD kernels compare
+// against the same lists).
+#define SHARDLORA_NF4_PIVOTS                                                                         \
+  -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,           \
+      -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,    \
+      0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,            \
+      0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f
+#define SHARDLORA_FP4_MAGNITUDE_PIVOTS 0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f, 0.4166667f, 0.583333f, 0.8333333f
+// FP4 codes by increasing magnitude: 0, 1, 6, 7, 4, 5, 2, 3 (one nibble each).
+constexpr uint32_t kFp4CodesByMagnitude = 0x32547610u;
+
 SHARDLORA_HOST_DEVICE inline uint8_t quantize_nf4_value(float x) {
-  return static_cast<uint8_t>(
-      (x > -0.8480964004993439f) + (x > -0.6106329262256622f) + (x > -0.4599952697753906f) +
-      (x > -0.33967943489551544f) + (x > -0.23460740596055984f) + (x > -0.13791173323988914f) +
-      (x > -0.045525018125772476f) + (x > 0.03979014977812767f) + (x > 0.1202552504837513f) +
-      (x > 0.2035212516784668f) + (x > 0.2920137718319893f) + (x > 0.3893125355243683f) +
-      (x > 0.5016634166240692f) + (x > 0.6427869200706482f) + (x > 0.8614784181118011f));
+  constexpr float pivots[] = {SHARDLORA_NF4_PIVOTS};
+  uint8_t code = 0;
+  for (const float pivot : pivots) code += x > pivot;
+  return code;
 }
 
 SHARDLORA_HOST_DEVICE inline uint8_t quantize_fp4_value(float x) {
+  constexpr float pivots[] = {SHARDLORA_FP4_MAGNITUDE_PIVOTS};
   const uint32_t sign = x < 0 ? 0b1000u : 0u;
   const float magnitude = fabsf(x);
-  const uint32_t rank = (magnitude > 0.00260417f) + (magnitude > 0.0859375f) + (magnitude > 0.20833333f) +
-                        (magnitude > 0.29166667f) + (magnitude > 0.4166667f) + (magnitude > 0.583333f) +
-                        (magnitude > 0.8333333f);
-  // Codes by increasing magnitude: 0, 1, 6, 7, 4, 5, 2, 3 (one nibble each).
-  return static_cast<uint8_t>(((0x32547610u >> (4 * rank)) & 0xfu) | sign);
+  uint32_t rank = 0;
+  for (const float pivot : pivots) rank += magnitude > pivot;
+  return static_cast<uint8_t>(((kFp4CodesByMagnitude >> (4 * rank)) & 0xfu) | sign);
 }
 
 // `code` is a sorted 256-entry map (the dynamic maps are sorted).

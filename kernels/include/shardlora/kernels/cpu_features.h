@@ -4,8 +4,9 @@
 
 namespace shardlora::kernels {
 
-// "avx2" (the fused ops; the others use its SSE4.1), "sse4.1" or "scalar": the paths
-// the CPU kernels take now.
+// "avx512" (4-bit quantization codes; the rest as avx2), "avx2" (the fused ops, 8-bit
+// AdamW, 4-bit quantization; the others use its SSE4.1), "sse4.1" or "scalar": the best
+// path the CPU kernels take now.
 const char* cpu_kernel_isa();
 
 // Tests and benchmarks turn SIMD off to exercise and compare the scalar path.
