@@ -53,13 +53,24 @@ SHARDLORA_TARGET_AVX2 __m256i codes8_avx2(__m256 x) {
 // NF4 by a branchless binary search over the 15 pivots (one 16-entry permute per step, +inf
 // past the last), FP4 by mask compares. The same products and the same code as counting
 // the pivots exceeded.
-template <QuantType kType>
-SHARDLORA_TARGET_AVX512 void codes_avx512(const float* values, int64_t count, float scale, uint8_t* codes) {
+template <DType kIn>
+SHARDLORA_TARGET_AVX512 __m512 load16(const typename InputElement<kIn>::type* src) {
+  if constexpr (kIn == DType::F32) {
+    return _mm512_loadu_ps(src);
+  } else {
+    const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    if constexpr (kIn == DType::F16) return _mm512_cvtph_ps(half);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+  }
+}
+
+template <DType kIn, QuantType kType>
+SHARDLORA_TARGET_AVX512 void codes_avx512(const typename InputElement<kIn>::type* src, int64_t count, float scale, uint8_t* codes) {
   const __m512 s = _mm512_set1_ps(scale);
   constexpr float nf4_pivots[16] = {SHARDLORA_NF4_PIVOTS, __builtin_inff()};
   const __m512 table = _mm512_loadu_ps(nf4_pivots);
   for (int64_t i = 0; i < count; i += 16) {
-    const __m512 x = _mm512_mul_ps(_mm512_load_ps(values + i), s);
+    const __m512 x = _mm512_mul_ps(load16<kIn>(src + i), s);
     __m512i code = _mm512_setzero_si512();
     if constexpr (kType == QuantType::NF4) {
       for (int step = 8; step > 0; step /= 2) {
@@ -81,35 +92,56 @@ SHARDLORA_TARGET_AVX512 void codes_avx512(const float* values, int64_t count, fl
   }
 }
 
-// A whole block (count a multiple of 16) of finite values: the scalar loop's operations,
-// eight at a time, and pairs packed sixteen codes at a time. Returns false, having written
-// nothing, when the block holds an infinity or NaN (the scalar loop handles those).
+// The largest |x| of a block as fp32 bits, NaN skipped; 0x7f800000 or more when the block
+// holds an infinity or NaN. 16-bit inputs compare their own sign-magnitude bits (the same
+// order), sixteen at a time.
+template <DType kIn>
+SHARDLORA_TARGET_AVX2 uint32_t block_max_bits(const typename InputElement<kIn>::type* src, int64_t count) {
+  if constexpr (kIn == DType::F32) {
+    __m256i max_bits = _mm256_setzero_si256();
+    for (int64_t i = 0; i < count; i += 8) {
+      max_bits = _mm256_max_epu32(max_bits, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)),
+                                                             _mm256_set1_epi32(0x7fffffff)));
+    }
+    max_bits = _mm256_max_epu32(max_bits, _mm256_permute2x128_si256(max_bits, max_bits, 1));
+    max_bits = _mm256_max_epu32(max_bits, _mm256_shuffle_epi32(max_bits, _MM_SHUFFLE(1, 0, 3, 2)));
+    max_bits = _mm256_max_epu32(max_bits, _mm256_shuffle_epi32(max_bits, _MM_SHUFFLE(2, 3, 0, 1)));
+    return static_cast<uint32_t>(_mm256_cvtsi256_si32(max_bits));
+  } else {
+    __m256i max_bits = _mm256_setzero_si256();
+    for (int64_t i = 0; i < count; i += 16) {
+      max_bits = _mm256_max_epu16(max_bits, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)),
+                                                             _mm256_set1_epi16(0x7fff)));
+    }
+    __m128i max8 = _mm_max_epu16(_mm256_castsi256_si128(max_bits), _mm256_extracti128_si256(max_bits, 1));
+    max8 = _mm_max_epu16(max8, _mm_srli_si128(max8, 8));
+    max8 = _mm_max_epu16(max8, _mm_srli_si128(max8, 4));
+    max8 = _mm_max_epu16(max8, _mm_srli_si128(max8, 2));
+    const auto largest = static_cast<uint16_t>(_mm_cvtsi128_si32(max8));
+    const uint16_t infinity = kIn == DType::F16 ? 0x7c00 : 0x7f80;
+    return largest >= infinity ? 0x7f800000u : float_bits(InputElement<kIn>::to_float(largest));
+  }
+}
+
+// A whole block (count a multiple of 16) of finite values: the scalar loop's products and
+// comparisons, eight (AVX2) or sixteen (AVX-512) at a time, pairs packed sixteen codes at a
+// time. Returns false, having written nothing, when the block holds an infinity or NaN (the
+// scalar loop handles those).
 template <DType kIn, QuantType kType>
 SHARDLORA_TARGET_AVX2 bool quantize_finite_block_avx2(const typename InputElement<kIn>::type* src, int64_t count, float* absmax,
                                                       uint8_t* dst, bool avx512) {
-  alignas(64) float values[kMaxBlocksize];
   alignas(64) uint8_t codes[kMaxBlocksize];
-  __m256i max_bits = _mm256_setzero_si256();
-  const __m256i magnitude_mask = _mm256_set1_epi32(0x7fffffff);
-  for (int64_t i = 0; i < count; i += 8) {
-    const __m256 x = avx2::load8<kIn>(src + i);
-    _mm256_store_ps(values + i, x);
-    max_bits = _mm256_max_epu32(max_bits, _mm256_and_si256(_mm256_castps_si256(x), magnitude_mask));
-  }
-  max_bits = _mm256_max_epu32(max_bits, _mm256_permute2x128_si256(max_bits, max_bits, 1));
-  max_bits = _mm256_max_epu32(max_bits, _mm256_shuffle_epi32(max_bits, _MM_SHUFFLE(1, 0, 3, 2)));
-  max_bits = _mm256_max_epu32(max_bits, _mm256_shuffle_epi32(max_bits, _MM_SHUFFLE(2, 3, 0, 1)));
-  const auto block_max = static_cast<uint32_t>(_mm256_cvtsi256_si32(max_bits));
+  const uint32_t block_max = block_max_bits<kIn>(src, count);
   if (block_max >= 0x7f800000u) return false;
   const float block_absmax = bits_float(block_max);
   *absmax = block_absmax;
   const float block_scale = reciprocal_scale(block_absmax);
   if (avx512) {
-    codes_avx512<kType>(values, count, block_scale, codes);
+    codes_avx512<kIn, kType>(src, count, block_scale, codes);
   } else {
     const __m256 scale = _mm256_set1_ps(block_scale);
     for (int64_t i = 0; i < count; i += 8) {
-      const __m256i code = codes8_avx2<kType>(_mm256_mul_ps(_mm256_load_ps(values + i), scale));
+      const __m256i code = codes8_avx2<kType>(_mm256_mul_ps(avx2::load8<kIn>(src + i), scale));
       const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
       _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + i), _mm_packus_epi16(words, words));
     }
