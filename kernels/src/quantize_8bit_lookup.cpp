@@ -8,19 +8,11 @@
 namespace shardlora::kernels {
 namespace {
 
-float from_key(int64_t key) {
-  const auto k = static_cast<int32_t>(key);
-  const int32_t bits = k >= 0 ? k : k ^ 0x7fffffff;
-  float x;
-  std::memcpy(&x, &bits, sizeof x);
-  return x;
-}
-
 Quantize8bitLookup build(QuantType type) {
   Quantize8bitLookup lookup;
   lookup.map = quant_type_traits(type).code;
   const int64_t lowest = ordered_key(-__builtin_inff()), highest = ordered_key(__builtin_inff());
-  const auto code = [&](int64_t key) { return quantize_8bit_value(lookup.map, from_key(key)); };
+  const auto code = [&](int64_t key) { return quantize_8bit_value(lookup.map, from_ordered_key(key)); };
   for (int k = 1; k < 256; ++k) {
     int64_t lo = lowest, hi = highest + 1;  // the smallest key in [-inf, +inf] with code >= k (hi: none)
     while (lo < hi) {

@@ -31,14 +31,6 @@ class SimdPaths : public ::testing::TestWithParam<bool> {
   void TearDown() override { set_cpu_simd_enabled(true); }
 };
 
-float from_key(int64_t key) {
-  const auto k = static_cast<int32_t>(key);
-  const int32_t bits = k >= 0 ? k : k ^ 0x7fffffff;
-  float x;
-  std::memcpy(&x, &bits, sizeof x);
-  return x;
-}
-
 SHARDLORA_TARGET_AVX2 void quantize_eight(const Quantize8bitLookup& lookup, const float* x, uint8_t* codes) {
   quantize8_avx2(lookup, _mm256_loadu_ps(x), codes);
 }
@@ -51,12 +43,12 @@ TEST(Quantize8bitLookup, GivesTheSearchsCodeAroundEveryThresholdAndAcrossAllFloa
     const Quantize8bitLookup& lookup = Quantize8bitLookup::for_map(type);
     std::vector<float> values;
     for (int k = 1; k < 256; ++k) {
-      for (int64_t d = -3; d <= 3; ++d) values.push_back(from_key(static_cast<int64_t>(lookup.threshold[k]) + d));
+      for (int64_t d = -3; d <= 3; ++d) values.push_back(from_ordered_key(static_cast<int64_t>(lookup.threshold[k]) + d));
     }
     // Every 4099th float from -inf to +inf (and NaN, beyond them), plus the specials.
     for (int64_t key = ordered_key(-std::numeric_limits<float>::infinity()); key <= ordered_key(std::numeric_limits<float>::infinity());
          key += 4099) {
-      values.push_back(from_key(key));
+      values.push_back(from_ordered_key(key));
     }
     for (const float special : {0.0f, -0.0f, 1.0f, -1.0f, std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
                                 std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN(),

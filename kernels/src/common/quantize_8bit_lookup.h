@@ -35,6 +35,15 @@ inline int32_t ordered_key(float x) {
   return bits >= 0 ? bits : bits ^ 0x7fffffff;
 }
 
+// The float whose ordered_key is `key` (keys of int32 range; wider values are cut to it).
+inline float from_ordered_key(int64_t key) {
+  const auto k = static_cast<int32_t>(key);
+  const int32_t bits = k >= 0 ? k : k ^ 0x7fffffff;
+  float x;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
 
 // Codes of eight values through the lookup; NaN lanes through the reference.
 SHARDLORA_TARGET_AVX2 inline void quantize8_avx2(const Quantize8bitLookup& lookup, __m256 x, uint8_t* out) {
