@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <functional>
+#include <mutex>
 #include <queue>
 #include <unordered_map>
 
@@ -38,6 +39,8 @@ class Regex {
       throw Error(where + ": regex " + pattern + " does not compile at offset " + std::to_string(offset) + ": " +
                   reinterpret_cast<const char*>(message));
     }
+    // Compiled to machine code where PCRE2 can (matching dominated encoding without it).
+    pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);
     match_data_ = pcre2_match_data_create_from_pattern(code_, nullptr);
   }
   ~Regex() {
@@ -51,8 +54,14 @@ class Regex {
   std::vector<std::pair<size_t, size_t>> matches(const std::string& text) const {
     std::vector<std::pair<size_t, size_t>> found;
     size_t start = 0;
+    // PCRE2 checks the whole subject's UTF-8 on every call unless told not to: once is enough.
+    uint32_t options = 0;
     while (start <= text.size()) {
-      const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start, 0, match_data_, nullptr);
+      const auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+      int rc = pcre2_match(code_, subject, text.size(), start, options, match_data_, nullptr);
+      // The JIT's stack is small (32 KiB): a match that outgrows it runs interpreted.
+      if (rc == PCRE2_ERROR_JIT_STACKLIMIT) rc = pcre2_match(code_, subject, text.size(), start, options | PCRE2_NO_JIT, match_data_, nullptr);
+      options = PCRE2_NO_UTF_CHECK;
       if (rc == PCRE2_ERROR_NOMATCH) break;
       SHARDLORA_CHECK(rc > 0, "tokenizer regex: matching failed with PCRE2 error ", rc);
       const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(match_data_);
@@ -593,6 +602,25 @@ class BpeTokenizer : public Tokenizer {
     // Its merges need the whole word: BPE's working set is ~100 bytes a character.
     SHARDLORA_CHECK(word.size() <= kMaxWordBytes, parser_.file(), ": a single word of ", word.size(),
                     " bytes (no space or punctuation to split it at), over the ", kMaxWordBytes, "-byte limit: binary data?");
+    // Words repeat: their ids are kept (as tokenizers' BPE cache does), short words only.
+    const bool cacheable = word.size() <= kCachedWordBytes;
+    if (cacheable) {
+      const std::lock_guard<std::mutex> lock(cache_mutex_);
+      if (const auto it = word_cache_.find(word); it != word_cache_.end()) {
+        ids->insert(ids->end(), it->second.begin(), it->second.end());
+        return;
+      }
+    }
+    const size_t first_id = ids->size();
+    merge_word(word, ids);
+    if (cacheable) {
+      const std::lock_guard<std::mutex> lock(cache_mutex_);
+      if (word_cache_.size() < kCachedWords) word_cache_.emplace(word, std::vector<int64_t>(ids->begin() + static_cast<std::ptrdiff_t>(first_id), ids->end()));
+    }
+  }
+
+  // The merges of one word, its symbols' ids appended.
+  void merge_word(const std::string& word, std::vector<int64_t>* ids) const {
     std::vector<std::string> symbols = utf8_chars(word);
     const int64_t n = static_cast<int64_t>(symbols.size());
     std::vector<int64_t> prev(n), next(n);
@@ -654,6 +682,9 @@ class BpeTokenizer : public Tokenizer {
   std::unordered_map<std::string, int64_t> vocab_;
   int64_t entries_ = 0;  // vocab and added tokens in the file: bounds the ids (add_vocab)
   static constexpr size_t kMaxWordBytes = 1 << 20;
+  static constexpr size_t kCachedWordBytes = 256, kCachedWords = 1 << 16;
+  mutable std::mutex cache_mutex_;
+  mutable std::unordered_map<std::string, std::vector<int64_t>> word_cache_;
   std::vector<std::string> id_to_token_;
   std::unordered_map<std::string, int64_t> merge_ranks_;
   std::optional<int64_t> unk_id_;
