@@ -28,9 +28,10 @@ std::string holder_of(int fd) {
   return holder.empty() ? "a process that has not yet named itself" : holder;
 }
 
-// Takes the lock on the open lock file `fd`, or closes it and throws (naming the holder).
-void lock_or_throw(int fd, const std::string& run_dir, const std::string& path) {
-  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return;
+// Takes the lock (`mode` LOCK_EX, or LOCK_SH to probe) on the open lock file `fd`, or closes
+// it and throws (naming the holder).
+void lock_or_throw(int fd, const std::string& run_dir, const std::string& path, int mode) {
+  if (::flock(fd, mode | LOCK_NB) == 0) return;
   const int error = errno;
   const std::string holder = error == EWOULDBLOCK ? holder_of(fd) : "";
   ::close(fd);
@@ -47,7 +48,9 @@ void RunDirectoryLock::check_free(const std::string& run_dir) {
   // Read-write: NFS carries flock as a POSIX lock, and an exclusive one needs a writable descriptor.
   const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) return;  // never locked (or not ours to probe: the constructor will say)
-  lock_or_throw(fd, run_dir, path);
+  // Shared: probes (every rank of a starting job runs one) do not collide with each other,
+  // only with a holder's exclusive lock.
+  lock_or_throw(fd, run_dir, path, LOCK_SH);
   ::close(fd);  // and with it the probe's lock
 }
 
@@ -56,7 +59,7 @@ RunDirectoryLock::RunDirectoryLock(const std::string& run_dir) {
   const std::string path = run_dir + "/" + kFileName;
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   SHARDLORA_CHECK(fd_ >= 0, path, ": cannot open the run directory's lock: ", std::strerror(errno));
-  lock_or_throw(fd_, run_dir, path);  // a constructor that throws runs no destructor: fd_ is closed there
+  lock_or_throw(fd_, run_dir, path, LOCK_EX);  // a constructor that throws runs no destructor: fd_ is closed there
   const std::string holder = "host " + this_host() + " pid " + std::to_string(::getpid()) + "\n";
   if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, holder.data(), holder.size(), 0) != static_cast<ssize_t>(holder.size())) {
     const std::string why = std::strerror(errno);
