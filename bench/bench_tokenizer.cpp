@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "shardlora/data/tokenizer.h"
+#include "read_file.h"
 
 using namespace shardlora;
 
@@ -39,14 +40,6 @@ const [tokenizerFile, textFile, reps] = process.argv.slice(2);
   console.log(JSON.stringify({ ids: Array.from(first.getIds()), seconds }));
 })();
 )";
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot read " + path);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 std::string run_peer(const std::string& node_modules, const std::string& tokenizer_json, const std::string& text_file, int reps) {
   const std::string script = (std::filesystem::temp_directory_path() / ("shardlora_bench_tokenizer_" + std::to_string(getpid()) + ".js")).string();

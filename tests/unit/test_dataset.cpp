@@ -7,6 +7,9 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <atomic>
+#include <numeric>
+#include <random>
 #include <set>
 
 #include "shardlora/data/data_loader.h"
@@ -14,6 +17,7 @@
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/random_model.h"
 #include "shardlora/util/memory.h"
+#include "shardlora/util/parallel_tasks.h"
 #include "temp_dir.h"
 
 using namespace shardlora;
@@ -271,4 +275,125 @@ TEST_F(Datasets, MalformedRecordsFailOrAreSkippedAndCounted) {
   EXPECT_LE(malformed, 4);
   EXPECT_EQ(lenient.stats().examples, 4);
   EXPECT_NE(describe(lenient.stats()).find(std::to_string(malformed) + " malformed skipped"), std::string::npos);
+}
+
+TEST(ParallelTasks, EveryTaskRunsOnceAndTheFirstErrorIsRethrown) {
+  std::vector<std::atomic<int>> runs(1000);
+  run_parallel_tasks(1000, 3, [&](int64_t i) { ++runs[static_cast<size_t>(i)]; });
+  for (size_t i = 0; i < runs.size(); ++i) ASSERT_EQ(runs[i].load(), 1) << "task " << i;
+  for (const int threads : {1, 3}) {
+    std::atomic<int> started{0};
+    const auto failing = [&](int64_t i) {
+      ++started;
+      if (i == 10) throw Error("task 10 failed");
+    };
+    EXPECT_THROW(run_parallel_tasks(1000, threads, failing), Error) << threads << " threads";
+    if (threads == 1) EXPECT_EQ(started.load(), 11) << "tasks after a failure are skipped";
+  }
+  run_parallel_tasks(0, 3, [](int64_t) { FAIL() << "no tasks"; });
+}
+
+// A .jsonl file is indexed in one chunk per thread (>= 4 MiB each). The cuts fall where this
+// test puts a newline just before, blanks around, or the middle of a record; every thread
+// count must find exactly the lines a plain split finds.
+TEST_F(Datasets, JsonlIndexedInChunksFindsTheLinesOfAPlainSplit) {
+  constexpr size_t kSize = (17 << 20) + 123;
+  std::mt19937 rng(9);
+  std::string content;
+  while (content.size() < kSize) {
+    const int kind = static_cast<int>(rng() % 20);
+    if (kind == 0) content += "\n";                 // a blank line
+    else if (kind == 1) content += "   \t \r\n";     // a line of blanks
+    else content += "  {\"text\": \"" + std::string(1 + rng() % 300, static_cast<char>('a' + rng() % 26)) + "\"}" + (kind == 2 ? "\r\n" : "\n");
+  }
+  content.resize(kSize);
+  content.back() = '}';  // the last line has no newline
+  const auto put = [&](size_t at, const std::string& text) { content.replace(at, text.size(), text); };
+  put(kSize / 3 - 1, "\n");           // 3 chunks: the cut right after a newline
+  put(2 * kSize / 3 - 3, "  \r\n  ");  // blanks on both sides of the cut
+  put(kSize / 4 - 1, "\n\n");         // 4 chunks: an empty line on the cut
+  put(kSize / 2 - 1, "xy");           // 2 chunks: the cut inside a record
+  const std::string file = write("big.jsonl", content);
+
+  std::vector<std::pair<std::string, uint64_t>> expected;  // record, 1-based line
+  uint64_t line = 1;
+  for (size_t begin = 0; begin <= content.size(); ++line) {
+    size_t end = content.find('\n', begin);
+    if (end == std::string::npos) end = content.size();
+    const size_t first = content.find_first_not_of(" \t\r", begin);
+    if (first < end) {
+      const size_t last = content.find_last_not_of(" \t\r", end - 1);
+      expected.emplace_back(content.substr(first, last - first + 1), line);
+    }
+    begin = end + 1;
+  }
+  for (const int threads : {1, 2, 3, 4}) {
+    DatasetOptions options{file, DatasetFormat::Text};
+    options.cache_dir = path("cache" + std::to_string(threads));  // each count indexes afresh
+    fs::create_directories(options.cache_dir);
+    options.threads = threads;
+    const Dataset dataset(options);
+    ASSERT_EQ(dataset.size(), static_cast<int64_t>(expected.size())) << threads << " threads";
+    for (size_t i = 0; i < expected.size(); ++i) {
+      ASSERT_EQ(dataset.record(static_cast<int64_t>(i)), expected[i].first) << threads << " threads, record " << i;
+      ASSERT_EQ(dataset.location(static_cast<int64_t>(i)), file + ":" + std::to_string(expected[i].second)) << threads << " threads";
+    }
+  }
+}
+
+// Tokenizing ahead on threads changes nothing that comes out: batches, counters, the error a
+// strict loader stops with and where, and resuming from another loader's position.
+TEST_F(Datasets, LoaderTokenizingAheadOnThreadsYieldsWhatOneThreadDoes) {
+  std::mt19937 rng(4);
+  std::string lines;
+  for (int i = 0; i < 150; ++i) {
+    if (i % 37 == 5) lines += "{\"txt\": \"wrong key\"}\n";
+    else lines += R"({"text": ")" + std::string(1 + rng() % 20, static_cast<char>('a' + rng() % 26)) + "\"}\n";
+  }
+  const Dataset dataset({write("mixed.jsonl", lines), DatasetFormat::Text});
+  std::vector<int64_t> all(150);
+  std::iota(all.begin(), all.end(), int64_t{0});
+  const auto batches_equal = [](const Batch& a, const Batch& b) {
+    return torch::equal(a.input_ids, b.input_ids) && torch::equal(a.labels, b.labels) &&
+           torch::equal(a.position_ids, b.position_ids) && torch::equal(a.document_ids, b.document_ids);
+  };
+  for (const bool packing : {false, true}) {
+    LoaderOptions options;
+    options.micro_batch_size = 3;
+    options.max_seq_len = 16;
+    options.packing = packing;
+    options.over_length = OverLength::Drop;
+    options.skip_malformed = true;
+    options.threads = 1;
+    DataLoader one(dataset, *tokenizer_, all, 2, 0, 7, options);
+    options.threads = 3;
+    DataLoader three(dataset, *tokenizer_, all, 2, 0, 7, options);
+    DataLoader resumed(dataset, *tokenizer_, all, 2, 0, 7, options);
+    for (int i = 0; i < 80; ++i) {  // several epochs of rank 0's 75 samples
+      if (i == 33) resumed.restore(one.position());
+      const Batch expected = one.next();
+      ASSERT_TRUE(batches_equal(three.next(), expected)) << "batch " << i << ", packing " << packing;
+      if (i >= 33) ASSERT_TRUE(batches_equal(resumed.next(), expected)) << "resumed, batch " << i;
+      ASSERT_EQ(describe(three.stats()), describe(one.stats())) << "batch " << i;
+    }
+    EXPECT_GT(one.stats().malformed, 0);
+    EXPECT_GT(one.stats().dropped, 0);
+
+    options.skip_malformed = false;
+    const auto failing_batch = [&](int threads) {
+      options.threads = threads;
+      DataLoader strict(dataset, *tokenizer_, all, 2, 0, 7, options);
+      for (int i = 0; i < 80; ++i) {
+        try {
+          strict.next();
+        } catch (const Error& error) {
+          return std::to_string(i) + ": " + error.what();
+        }
+      }
+      return std::string("no error");
+    };
+    const std::string alone = failing_batch(1);
+    EXPECT_NE(alone.find("mixed.jsonl:"), std::string::npos) << alone;
+    EXPECT_EQ(failing_batch(3), alone);
+  }
 }

@@ -6,11 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
 
 #include "shardlora/data/byte_level.h"
 #include "shardlora/data/tokenizer.h"
+#include "shardlora/util/parallel_tasks.h"
 #include "shardlora/data/utf8.h"
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/random_model.h"
@@ -220,6 +222,25 @@ TEST_F(Tokenizers, RandomUnicodeRoundTrips) {
       const Ids ids = tokenizer->encode(text);
       ASSERT_EQ(tokenizer->decode(ids), text) << "trial " << trial;
     }
+  }
+}
+
+// Datasets are tokenized on the rank's threads with one tokenizer: each thread's ids must be
+// those of one thread alone (the regex's match data and the word cache are shared state).
+TEST_F(Tokenizers, ManyThreadsEncodeAsOneDoes) {
+  std::mt19937 rng(5);
+  std::vector<std::string> texts;
+  for (int i = 0; i < 400; ++i) texts.push_back(random_unicode(rng, 1 + static_cast<int>(rng() % 200)));
+  // Each style loaded twice: the threads start from an empty word cache, one thread from its own.
+  for (const auto& make : std::vector<std::function<std::unique_ptr<Tokenizer>()>>{
+           [&] { return gpt2(); }, [&] { return llama3(); }, [&] { return llama2(false); }}) {
+    const auto shared = make(), single = make();
+    std::vector<Ids> together(texts.size());
+    run_parallel_tasks(static_cast<int64_t>(texts.size()), 4,
+                       [&](int64_t i) { together[static_cast<size_t>(i)] = shared->encode(texts[static_cast<size_t>(i)]); });
+    std::vector<Ids> alone;
+    for (const std::string& text : texts) alone.push_back(single->encode(text));
+    for (size_t i = 0; i < texts.size(); ++i) ASSERT_EQ(together[i], alone[i]) << "text " << i;
   }
 }
 

@@ -9,6 +9,7 @@
 #include <array>
 #include <functional>
 #include <mutex>
+#include <shared_mutex>
 #include <queue>
 #include <unordered_map>
 
@@ -41,30 +42,30 @@ class Regex {
     }
     // Compiled to machine code where PCRE2 can (matching dominated encoding without it).
     pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);
-    match_data_ = pcre2_match_data_create_from_pattern(code_, nullptr);
   }
-  ~Regex() {
-    pcre2_match_data_free(match_data_);
-    pcre2_code_free(code_);
-  }
+  ~Regex() { pcre2_code_free(code_); }
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
 
-  // [begin, end) of every non-overlapping match, left to right.
+  // [begin, end) of every non-overlapping match, left to right. Safe from several threads:
+  // the match data is each call's own (a compiled pattern is shared read-only).
   std::vector<std::pair<size_t, size_t>> matches(const std::string& text) const {
+    const std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> match_data(
+        pcre2_match_data_create_from_pattern(code_, nullptr), &pcre2_match_data_free);
+    SHARDLORA_CHECK(match_data, "tokenizer regex: out of memory for match data");
     std::vector<std::pair<size_t, size_t>> found;
     size_t start = 0;
     // PCRE2 checks the whole subject's UTF-8 on every call unless told not to: once is enough.
     uint32_t options = 0;
     while (start <= text.size()) {
       const auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-      int rc = pcre2_match(code_, subject, text.size(), start, options, match_data_, nullptr);
+      int rc = pcre2_match(code_, subject, text.size(), start, options, match_data.get(), nullptr);
       // The JIT's stack is small (32 KiB): a match that outgrows it runs interpreted.
-      if (rc == PCRE2_ERROR_JIT_STACKLIMIT) rc = pcre2_match(code_, subject, text.size(), start, options | PCRE2_NO_JIT, match_data_, nullptr);
+      if (rc == PCRE2_ERROR_JIT_STACKLIMIT) rc = pcre2_match(code_, subject, text.size(), start, options | PCRE2_NO_JIT, match_data.get(), nullptr);
       options = PCRE2_NO_UTF_CHECK;
       if (rc == PCRE2_ERROR_NOMATCH) break;
       SHARDLORA_CHECK(rc > 0, "tokenizer regex: matching failed with PCRE2 error ", rc);
-      const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(match_data_);
+      const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(match_data.get());
       if (ovector[1] == ovector[0]) {  // an empty match: step over one character
         start = ovector[0] + (ovector[0] < text.size() ? utf8_length(static_cast<unsigned char>(text[ovector[0]])) : 1);
         continue;
@@ -77,7 +78,6 @@ class Regex {
 
  private:
   pcre2_code* code_ = nullptr;
-  pcre2_match_data* match_data_ = nullptr;
 };
 
 // A word on its way through the pre-tokenizers; `at_start`: it begins the input text.
@@ -605,7 +605,7 @@ class BpeTokenizer : public Tokenizer {
     // Words repeat: their ids are kept (as tokenizers' BPE cache does), short words only.
     const bool cacheable = word.size() <= kCachedWordBytes;
     if (cacheable) {
-      const std::lock_guard<std::mutex> lock(cache_mutex_);
+      const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
       if (const auto it = word_cache_.find(word); it != word_cache_.end()) {
         ids->insert(ids->end(), it->second.begin(), it->second.end());
         return;
@@ -614,7 +614,7 @@ class BpeTokenizer : public Tokenizer {
     const size_t first_id = ids->size();
     merge_word(word, ids);
     if (cacheable) {
-      const std::lock_guard<std::mutex> lock(cache_mutex_);
+      const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
       if (word_cache_.size() < kCachedWords) word_cache_.emplace(word, std::vector<int64_t>(ids->begin() + static_cast<std::ptrdiff_t>(first_id), ids->end()));
     }
   }
@@ -683,7 +683,7 @@ class BpeTokenizer : public Tokenizer {
   int64_t entries_ = 0;  // vocab and added tokens in the file: bounds the ids (add_vocab)
   static constexpr size_t kMaxWordBytes = 1 << 20;
   static constexpr size_t kCachedWordBytes = 256, kCachedWords = 1 << 16;
-  mutable std::mutex cache_mutex_;
+  mutable std::shared_mutex cache_mutex_;  // lookups from many threads, inserts from one at a time
   mutable std::unordered_map<std::string, std::vector<int64_t>> word_cache_;
   std::vector<std::string> id_to_token_;
   std::unordered_map<std::string, int64_t> merge_ranks_;

@@ -1,6 +1,9 @@
 #include "shardlora/data/data_loader.h"
 
+#include <algorithm>
+
 #include "shardlora/kernels/check.h"
+#include "shardlora/util/parallel_tasks.h"
 
 namespace shardlora::data {
 
@@ -16,18 +19,47 @@ DataLoader::DataLoader(const Dataset& dataset, const Tokenizer& tokenizer, std::
   SHARDLORA_CHECK(options.max_seq_len >= 2, "max_seq_len must be at least 2, found ", options.max_seq_len);
 }
 
+namespace {
+
+// Samples tokenized per refill and thread: enough to keep threads busy, few enough that the
+// look past a run's last step or an epoch's end costs little.
+constexpr int64_t kWindowPerThread = 16;
+
+bool same_position(const SamplerPosition& a, const SamplerPosition& b) {
+  return a.epoch == b.epoch && a.offset == b.offset && a.base == b.base;
+}
+
+}  // namespace
+
+PreparedExample DataLoader::next_prepared() {
+  if (window_next_ == window_.size()) {
+    const SamplerPosition start = sampler_.position();
+    const int threads = resolve_task_threads(options_.threads);
+    window_.assign(static_cast<size_t>(threads * kWindowPerThread), {});
+    std::vector<int64_t> samples;
+    for (Ahead& ahead : window_) {
+      ahead.before = sampler_.position();
+      samples.push_back(indices_[static_cast<size_t>(sampler_.next())]);
+    }
+    sampler_.restore(start);
+    std::vector<PreparedExample> prepared = prepare_examples(dataset_, samples, tokenizer_, options_.prompt, threads);
+    for (size_t i = 0; i < window_.size(); ++i) window_[i].prepared = std::move(prepared[i]);
+    window_next_ = 0;
+  }
+  sampler_.next();
+  return window_[window_next_++].prepared;  // a copy: restore() may step back onto it
+}
+
 Example DataLoader::next_example() {
   // A dataset whose every sample is too long would loop forever: give up after a full epoch of drops.
   for (int64_t attempts = 0; attempts <= static_cast<int64_t>(indices_.size()); ++attempts) {
-    const int64_t index = indices_[static_cast<size_t>(sampler_.next())];
-    Example example;
-    try {
-      example = dataset_.example(index, tokenizer_, options_.prompt);
-    } catch (const Error&) {
-      if (!options_.skip_malformed) throw;
+    PreparedExample prepared = next_prepared();
+    if (prepared.error) {
+      if (!options_.skip_malformed) throw Error(*prepared.error);
       ++stats_.malformed;
       continue;
     }
+    Example example = std::move(prepared.example);
     const bool too_long = static_cast<int64_t>(example.input_ids.size()) > options_.max_seq_len;
     if (!fit_to_length(&example, options_.max_seq_len, options_.over_length)) {
       ++stats_.dropped;
@@ -67,6 +99,11 @@ Batch DataLoader::next() {
 }
 
 void DataLoader::restore(const LoaderPosition& position) {
+  // Packing steps back over the example that starts the next batch: it is still in the
+  // window. Any other position starts a new one.
+  const auto ahead = std::find_if(window_.begin(), window_.end(),
+                                  [&](const Ahead& entry) { return same_position(entry.before, position.sampler); });
+  window_next_ = static_cast<size_t>(ahead - window_.begin());
   sampler_.restore(position.sampler);
   stats_ = position.stats;
 }

@@ -12,6 +12,7 @@
 #include "shardlora/data/utf8.h"
 #include "shardlora/io/durable_file.h"
 #include "shardlora/kernels/check.h"
+#include "shardlora/util/parallel_tasks.h"
 
 namespace shardlora::data {
 namespace {
@@ -43,28 +44,71 @@ void scan(const std::string& path, Visit visit) {
 
 bool blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 
-// Non-blank lines of a JSONL file (trailing \r and spaces excluded).
-std::vector<Span> index_lines(const std::string& path) {
-  std::vector<Span> spans;
-  uint64_t line = 1, start = 0, last_content = 0;
-  bool has_content = false;
-  const auto finish = [&](uint64_t) {
-    if (has_content) spans.push_back({start, last_content + 1, line});
-  };
-  scan(path, [&](char c, uint64_t offset) {
-    if (c == '\n') {
-      finish(offset);
-      ++line;
-      has_content = false;
-      return;
+// One line's non-blank bytes as seen by one chunk of the file: first is kNoContent when
+// the chunk holds none of them (a line split by a chunk boundary has two parts).
+struct LinePart {
+  static constexpr uint64_t kNoContent = UINT64_MAX;
+  uint64_t first = kNoContent, last = 0;
+
+  void extend(const LinePart& later) {
+    if (later.first == kNoContent) return;
+    if (first == kNoContent) first = later.first;
+    last = later.last;
+  }
+};
+
+// The parts of the lines in bytes [begin, end) of the file: one per newline in the range,
+// then the part after the last newline.
+std::vector<LinePart> line_parts(int fd, const std::string& path, uint64_t begin, uint64_t end) {
+  std::vector<LinePart> parts(1);
+  std::vector<char> buffer(1 << 20);
+  for (uint64_t at = begin; at < end;) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), end - at));
+    const ssize_t got = ::pread(fd, buffer.data(), want, static_cast<off_t>(at));
+    SHARDLORA_CHECK(got == static_cast<ssize_t>(want), path, ": short read while indexing (the file changed?)");
+    const char* const data = buffer.data();
+    for (size_t from = 0; from < want;) {
+      const auto* newline = static_cast<const char*>(std::memchr(data + from, '\n', want - from));
+      const size_t to = newline ? static_cast<size_t>(newline - data) : want;
+      // Records start and end with non-blank bytes next to the line's ends: a short search.
+      size_t first = from, last = to;
+      while (first < to && blank(data[first])) ++first;
+      while (last > first && blank(data[last - 1])) --last;
+      if (first < to) parts.back().extend({at + first, at + last - 1});
+      if (!newline) break;
+      parts.emplace_back();
+      from = to + 1;
     }
-    if (!blank(c)) {
-      if (!has_content) start = offset;
-      has_content = true;
-      last_content = offset;
-    }
+    at += want;
+  }
+  return parts;
+}
+
+// Non-blank lines of a JSONL file (trailing \r and spaces excluded), the file cut into one
+// chunk per thread (at least 4 MiB each) and the lines split by a cut joined again.
+std::vector<Span> index_lines(int fd, const std::string& path, uint64_t size, int threads) {
+  constexpr uint64_t kMinChunk = 4 << 20;
+  const auto chunks = static_cast<int64_t>(std::clamp<uint64_t>(size / kMinChunk, 1, static_cast<uint64_t>(resolve_task_threads(threads))));
+  std::vector<std::vector<LinePart>> parts(static_cast<size_t>(chunks));
+  run_parallel_tasks(chunks, threads, [&](int64_t c) {
+    parts[static_cast<size_t>(c)] = line_parts(fd, path, size * c / chunks, size * (c + 1) / chunks);
   });
-  finish(0);
+  std::vector<Span> spans;
+  uint64_t line = 1;
+  LinePart current;
+  const auto finish_line = [&] {
+    if (current.first != LinePart::kNoContent) spans.push_back({current.first, current.last + 1, line});
+    ++line;
+    current = {};
+  };
+  for (const std::vector<LinePart>& chunk : parts) {
+    current.extend(chunk.front());
+    for (size_t i = 1; i < chunk.size(); ++i) {
+      finish_line();
+      current = chunk[i];
+    }
+  }
+  finish_line();
   return spans;
 }
 
@@ -227,15 +271,15 @@ Dataset::Dataset(DatasetOptions options) : options_(std::move(options)), source_
   const int64_t mtime = mtime_ns(source.path);
   const fs::path cache_dir = options_.cache_dir.empty() ? fs::path(source.path).parent_path() : fs::path(options_.cache_dir);
   const std::string index_path = (cache_dir / (fs::path(source.path).filename().string() + ".shardlora-index")).string();
+  source.fd = ::open(source.path.c_str(), O_RDONLY | O_CLOEXEC);
+  SHARDLORA_CHECK(source.fd >= 0, source.path, ": cannot open: ", std::strerror(errno));
   if (auto cached = read_index(index_path, size, mtime)) {
     source.spans = std::move(*cached);
   } else {
-    source.spans = source.lines ? index_lines(source.path) : index_array(source.path);
+    source.spans = source.lines ? index_lines(source.fd, source.path, size, options_.threads) : index_array(source.path);
     write_index(index_path, size, mtime, source.spans);
   }
   SHARDLORA_CHECK(!source.spans.empty(), source.path, ": the dataset holds no records");
-  source.fd = ::open(source.path.c_str(), O_RDONLY | O_CLOEXEC);
-  SHARDLORA_CHECK(source.fd >= 0, source.path, ": cannot open: ", std::strerror(errno));
 }
 
 Dataset::~Dataset() = default;
@@ -342,6 +386,20 @@ Example Dataset::example(int64_t index, const Tokenizer& tokenizer, const Prompt
   }
   SHARDLORA_CHECK(!example.input_ids.empty(), where, ": the record yields no tokens");
   return example;
+}
+
+std::vector<PreparedExample> prepare_examples(const Dataset& dataset, const std::vector<int64_t>& indices, const Tokenizer& tokenizer,
+                                              const PromptOptions& prompt, int threads) {
+  std::vector<PreparedExample> prepared(indices.size());
+  run_parallel_tasks(static_cast<int64_t>(indices.size()), threads, [&](int64_t i) {
+    PreparedExample& out = prepared[static_cast<size_t>(i)];
+    try {
+      out.example = dataset.example(indices[static_cast<size_t>(i)], tokenizer, prompt);
+    } catch (const Error& error) {
+      out.error = error.what();
+    }
+  });
+  return prepared;
 }
 
 void split_indices(int64_t count, double fraction, uint64_t seed, std::vector<int64_t>* train, std::vector<int64_t>* validation) {

@@ -58,14 +58,12 @@ std::vector<data::Batch> eval_batches(const data::Dataset& dataset, const std::v
     batches.push_back(data::pad_batch(rows, pad_id));
     rows.clear();
   };
-  for (const int64_t index : indices) {
-    data::Example example;
-    try {
-      example = dataset.example(index, tokenizer, options.prompt);
-    } catch (const Error&) {
+  for (data::PreparedExample& prepared : data::prepare_examples(dataset, indices, tokenizer, options.prompt, options.threads)) {
+    if (prepared.error) {
       if (options.skip_malformed) continue;
-      throw;
+      throw Error(*prepared.error);
     }
+    data::Example example = std::move(prepared.example);
     if (!data::fit_to_length(&example, options.max_seq_len, options.over_length)) continue;
     rows.push_back(std::move(example));
     if (static_cast<int64_t>(rows.size()) == options.micro_batch_size) flush();

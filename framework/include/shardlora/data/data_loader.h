@@ -3,6 +3,8 @@
 // packed into micro_batch_size rows of max_seq_len. Packing never splits an example: one
 // that does not fit in the last row is left for the next batch (the sampler is rewound to
 // it), so the position after a batch is exact and a restored loader yields the same batches.
+// Samples are tokenized ahead, a window at a time, on the rank's threads; the window only
+// changes when the work is done, never what comes out or the position.
 #pragma once
 
 #include <string>
@@ -20,6 +22,7 @@ struct LoaderOptions {
   OverLength over_length = OverLength::Truncate;
   bool skip_malformed = false;  // a record that fails to parse or render is skipped and counted, not an error
   PromptOptions prompt;
+  int threads = 0;  // tokenizing ahead: 0 = the rank's libtorch thread count
 };
 
 struct LoaderStats {
@@ -48,6 +51,13 @@ class DataLoader {
  private:
   // The next example that survives the length and error policies (drops and skips are counted).
   Example next_example();
+  // The sampler's next sample, taken from the window (tokenized ahead, refilled when used up).
+  PreparedExample next_prepared();
+
+  struct Ahead {
+    SamplerPosition before;  // the sampler's position before this sample was drawn
+    PreparedExample prepared;
+  };
 
   const Dataset& dataset_;
   const Tokenizer& tokenizer_;
@@ -56,6 +66,8 @@ class DataLoader {
   ShardedSampler sampler_;
   LoaderStats stats_;
   int64_t pad_id_;
+  std::vector<Ahead> window_;
+  size_t window_next_ = 0;  // window_[window_next_] is the sampler's next sample
 };
 
 // "12 examples, 1 truncated, 0 dropped, 2 malformed skipped", for logs.

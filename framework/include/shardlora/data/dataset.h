@@ -2,8 +2,9 @@
 //   *.jsonl      one JSON object per line (blank lines skipped)
 //   *.json       a JSON array of objects
 //   a directory  every *.txt file (sorted by name) is one raw-text sample
-// The first pass records where every sample starts and ends; the index is cached (in
-// `cache_dir`, or beside the data) and rebuilt when the file's size or mtime changes.
+// The first pass records where every sample starts and ends (a .jsonl file in chunks over
+// the rank's threads); the index is cached (in `cache_dir`, or beside the data) and rebuilt
+// when the file's size or mtime changes.
 // Records become examples by format, with the field names mapped by the recipe:
 //   alpaca     instruction / input / output   (the template's user turn: instruction, then input)
 //   chat       messages: [{role, content}]
@@ -15,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +42,7 @@ struct DatasetOptions {
   DatasetFormat format = DatasetFormat::Chat;
   FieldMap fields;
   std::string cache_dir;  // empty: beside the data
+  int threads = 0;        // indexing a .jsonl file: 0 = the rank's libtorch thread count
 };
 
 struct PromptOptions {
@@ -76,6 +79,17 @@ class Dataset {
   DatasetOptions options_;
   std::unique_ptr<Source> source_;
 };
+
+// A sample's example, or why it has none (the message example() would have thrown).
+struct PreparedExample {
+  Example example;
+  std::optional<std::string> error;  // set when there is no example
+};
+
+// example() of each of `indices`, in that order, tokenized on `threads` threads (0: the
+// rank's libtorch thread count). Only Error is caught per sample; anything else propagates.
+std::vector<PreparedExample> prepare_examples(const Dataset& dataset, const std::vector<int64_t>& indices, const Tokenizer& tokenizer,
+                                              const PromptOptions& prompt, int threads);
 
 // Deterministic train / validation split of `count` samples: each index goes to validation
 // with probability `fraction`, decided by a hash of (seed, index), so the split does not
