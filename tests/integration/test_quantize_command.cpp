@@ -151,9 +151,9 @@ TEST_F(QuantizeCommand, BadInputFailsNamingTheProblemAndWritesNothing) {
   };
   const std::vector<Case> cases = {
       {"no config", [](const std::string& dir) { fs::remove(dir + "/config.json"); }, "config.json: missing"},
-      {"config without the model's sizes",
+      {"config without the model's sizes (transformers' LlamaConfig defaults, which the weights contradict)",
        [](const std::string& dir) { std::ofstream(dir + "/config.json") << R"({"model_type": "llama"})"; },
-       "config.json: key 'vocab_size' is missing"},
+       "tensor 'model.embed_tokens.weight' has shape [48, 64], the config implies [32000, 4096]"},
       {"a tensor missing",
        [](const std::string& dir) {
          auto tensors = io::read_tensor_file(dir + "/model.safetensors");

@@ -82,10 +82,15 @@ torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch:
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const torch::Tensor x = norm(h, w.at(p + "input_layernorm.weight"));
-    const torch::Tensor q = rope(linear(x, p + "self_attn.q_proj").view({B, T, H, D}).transpose(1, 2));
-    const torch::Tensor k = rope(linear(x, p + "self_attn.k_proj").view({B, T, KV, D}).transpose(1, 2)).repeat_interleave(H / KV, 1);
+    // Qwen3Attention: q_norm / k_norm (RMSNorm over head_dim) on each head, then RoPE.
+    const auto head_norm = [&](const torch::Tensor& heads, const char* name) {
+      return c.qk_norm ? norm(heads, w.at(p + "self_attn." + name + ".weight")) : heads;
+    };
+    const torch::Tensor q = rope(head_norm(linear(x, p + "self_attn.q_proj").view({B, T, H, D}), "q_norm").transpose(1, 2));
+    const torch::Tensor k =
+        rope(head_norm(linear(x, p + "self_attn.k_proj").view({B, T, KV, D}), "k_norm").transpose(1, 2)).repeat_interleave(H / KV, 1);
     const torch::Tensor v = linear(x, p + "self_attn.v_proj").view({B, T, KV, D}).transpose(1, 2).repeat_interleave(H / KV, 1);
-    const torch::Tensor& layer_mask = c.sliding_window && l >= c.first_sliding_layer ? window_mask : mask;
+    const torch::Tensor& layer_mask = c.layer_uses_window(l) ? window_mask : mask;
     const torch::Tensor attn = torch::softmax(torch::matmul(q, k.transpose(2, 3)) / std::sqrt(double(D)) + layer_mask, -1);
     h = h + linear(torch::matmul(attn, v).transpose(1, 2).reshape({B, T, H * D}), p + "self_attn.o_proj");
     const torch::Tensor y = norm(h, w.at(p + "post_attention_layernorm.weight"));
@@ -128,6 +133,20 @@ TEST(LlamaParity, Qwen2WithQkvBias) {
   ASSERT_TRUE(config.qkv_bias);
   const auto ids = sample_ids(1, 7, config.vocab_size);
   expect_parity(config, ids, {}, torch::arange(7).expand({1, 7}), torch::zeros({1, 7}, torch::kInt64));
+}
+
+TEST(LlamaParity, Qwen3WithHeadNormsAndAHeadDimOfItsOwn) {
+  // head_dim 24 != hidden / heads (as Qwen3-8B's 128 with 4096 / 32 = 128 is not always).
+  const auto config = tiny_config("qwen3", {{"head_dim", 24}, {"tie_word_embeddings", true}});
+  ASSERT_TRUE(config.qk_norm);
+  ASSERT_FALSE(config.qkv_bias);
+  const auto ids = sample_ids(2, 8, config.vocab_size);
+  const torch::Tensor docs = torch::tensor({0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0}).view({2, 8});
+  const torch::Tensor positions = torch::tensor({0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3, 4, 5, 6, 7}).view({2, 8});
+  expect_parity(config, ids, {.position_ids = positions, .document_ids = docs}, positions, docs);
+  auto biased = tiny_config("qwen3", {{"attention_bias", true}});
+  ASSERT_TRUE(biased.qkv_bias && biased.o_bias);
+  expect_parity(biased, ids, {}, torch::arange(8).expand({2, 8}), torch::zeros({2, 8}, torch::kInt64));
 }
 
 TEST(LlamaParity, TiedEmbeddings) {
@@ -219,18 +238,92 @@ TEST(LlamaConfigParsing, ErrorsNameTheFileAndKey) {
   bad["num_key_value_heads"] = 3;
   EXPECT_NE(error_of(bad).find("not a multiple of num_key_value_heads (3)"), std::string::npos);
   bad = good;
-  bad.erase("vocab_size");
-  EXPECT_NE(error_of(bad).find("key 'vocab_size' is missing"), std::string::npos);
+  bad.erase("model_type");
+  EXPECT_NE(error_of(bad).find("key 'model_type' is missing"), std::string::npos);
   bad = good;
-  bad["rope_scaling"] = {{"type", "yarn"}};
-  EXPECT_NE(error_of(bad).find("rope_scaling type 'yarn' is not supported"), std::string::npos);
+  bad["rope_scaling"] = {{"type", "bogus"}};
+  EXPECT_NE(error_of(bad).find("rope_scaling type 'bogus' is not supported"), std::string::npos);
+  bad = good;
+  bad["rope_parameters"] = {{"rope_type", "bogus"}, {"rope_theta", 1e6}};
+  EXPECT_NE(error_of(bad).find("rope_parameters type 'bogus' is not supported"), std::string::npos);
+  bad = good;
+  bad["model_type"] = "qwen3";
+  bad["num_key_value_heads"] = 4;  // Qwen3Config's default, 32, would not divide the 4 heads
+  bad["use_sliding_window"] = true;
+  bad["layer_types"] = {"full_attention"};
+  EXPECT_NE(error_of(bad).find("key 'layer_types' must list one type per layer (2)"), std::string::npos);
   bad = good;
   bad["model_type"] = "mistral";
+  bad["num_key_value_heads"] = 4;
   bad["sliding_window"] = 0;
   EXPECT_NE(error_of(bad).find("key 'sliding_window' must be a positive integer, found 0"), std::string::npos);
   bad = good;
   bad["hidden_act"] = "gelu";
   EXPECT_NE(error_of(bad).find("hidden_act 'gelu'"), std::string::npos);
+}
+
+// A key config.json leaves out takes the default of the model type's transformers config
+// class (LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config), an explicit null is None.
+TEST(LlamaConfigParsing, MissingKeysTakeTheDefaultsOfTransformersConfigClasses) {
+  const nlohmann::json minimal = {{"num_hidden_layers", 2}};
+  const auto parse = [&](const std::string& type, nlohmann::json fields = nlohmann::json::object()) {
+    nlohmann::json json = minimal;
+    json["model_type"] = type;
+    json.update(fields);
+    return parse_llama_config(json, "config.json");
+  };
+  const LlamaConfig llama = parse("llama");
+  EXPECT_EQ(llama.vocab_size, 32000);
+  EXPECT_EQ(llama.intermediate_size, 11008);
+  EXPECT_EQ(llama.num_key_value_heads, 32);
+  EXPECT_EQ(llama.head_dim, 128);
+  EXPECT_EQ(llama.max_position_embeddings, 2048);
+  EXPECT_FALSE(llama.sliding_window);
+
+  // Found in use: a Mistral config without sliding_window has transformers' 4096 on every layer.
+  const LlamaConfig mistral = parse("mistral");
+  EXPECT_EQ(mistral.sliding_window, 4096);
+  EXPECT_TRUE(mistral.layer_uses_window(0) && mistral.layer_uses_window(1));
+  EXPECT_EQ(mistral.num_key_value_heads, 8);
+  EXPECT_EQ(mistral.intermediate_size, 14336);
+  EXPECT_EQ(mistral.max_position_embeddings, 131072);
+  EXPECT_FALSE(parse("mistral", {{"sliding_window", nullptr}}).sliding_window) << "null is None: no window";
+  EXPECT_EQ(parse("mistral", {{"num_key_value_heads", nullptr}}).num_key_value_heads, 32) << "null: the heads";
+
+  // And a Qwen2 config with use_sliding_window and no sliding_window: 4096 from layer 28 on.
+  const LlamaConfig qwen2 = parse("qwen2", {{"use_sliding_window", true}, {"num_hidden_layers", 30}});
+  EXPECT_EQ(qwen2.sliding_window, 4096);
+  EXPECT_FALSE(qwen2.layer_uses_window(27));
+  EXPECT_TRUE(qwen2.layer_uses_window(28));
+  EXPECT_EQ(qwen2.vocab_size, 151936);
+  EXPECT_TRUE(qwen2.qkv_bias && !qwen2.o_bias);
+  EXPECT_FALSE(parse("qwen2").sliding_window) << "use_sliding_window defaults to false";
+
+  const LlamaConfig qwen3 = parse("qwen3", {{"hidden_size", 1024}, {"num_attention_heads", 16}, {"num_key_value_heads", 8}});
+  EXPECT_EQ(qwen3.head_dim, 128) << "Qwen3Config's own default, not hidden / heads = 64";
+  EXPECT_EQ(parse("qwen3").num_key_value_heads, 32);
+  EXPECT_EQ(qwen3.max_position_embeddings, 32768);
+  EXPECT_TRUE(qwen3.qk_norm);
+  EXPECT_FALSE(qwen3.qkv_bias);
+  EXPECT_EQ(parse("qwen3", {{"hidden_size", 1024}, {"num_attention_heads", 16}, {"num_key_value_heads", 8}, {"head_dim", nullptr}}).head_dim,
+            64);
+  const LlamaConfig typed = parse("qwen3", {{"use_sliding_window", true}, {"sliding_window", 8},
+                                            {"layer_types", {"sliding_attention", "full_attention"}}});
+  EXPECT_TRUE(typed.layer_uses_window(0));
+  EXPECT_FALSE(typed.layer_uses_window(1));
+  EXPECT_FALSE(parse("qwen3", {{"layer_types", {"sliding_attention", "full_attention"}}}).sliding_window)
+      << "layer types without use_sliding_window: no window (Qwen3Config sets sliding_window to None)";
+
+  // transformers 5 writes rope_parameters; 4 wrote rope_theta and rope_scaling.
+  EXPECT_EQ(parse("qwen3", {{"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 1e6}}}}).rope_theta, 1e6);
+  EXPECT_FALSE(parse("qwen3", {{"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 1e6}}}}).rope_scaling);
+  const LlamaConfig llama31 = parse("llama", {{"rope_parameters", {{"rope_type", "llama3"}, {"rope_theta", 5e5}, {"factor", 32.0},
+                                                                   {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                                                                   {"original_max_position_embeddings", 8192}}}});
+  EXPECT_EQ(llama31.rope_theta, 5e5);
+  ASSERT_TRUE(llama31.rope_scaling);
+  EXPECT_EQ(llama31.rope_scaling->factor, 32.0);
+  EXPECT_EQ(parse("llama", {{"rope_theta", 5e5}}).rope_theta, 5e5);
 }
 
 TEST(LlamaModelLoading, ShapeMismatchAndMissingTensorsAreNamed) {

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "shardlora/nn/llama.h"
@@ -15,11 +16,13 @@ using nn::parse_llama_config;
 
 using Weights = std::map<std::string, torch::Tensor>;
 
-inline LlamaConfig tiny_config(const std::string& model_type) {
-  return parse_llama_config({{"model_type", model_type}, {"vocab_size", 40}, {"hidden_size", 64}, {"intermediate_size", 96},
-                             {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-                             {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}},
-                            "test");
+// head_dim 16 (hidden / heads) unless `fields` say otherwise (Qwen3's default is 128).
+inline LlamaConfig tiny_config(const std::string& model_type, const nlohmann::json& fields = nlohmann::json::object()) {
+  nlohmann::json json = {{"model_type", model_type}, {"vocab_size", 40}, {"hidden_size", 64}, {"intermediate_size", 96},
+                         {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+                         {"head_dim", 16}, {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}};
+  json.update(fields);
+  return parse_llama_config(json, "test");
 }
 
 inline Weights random_weights(const LlamaConfig& c, uint64_t seed) {
@@ -40,12 +43,17 @@ inline Weights random_weights(const LlamaConfig& c, uint64_t seed) {
     w[p + "mlp.gate_proj.weight"] = normal({c.intermediate_size, c.hidden_size}, 0.1);
     w[p + "mlp.up_proj.weight"] = normal({c.intermediate_size, c.hidden_size}, 0.1);
     w[p + "mlp.down_proj.weight"] = normal({c.hidden_size, c.intermediate_size}, 0.1);
+    if (c.qk_norm) {
+      w[p + "self_attn.q_norm.weight"] = 1 + normal({c.head_dim}, 0.1);
+      w[p + "self_attn.k_norm.weight"] = 1 + normal({c.head_dim}, 0.1);
+    }
     if (c.qkv_bias) {
       for (const char* m : {"q", "k", "v"}) {
         const auto out = std::string(m) == "q" ? c.q_size() : c.kv_size();
         w[p + "self_attn." + m + "_proj.bias"] = normal({out}, 0.1);
       }
     }
+    if (c.o_bias) w[p + "self_attn.o_proj.bias"] = normal({c.hidden_size}, 0.1);
   }
   return w;
 }

@@ -277,9 +277,14 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
     }
     std::vector<AdaptedLinear> adapted;
     for (size_t i = 0; i < modules.size(); ++i) adapted.push_back(adapt(prefix + modules[i], bases[i]));
-    layers_.push_back(Layer{to_model(require(weights, prefix + "input_layernorm.weight", {hidden}, label)),
-                            to_model(require(weights, prefix + "post_attention_layernorm.weight", {hidden}, label)), adapted[0],
-                            adapted[1], adapted[2], adapted[3], adapted[4], adapted[5], adapted[6]});
+    Layer layer{to_model(require(weights, prefix + "input_layernorm.weight", {hidden}, label)),
+                to_model(require(weights, prefix + "post_attention_layernorm.weight", {hidden}, label)), adapted[0],
+                adapted[1], adapted[2], adapted[3], adapted[4], adapted[5], adapted[6]};
+    if (config.qk_norm) {
+      layer.q_norm = to_model(require(weights, prefix + "self_attn.q_norm.weight", {config.head_dim}, label));
+      layer.k_norm = to_model(require(weights, prefix + "self_attn.k_norm.weight", {config.head_dim}, label));
+    }
+    layers_.push_back(std::move(layer));
   }
 }
 
@@ -291,8 +296,14 @@ torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, co
                                         const torch::Tensor& sin, const torch::Tensor& layout, KvCache* cache, size_t index) {
   const int64_t batch = x.size(0), seq = x.size(1), heads = config_.num_attention_heads,
                 kv_heads = config_.num_key_value_heads, dim = config_.head_dim;
-  torch::Tensor q = apply_rope(layer.q->forward(x), cos, sin, heads).view({batch, seq, heads, dim}).transpose(1, 2);
-  torch::Tensor k = apply_rope(layer.k->forward(x), cos, sin, kv_heads).view({batch, seq, kv_heads, dim}).transpose(1, 2);
+  // Qwen3 normalises each head of q and k (over head_dim) before the rotation.
+  const auto head_normed = [&](const torch::Tensor& projected, const torch::Tensor& norm, int64_t count) {
+    return norm.defined() ? rms_norm(projected.view({batch, seq, count, dim}), norm).view({batch, seq, count * dim}) : projected;
+  };
+  torch::Tensor q = apply_rope(head_normed(layer.q->forward(x), layer.q_norm, heads), cos, sin, heads)
+                        .view({batch, seq, heads, dim}).transpose(1, 2);
+  torch::Tensor k = apply_rope(head_normed(layer.k->forward(x), layer.k_norm, kv_heads), cos, sin, kv_heads)
+                        .view({batch, seq, kv_heads, dim}).transpose(1, 2);
   torch::Tensor v = layer.v->forward(x).view({batch, seq, kv_heads, dim}).transpose(1, 2);
   if (cache) {
     if (cache->keys.size() <= index) {

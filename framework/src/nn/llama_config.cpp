@@ -1,5 +1,7 @@
 #include "shardlora/nn/llama_config.h"
 
+#include <map>
+
 #include "shardlora/kernels/check.h"
 
 namespace shardlora::nn {
@@ -69,14 +71,84 @@ class Fields {
   std::string file_;
 };
 
+// rope_theta and the scaling: transformers 5's rope_parameters {rope_type, rope_theta, ...}
+// or 4's top-level rope_theta with rope_scaling {rope_type | type, ...}.
+void parse_rope(const nlohmann::json& json, const Fields& fields, LlamaConfig* config) {
+  config->rope_theta = fields.positive_number("rope_theta", 10000.0);
+  const char* key = fields.object("rope_parameters") ? "rope_parameters" : "rope_scaling";
+  const nlohmann::json* scaling = fields.object(key);
+  if (!scaling) return;
+  const Fields rope(*scaling, fields.file() + ": " + key);
+  if (std::string(key) == "rope_parameters") config->rope_theta = rope.positive_number("rope_theta", config->rope_theta);
+  const std::string type = scaling->contains("rope_type") ? rope.string("rope_type") : rope.string("type", "default");
+  if (type == "default") return;
+  SHARDLORA_CHECK(type == "llama3", fields.file(), ": ", key, " type '", type, "' is not supported (default, llama3)");
+  Llama3RopeScaling llama3;
+  llama3.factor = rope.positive_number("factor", llama3.factor);
+  llama3.low_freq_factor = rope.positive_number("low_freq_factor", llama3.low_freq_factor);
+  llama3.high_freq_factor = rope.positive_number("high_freq_factor", llama3.high_freq_factor);
+  llama3.original_max_position_embeddings = rope.positive_int("original_max_position_embeddings", llama3.original_max_position_embeddings);
+  SHARDLORA_CHECK(llama3.high_freq_factor > llama3.low_freq_factor, fields.file(), ": ", key,
+                  " high_freq_factor must exceed low_freq_factor");
+  config->rope_scaling = llama3;
+}
+
+// What each model type's transformers config class sets for a key config.json leaves out
+// (only the keys read here; num_key_value_heads and head_dim left out follow the heads).
+const nlohmann::json& hf_defaults(const std::string& model_type, const std::string& file) {
+  static const std::map<std::string, nlohmann::json> defaults = {
+      {"llama",
+       {{"vocab_size", 32000}, {"hidden_size", 4096}, {"intermediate_size", 11008}, {"num_hidden_layers", 32},
+        {"num_attention_heads", 32}, {"max_position_embeddings", 2048}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0},
+        {"tie_word_embeddings", false}, {"attention_bias", false}, {"mlp_bias", false}}},
+      {"mistral",
+       {{"vocab_size", 32000}, {"hidden_size", 4096}, {"intermediate_size", 14336}, {"num_hidden_layers", 32},
+        {"num_attention_heads", 32}, {"num_key_value_heads", 8}, {"max_position_embeddings", 4096 * 32}, {"rms_norm_eps", 1e-6},
+        {"rope_theta", 10000.0}, {"tie_word_embeddings", false}, {"sliding_window", 4096}}},
+      {"qwen2",
+       {{"vocab_size", 151936}, {"hidden_size", 4096}, {"intermediate_size", 22016}, {"num_hidden_layers", 32},
+        {"num_attention_heads", 32}, {"num_key_value_heads", 32}, {"max_position_embeddings", 32768}, {"rms_norm_eps", 1e-6},
+        {"rope_theta", 10000.0}, {"tie_word_embeddings", false}, {"use_sliding_window", false}, {"sliding_window", 4096},
+        {"max_window_layers", 28}}},
+      {"qwen3",
+       {{"vocab_size", 151936}, {"hidden_size", 4096}, {"intermediate_size", 22016}, {"num_hidden_layers", 32},
+        {"num_attention_heads", 32}, {"num_key_value_heads", 32}, {"head_dim", 128}, {"max_position_embeddings", 32768},
+        {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0}, {"tie_word_embeddings", false}, {"attention_bias", false},
+        {"use_sliding_window", false}, {"sliding_window", 4096}, {"max_window_layers", 28}}},
+  };
+  const auto it = defaults.find(model_type);
+  SHARDLORA_CHECK(it != defaults.end(), file, ": model_type '", model_type, "' is not supported (llama, mistral, qwen2, qwen3)");
+  return it->second;
+}
+
+// Qwen's windowed layers: layer_types when given ("sliding_attention" / "full_attention"),
+// else those from max_window_layers on.
+std::vector<bool> qwen_windowed_layers(const nlohmann::json& json, const Fields& fields, int64_t layers) {
+  std::vector<bool> windowed;
+  if (const auto types = json.find("layer_types"); types != json.end() && !types->is_null()) {
+    SHARDLORA_CHECK(types->is_array() && static_cast<int64_t>(types->size()) == layers, fields.file(),
+                    ": key 'layer_types' must list one type per layer (", layers, "), found ", types->dump());
+    for (const auto& type : *types) {
+      SHARDLORA_CHECK(type == "sliding_attention" || type == "full_attention", fields.file(), ": key 'layer_types' holds ",
+                      type.dump(), " (sliding_attention, full_attention)");
+      windowed.push_back(type == "sliding_attention");
+    }
+    return windowed;
+  }
+  const int64_t first = fields.non_negative_int("max_window_layers", 0);
+  for (int64_t layer = 0; layer < layers; ++layer) windowed.push_back(layer >= first);
+  return windowed;
+}
+
 }  // namespace
 
-LlamaConfig parse_llama_config(const nlohmann::json& json, const std::string& file) {
-  const Fields fields(json, file);
+LlamaConfig parse_llama_config(const nlohmann::json& given, const std::string& file) {
+  SHARDLORA_CHECK(given.is_object(), file, ": not a JSON object");
   LlamaConfig config;
-  config.model_type = fields.string("model_type");
-  SHARDLORA_CHECK(config.model_type == "llama" || config.model_type == "mistral" || config.model_type == "qwen2", file,
-                  ": model_type '", config.model_type, "' is not supported (llama, mistral, qwen2)");
+  config.model_type = Fields(given, file).string("model_type");
+  nlohmann::json json = hf_defaults(config.model_type, file);
+  for (const auto& [key, value] : given.items()) json[key] = value;  // an explicit null stays null: None in transformers
+  const Fields fields(json, file);
   config.vocab_size = fields.positive_int("vocab_size");
   config.hidden_size = fields.positive_int("hidden_size");
   config.intermediate_size = fields.positive_int("intermediate_size");
@@ -93,40 +165,29 @@ LlamaConfig parse_llama_config(const nlohmann::json& json, const std::string& fi
     config.head_dim = config.hidden_size / config.num_attention_heads;
   }
   SHARDLORA_CHECK(config.head_dim % 2 == 0, file, ": head_dim ", config.head_dim, " must be even for rotary embeddings");
-  config.max_position_embeddings = fields.positive_int("max_position_embeddings", 2048);
+  config.max_position_embeddings = fields.positive_int("max_position_embeddings");
   config.rms_norm_eps = fields.positive_number("rms_norm_eps", 1e-6);
-  config.rope_theta = fields.positive_number("rope_theta", 10000.0);
   config.tie_word_embeddings = fields.boolean("tie_word_embeddings", false);
   const std::string activation = fields.string("hidden_act", "silu");
   SHARDLORA_CHECK(activation == "silu", file, ": hidden_act '", activation, "' is not supported (silu)");
+  const bool qwen = config.model_type == "qwen2" || config.model_type == "qwen3";
+  if (qwen) {
+    // transformers: the window only with use_sliding_window, on the windowed layers.
+    if (fields.boolean("use_sliding_window", false) && !json["sliding_window"].is_null()) {
+      config.sliding_window = fields.positive_int("sliding_window");
+      config.windowed_layers = qwen_windowed_layers(json, fields, config.num_hidden_layers);
+    }
+  } else if (config.model_type == "mistral" && !json["sliding_window"].is_null()) {
+    config.sliding_window = fields.positive_int("sliding_window");
+  }
   if (config.model_type == "qwen2") {
-    config.qkv_bias = true;
-    // HF Qwen2: the window applies only with use_sliding_window, to layers >= max_window_layers.
-    if (fields.boolean("use_sliding_window", false)) {
-      config.sliding_window = fields.positive_int("sliding_window");
-      config.first_sliding_layer = fields.non_negative_int("max_window_layers", 28);  // HF's default
-    }
-  } else {
-    if (config.model_type == "mistral" && json.contains("sliding_window") && !json["sliding_window"].is_null()) {
-      config.sliding_window = fields.positive_int("sliding_window");
-    }
+    config.qkv_bias = true;  // Qwen2Attention: q, k, v with bias, o without
+  } else if (config.model_type != "mistral") {
     config.qkv_bias = config.o_bias = fields.boolean("attention_bias", false);
-    config.mlp_bias = fields.boolean("mlp_bias", false);
+    config.mlp_bias = config.model_type == "llama" && fields.boolean("mlp_bias", false);
   }
-  if (const nlohmann::json* scaling = fields.object("rope_scaling")) {
-    const Fields rope(*scaling, file + ": rope_scaling");
-    const std::string type = scaling->contains("rope_type") ? rope.string("rope_type") : rope.string("type");
-    SHARDLORA_CHECK(type == "llama3", file, ": rope_scaling type '", type, "' is not supported (llama3)");
-    Llama3RopeScaling llama3;
-    llama3.factor = rope.positive_number("factor", llama3.factor);
-    llama3.low_freq_factor = rope.positive_number("low_freq_factor", llama3.low_freq_factor);
-    llama3.high_freq_factor = rope.positive_number("high_freq_factor", llama3.high_freq_factor);
-    llama3.original_max_position_embeddings =
-        rope.positive_int("original_max_position_embeddings", llama3.original_max_position_embeddings);
-    SHARDLORA_CHECK(llama3.high_freq_factor > llama3.low_freq_factor, file,
-                    ": rope_scaling high_freq_factor must exceed low_freq_factor");
-    config.rope_scaling = llama3;
-  }
+  config.qk_norm = config.model_type == "qwen3";
+  parse_rope(json, fields, &config);
   return config;
 }
 

@@ -1,5 +1,6 @@
 // A decoder-only Llama-family transformer in libtorch, following Hugging Face's
-// modeling_llama / modeling_qwen2: RMSNorm, rotary embeddings (rotate-half, llama3 scaling),
+// modeling_llama / modeling_qwen2 / modeling_qwen3: RMSNorm, rotary embeddings (rotate-half,
+// llama3 scaling), Qwen3's RMSNorm of each q and k head before RoPE,
 // grouped-query attention, causal within each document of a packed sequence (per document,
 // without a mask, unless a sliding window or a KV cache needs one), SwiGLU MLP, optionally tied embeddings. The decoder Linears are frozen (4-bit or
 // float) with LoRA adapters on the target modules; only the adapters are parameters.
@@ -89,6 +90,7 @@ class LlamaModelImpl : public torch::nn::Module {
   struct Layer {
     torch::Tensor input_norm, post_attention_norm;
     AdaptedLinear q, k, v, o, gate, up, down;
+    torch::Tensor q_norm, k_norm;  // [head_dim] with LlamaConfig::qk_norm, else undefined
   };
   torch::Tensor attention(Layer& layer, const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                           const torch::Tensor& layout, KvCache* cache, size_t index);

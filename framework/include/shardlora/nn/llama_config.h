@@ -1,11 +1,16 @@
 // The Llama-family architecture as Hugging Face's config.json describes it: Llama 2 / 3 /
-// 3.1 / 3.2 (rope_scaling "llama3"), Mistral (sliding window), Qwen2 (q/k/v bias), TinyLlama, SmolLM (tied
-// embeddings). Parsing validates every field and names the file and key on error.
+// 3.1 / 3.2 (rope_scaling "llama3"), Mistral (sliding window), Qwen2 (q/k/v bias), Qwen3
+// (q/k norms per head), TinyLlama, SmolLM (tied embeddings). A key the file leaves out takes
+// the default of that model type's transformers config class (MistralConfig's window of
+// 4096, Qwen3Config's head_dim of 128, ...); rope settings come as transformers 4 writes
+// them (rope_theta, rope_scaling) or 5 (rope_parameters). Parsing validates every field and
+// names the file and key on error.
 #pragma once
 
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace shardlora::nn {
 
@@ -18,7 +23,7 @@ struct Llama3RopeScaling {
 };
 
 struct LlamaConfig {
-  std::string model_type;  // llama, mistral or qwen2
+  std::string model_type;  // llama, mistral, qwen2 or qwen3
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -34,14 +39,17 @@ struct LlamaConfig {
   bool qkv_bias = false;  // Qwen2 always; Llama with attention_bias
   bool o_bias = false;    // Llama attention_bias
   bool mlp_bias = false;  // Llama mlp_bias
-  // Sliding-window attention (Mistral; Qwen2 with use_sliding_window): layers from
-  // first_sliding_layer on attend to the last `sliding_window` tokens only, themselves included.
+  bool qk_norm = false;   // Qwen3: RMSNorm over each head of q and of k, before RoPE
+  // Sliding-window attention (Mistral; Qwen2 / Qwen3 with use_sliding_window): the windowed
+  // layers attend to the last `sliding_window` tokens only, themselves included.
   std::optional<int64_t> sliding_window;
-  int64_t first_sliding_layer = 0;  // Qwen2's max_window_layers
+  std::vector<bool> windowed_layers;  // by layer (Qwen's layer_types); empty: every layer
 
   int64_t q_size() const { return num_attention_heads * head_dim; }
   int64_t kv_size() const { return num_key_value_heads * head_dim; }
-  bool layer_uses_window(int64_t layer) const { return sliding_window && layer >= first_sliding_layer; }
+  bool layer_uses_window(int64_t layer) const {
+    return sliding_window && (windowed_layers.empty() || windowed_layers[static_cast<size_t>(layer)]);
+  }
 };
 
 // `file` names config.json in errors.
