@@ -41,6 +41,13 @@ const std::map<std::string, nlohmann::json>& published_configs() {
       {"llama-3.2-1b", llama_config(2048, 8192, 16, 32, true)},
       {"llama-3.1-8b", llama_config(4096, 14336, 32, 32, false)},
       {"llama-3.1-70b", llama_config(8192, 28672, 80, 64, false)},
+      // Qwen/Qwen3-8B's config.json.
+      {"qwen3-8b",
+       {{"model_type", "qwen3"}, {"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 151936}, {"hidden_size", 4096},
+        {"intermediate_size", 12288}, {"num_hidden_layers", 36}, {"num_attention_heads", 32}, {"num_key_value_heads", 8},
+        {"head_dim", 128}, {"max_position_embeddings", 40960}, {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000},
+        {"rope_scaling", nullptr}, {"attention_bias", false}, {"use_sliding_window", false}, {"sliding_window", nullptr},
+        {"max_window_layers", 36}, {"tie_word_embeddings", false}}},
   };
   return configs;
 }
@@ -83,7 +90,7 @@ TEST_F(Estimate, EveryRecipeParsesValidatesAndEstimates) {
       const std::string model = name.substr(0, name.size() - std::string("-qlora.yaml").size());
       args.push_back("model.path=" + config_dir(model));
       args.push_back("--world-size");
-      args.push_back(model == "llama-3.1-70b" ? "16" : model == "llama-3.1-8b" ? "8" : "1");
+      args.push_back(model == "llama-3.1-70b" ? "16" : model == "llama-3.1-8b" ? "8" : "1");  // qwen3-8b: one GPU
     }
     const auto result = run_process(args);
     ASSERT_EQ(result.exit_code, 0) << name << ": " << result.err;
@@ -94,7 +101,7 @@ TEST_F(Estimate, EveryRecipeParsesValidatesAndEstimates) {
       EXPECT_GT(table["methods"]["full"]["device_total_bytes"].get<int64_t>(), table["methods"]["qlora"]["device_total_bytes"].get<int64_t>());
     }
   }
-  EXPECT_EQ(recipes, 4u) << "demo, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b";
+  EXPECT_EQ(recipes, 5u) << "demo, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b, qwen3-8b";
 }
 
 TEST_F(Estimate, Llama31_8bHasThePublishedShape) {
@@ -114,6 +121,16 @@ TEST_F(Estimate, Llama31_8bHasThePublishedShape) {
   EXPECT_GT(gb(floor), 6.0);
   EXPECT_LT(gb(floor), 7.0);
   EXPECT_LT(qlora.device_total(), 24LL << 30) << "8B QLoRA fits a 24 GiB GPU with checkpointing";
+}
+
+TEST_F(Estimate, Qwen3_8bHasThePublishedShape) {
+  const nn::LlamaConfig config = nn::parse_llama_config(published_configs().at("qwen3-8b"), "qwen3-8b");
+  // The model card: 8.2B parameters, 6.95B of them outside the embeddings.
+  const int64_t params = train::parameter_count(config);
+  EXPECT_NEAR(static_cast<double>(params) / 1e9, 8.19, 0.01);
+  EXPECT_NEAR(static_cast<double>(params - 2 * config.vocab_size * config.hidden_size) / 1e9, 6.95, 0.01);
+  const auto qlora = estimate("qwen3-8b-qlora.yaml", config_dir("qwen3-8b"), 1)[2];
+  EXPECT_LT(qlora.device_total(), 24LL << 30) << "Qwen3-8B QLoRA fits a 24 GiB GPU with checkpointing";
 }
 
 TEST_F(Estimate, ShardingDividesTheBaseByTheWorldSize) {
@@ -148,10 +165,14 @@ TEST_F(Estimate, LandsWithinFifteenPercentOfMeasuredPeakRss) {
   nn::RandomModelSpec wide_vocab{.vocab = 128256, .hidden = 256, .intermediate = 512, .layers = 1, .heads = 4, .kv_heads = 2};
   wide_vocab.dtype = torch::kFloat32;
   nn::write_random_hf_model(path("vocab-128k-model"), wide_vocab);
+  nn::RandomModelSpec qwen3 = nn::model_preset("qwen3-tiny");
+  qwen3.dtype = torch::kFloat32;
+  nn::write_random_hf_model(path("qwen3-model"), qwen3);
   const std::vector<std::vector<std::string>> cases = {
       {"model.path=" + path("demo-model")},
       {"model.path=" + path("tiny-model"), "model.dtype=bf16", "training.activation_checkpointing=true", "data.max_seq_len=256"},
       {"model.path=" + path("vocab-128k-model"), "data.max_seq_len=2048", "training.micro_batch_size=1"},
+      {"model.path=" + path("qwen3-model"), "data.max_seq_len=512"},
   };
   int run = 0;
   for (const auto& overrides : cases) {

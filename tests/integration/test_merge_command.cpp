@@ -35,25 +35,8 @@ class MergeCommand : public TempDirTest {
     return run_process(args, 120.0);
   }
 
-  // Logits of `dir` loaded as a float model (no quantization on load, no adapter) or with
-  // the adapter on the base as stored.
-  torch::Tensor logits(const std::string& dir, bool with_adapter) {
-    nn::ModelOptions options;
-    options.compute_dtype = torch::kFloat32;
-    options.quantize_base = false;
-    std::optional<nn::PeftAdapter> adapter;
-    if (with_adapter) {
-      adapter = nn::read_peft_adapter(path("adapter"));
-      options.lora = adapter->lora;
-      options.target_modules = adapter->target_modules;
-    }
-    auto model = nn::load_hf_model(dir, options);
-    if (adapter) nn::load_adapter_weights(model, *adapter, path("adapter"));
-    model->eval();
-    torch::NoGradGuard no_grad;
-    torch::manual_seed(2);
-    return model->forward(torch::randint(48, {2, 7}, torch::kInt64));
-  }
+  // Logits of `dir` as stored, with the adapter or without.
+  torch::Tensor logits(const std::string& dir, bool with_adapter) { return model_logits(dir, with_adapter ? path("adapter") : "", 48); }
 };
 
 }  // namespace

@@ -34,4 +34,22 @@ void write_random_adapter(const std::string& base_dir, const std::string& adapte
   nn::save_peft_adapter(trained, adapter_dir, base_dir);
 }
 
+torch::Tensor model_logits(const std::string& model_dir, const std::string& adapter_dir, int64_t vocab) {
+  nn::ModelOptions options;
+  options.compute_dtype = torch::kFloat32;
+  options.quantize_base = false;
+  std::optional<nn::PeftAdapter> adapter;
+  if (!adapter_dir.empty()) {
+    adapter = nn::read_peft_adapter(adapter_dir);
+    options.lora = adapter->lora;
+    options.target_modules = adapter->target_modules;
+  }
+  auto model = nn::load_hf_model(model_dir, options);
+  if (adapter) nn::load_adapter_weights(model, *adapter, adapter_dir);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(2);
+  return model->forward(torch::randint(vocab, {2, 7}, torch::kInt64));
+}
+
 }  // namespace shardlora::testing

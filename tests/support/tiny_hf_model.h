@@ -24,4 +24,8 @@ std::map<std::string, torch::Tensor> write_tiny_hf_model(const std::string& dir,
 void write_random_adapter(const std::string& base_dir, const std::string& adapter_dir, double alpha, double scale,
                           uint64_t seed);
 
+// Logits [2, 7] in float32 of fixed random ids below `vocab`: the model in `model_dir` as
+// stored (a float base stays float), with the PEFT adapter in `adapter_dir` unless empty.
+torch::Tensor model_logits(const std::string& model_dir, const std::string& adapter_dir, int64_t vocab);
+
 }  // namespace shardlora::testing

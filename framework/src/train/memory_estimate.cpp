@@ -57,7 +57,8 @@ LayerActivations layer_activations(const nn::LlamaConfig& c, int64_t dtype_bytes
   int64_t per_token = 2 * 2 * dtype_bytes * h  // two fused RMSNorms: the input and the output (the Linears' input)
                       + dtype_bytes * 3 * q    // q, k (rotated in place) and v repeated to every head, as attention keeps them
                       + dtype_bytes * q        // the attention output, o_proj's input
-                      + dtype_bytes * 3 * i;   // fused SwiGLU: gate, up and the product (down_proj's input)
+                      + dtype_bytes * 3 * i    // fused SwiGLU: gate, up and the product (down_proj's input)
+                      + (c.qk_norm ? dtype_bytes * (q + c.kv_size()) : 0);  // Qwen3's head norms keep q and k as projected
   if (lora_r > 0) {
     int64_t inputs = 0;
     for (const auto& linear : layer_linears(c)) inputs += linear.in;
@@ -98,7 +99,7 @@ int64_t MemoryEstimate::row(const std::string& name, bool device) const {
 
 int64_t parameter_count(const nn::LlamaConfig& c) {
   return c.vocab_size * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) + (2 * c.num_hidden_layers + 1) * c.hidden_size +
-         c.num_hidden_layers * linear_parameters_per_layer(c);
+         (c.qk_norm ? 2 * c.num_hidden_layers * c.head_dim : 0) + c.num_hidden_layers * linear_parameters_per_layer(c);
 }
 
 std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::LlamaConfig& c, const EstimateOptions& options) {
