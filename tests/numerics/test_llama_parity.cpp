@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -18,24 +19,55 @@ using namespace shardlora::testing;
 
 namespace {
 
-// Rotary inverse frequencies in fp64, HF's formula including llama3 scaling, element by element.
-std::vector<double> reference_inv_freq(const LlamaConfig& c) {
+// Rotary inverse frequencies in fp64 and the factor on cos / sin for a sequence of
+// `seq_len` positions, element by element from transformers' ROPE_INIT_FUNCTIONS (default,
+// linear, dynamic, yarn, longrope, llama3); attention factors from their published defaults.
+struct ReferenceRotary {
   std::vector<double> inv_freq;
-  for (int64_t i = 0; i < c.head_dim; i += 2) {
-    double f = 1.0 / std::pow(c.rope_theta, static_cast<double>(i) / c.head_dim);
-    if (c.rope_scaling) {
-      const auto& s = *c.rope_scaling;
-      const double wavelen = 2 * M_PI / f, old_context = s.original_max_position_embeddings;
-      if (wavelen > old_context / s.low_freq_factor) {
+  double attention = 1.0;
+};
+
+ReferenceRotary reference_rotary(const LlamaConfig& c, int64_t seq_len) {
+  const int64_t D = c.head_dim;
+  ReferenceRotary out;
+  const auto plain = [&](double base, int64_t i) { return 1.0 / std::pow(base, static_cast<double>(i) / D); };
+  if (!c.rope_scaling) {
+    for (int64_t i = 0; i < D; i += 2) out.inv_freq.push_back(plain(c.rope_theta, i));
+    return out;
+  }
+  const auto& s = *c.rope_scaling;
+  const double original = s.original_max_position_embeddings, max_pos = c.max_position_embeddings;
+  for (int64_t i = 0; i < D; i += 2) {
+    double f = plain(c.rope_theta, i);
+    if (s.type == "linear") {
+      f /= s.factor;
+    } else if (s.type == "dynamic") {
+      const double length = std::max<double>(seq_len, max_pos);
+      f = plain(c.rope_theta * std::pow(s.factor * length / max_pos - (s.factor - 1), D / (D - 2.0)), i);
+    } else if (s.type == "longrope") {
+      f = 1.0 / ((seq_len > original ? s.long_factor : s.short_factor)[i / 2] * std::pow(c.rope_theta, static_cast<double>(i) / D));
+    } else if (s.type == "yarn") {
+      const auto correction = [&](double rotations) { return D * std::log(original / (rotations * 2 * M_PI)) / (2 * std::log(c.rope_theta)); };
+      double low = correction(s.beta_fast), high = correction(s.beta_slow);
+      if (s.truncate) low = std::floor(low), high = std::ceil(high);
+      low = std::max(low, 0.0), high = std::min(high, D - 1.0);
+      if (low == high) high += 0.001;
+      const double ramp = std::clamp((i / 2 - low) / (high - low), 0.0, 1.0);
+      f = f / s.factor * ramp + f * (1 - ramp);
+    } else {  // llama3
+      const double wavelen = 2 * M_PI / f;
+      if (wavelen > original / s.low_freq_factor) {
         f = f / s.factor;
-      } else if (wavelen >= old_context / s.high_freq_factor) {
-        const double smooth = (old_context / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+      } else if (wavelen >= original / s.high_freq_factor) {
+        const double smooth = (original / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
         f = (1 - smooth) * f / s.factor + smooth * f;
       }
     }
-    inv_freq.push_back(f);
+    out.inv_freq.push_back(f);
   }
-  return inv_freq;
+  if (s.type == "yarn") out.attention = 0.1 * std::log(s.factor) + 1.0;
+  if (s.type == "longrope") out.attention = std::sqrt(1 + std::log(s.factor) / std::log(original));
+  return out;
 }
 
 torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch::Tensor& ids, const torch::Tensor& positions,
@@ -54,15 +86,16 @@ torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch:
   };
   const int64_t B = ids.size(0), T = ids.size(1), H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
   // rotary angles and the attention mask, element by element
-  const auto inv_freq = reference_inv_freq(c);
+  const ReferenceRotary rotary = reference_rotary(c, positions.max().item<int64_t>() + 1);
+  const auto& inv_freq = rotary.inv_freq;
   torch::Tensor cos = torch::empty({B, 1, T, D}, f64), sin = torch::empty({B, 1, T, D}, f64);
   torch::Tensor mask = torch::zeros({B, 1, T, T}, f64), window_mask = torch::zeros({B, 1, T, T}, f64);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t i = 0; i < D; ++i) {
         const double angle = positions[b][t].item<int64_t>() * inv_freq[i % (D / 2)];
-        cos[b][0][t][i] = std::cos(angle);
-        sin[b][0][t][i] = std::sin(angle);
+        cos[b][0][t][i] = std::cos(angle) * rotary.attention;
+        sin[b][0][t][i] = std::sin(angle) * rotary.attention;
       }
       for (int64_t s = 0; s < T; ++s) {
         if (s > t || docs[b][s].item<int64_t>() != docs[b][t].item<int64_t>()) mask[b][0][t][s] = -INFINITY;
@@ -164,12 +197,66 @@ TEST(LlamaParity, Llama3RopeScaling) {
                                                       {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}}}},
                                    "test");
   // Wavelengths on both sides of the scaling band and inside it are present at head_dim 32.
-  const auto inv_freq = rotary_inv_freq(config);
-  const auto expected = reference_inv_freq(config);
+  const auto inv_freq = rotary_frequencies(config).inv_freq;
+  const auto expected = reference_rotary(config, 12).inv_freq;
   for (size_t i = 0; i < expected.size(); ++i) EXPECT_NEAR(inv_freq[i].item<double>(), expected[i], 1e-7 * expected[i]);
   const auto ids = sample_ids(1, 12, config.vocab_size);
   const auto positions = (torch::arange(12) * 37).expand({1, 12});  // far positions, where scaling matters
   expect_parity(config, ids, {.position_ids = positions}, positions, torch::zeros({1, 12}, torch::kInt64));
+}
+
+// Every rope type transformers publishes, on both sides of its thresholds: the frequencies
+// and cos / sin factor against the fp64 formulas, then the logits at far positions.
+TEST(LlamaParity, RopeScalingTypesAsTransformersComputesThem) {
+  std::vector<double> short_factor, long_factor;
+  for (int i = 0; i < 16; ++i) {  // head_dim 32: 16 factors each
+    short_factor.push_back(1.0 + 0.05 * i);
+    long_factor.push_back(1.0 + 0.9 * i);
+  }
+  const std::vector<std::pair<std::string, nlohmann::json>> cases = {
+      {"linear", {{"rope_scaling", {{"type", "linear"}, {"factor", 4.0}}}}},
+      {"dynamic", {{"rope_scaling", {{"rope_type", "dynamic"}, {"factor", 2.0}}}, {"max_position_embeddings", 64}}},
+      {"yarn", {{"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 64}}},
+                {"max_position_embeddings", 256}}},
+      {"yarn untruncated, betas", {{"rope_scaling", {{"rope_type", "yarn"}, {"factor", 8.0}, {"original_max_position_embeddings", 128},
+                                                     {"beta_fast", 16.0}, {"beta_slow", 2.0}, {"truncate", false}}}}},
+      {"yarn from rope_parameters, factor from the context ratio",
+       {{"rope_parameters", {{"rope_type", "yarn"}, {"rope_theta", 1e6}, {"original_max_position_embeddings", 64}}},
+        {"max_position_embeddings", 512}}},
+      {"longrope (Phi-3: original_max_position_embeddings beside rope_scaling)",
+       {{"rope_scaling", {{"type", "longrope"}, {"short_factor", short_factor}, {"long_factor", long_factor}}},
+        {"original_max_position_embeddings", 64}, {"max_position_embeddings", 1024}}},
+  };
+  for (const auto& [name, fields] : cases) {
+    nlohmann::json json = {{"model_type", "llama"}, {"vocab_size", 40}, {"hidden_size", 64}, {"intermediate_size", 96},
+                           {"num_hidden_layers", 2}, {"num_attention_heads", 2}, {"num_key_value_heads", 1}, {"rope_theta", 10000.0}};
+    json.update(fields);
+    const LlamaConfig config = parse_llama_config(json, "test");
+    ASSERT_TRUE(config.rope_scaling) << name;
+    // Without a factor, yarn and longrope take max_position_embeddings / the original.
+    if (name.rfind("yarn from", 0) == 0) EXPECT_EQ(config.rope_scaling->factor, 8.0);
+    if (name.rfind("longrope", 0) == 0) EXPECT_EQ(config.rope_scaling->factor, 16.0);
+    for (const int64_t seq_len : {int64_t{12}, int64_t{100}, int64_t{2000}}) {
+      const RotaryFrequencies ours = rotary_frequencies(config, seq_len);
+      const ReferenceRotary expected = reference_rotary(config, seq_len);
+      EXPECT_NEAR(ours.attention_scaling, expected.attention, 1e-12) << name;
+      for (size_t i = 0; i < expected.inv_freq.size(); ++i) {
+        EXPECT_NEAR(ours.inv_freq[i].item<double>(), expected.inv_freq[i], 2e-6 * expected.inv_freq[i]) << name << ", i " << i;
+      }
+    }
+    // Far positions (past every threshold above) and near ones, where the choice differs.
+    for (const int64_t stride : {int64_t{1}, int64_t{97}}) {
+      const auto positions = (torch::arange(12) * stride).expand({1, 12});
+      expect_parity(config, sample_ids(1, 12, config.vocab_size), {.position_ids = positions}, positions,
+                    torch::zeros({1, 12}, torch::kInt64));
+    }
+  }
+  EXPECT_NEAR(parse_llama_config({{"model_type", "llama"}, {"num_hidden_layers", 1}, {"max_position_embeddings", 131072},
+                                  {"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 32768}}}},
+                                 "qwen3-yarn")
+                  .rope_scaling->attention_factor,
+              0.1 * std::log(4.0) + 1, 1e-12)
+      << "Qwen3's published yarn setting";
 }
 
 LlamaConfig sliding_window_config(nlohmann::json fields) {

@@ -170,13 +170,49 @@ const std::vector<std::string>& decoder_linear_names() {
   return names;
 }
 
-torch::Tensor rotary_inv_freq(const LlamaConfig& config) {
+bool rotary_depends_on_length(const LlamaConfig& config) {
+  return config.rope_scaling && (config.rope_scaling->type == "dynamic" || config.rope_scaling->type == "longrope");
+}
+
+// transformers' ROPE_INIT_FUNCTIONS, in float32 as there.
+RotaryFrequencies rotary_frequencies(const LlamaConfig& config, int64_t seq_len) {
   const int64_t dim = config.head_dim;
-  torch::Tensor inv_freq =
-      1.0 / torch::pow(config.rope_theta, torch::arange(0, dim, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(dim));
-  if (!config.rope_scaling) return inv_freq;
-  // HF _compute_llama3_parameters.
-  const auto& s = *config.rope_scaling;
+  const torch::Tensor exponents = torch::arange(0, dim, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(dim);
+  const torch::Tensor inv_freq = 1.0 / torch::pow(config.rope_theta, exponents);
+  if (!config.rope_scaling) return {inv_freq, 1.0};
+  const RopeScaling& s = *config.rope_scaling;
+  if (s.type == "linear") return {inv_freq / s.factor, 1.0};
+  if (s.type == "dynamic") {
+    // Stateless: the base for this sequence (transformers keeps the largest seen so far).
+    const double length = static_cast<double>(std::max(seq_len, config.max_position_embeddings));
+    const double max_positions = static_cast<double>(config.max_position_embeddings);
+    const double base = config.rope_theta * std::pow(s.factor * length / max_positions - (s.factor - 1), dim / (dim - 2.0));
+    return {1.0 / torch::pow(base, exponents), 1.0};
+  }
+  if (s.type == "longrope") {
+    const auto& factors = seq_len > s.original_max_position_embeddings ? s.long_factor : s.short_factor;
+    return {1.0 / (torch::tensor(factors, torch::kFloat64).to(torch::kFloat32) * torch::pow(config.rope_theta, exponents)),
+            s.attention_factor};
+  }
+  if (s.type == "yarn") {
+    const double base = config.rope_theta, original = static_cast<double>(s.original_max_position_embeddings);
+    const auto correction_dim = [&](double rotations) {
+      return dim * std::log(original / (rotations * 2 * M_PI)) / (2 * std::log(base));
+    };
+    double low = correction_dim(s.beta_fast), high = correction_dim(s.beta_slow);
+    if (s.truncate) {
+      low = std::floor(low);
+      high = std::ceil(high);
+    }
+    low = std::max(low, 0.0);
+    high = std::min(high, static_cast<double>(dim - 1));
+    if (low == high) high += 0.001;
+    const torch::Tensor pos_freqs = torch::pow(base, torch::arange(0, dim, 2).to(torch::kFloat32) / static_cast<double>(dim));
+    const torch::Tensor ramp = ((torch::arange(dim / 2, torch::kFloat32) - low) / (high - low)).clamp(0, 1);
+    const torch::Tensor extrapolation = 1 - ramp;
+    return {(1.0 / (s.factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation, s.attention_factor};
+  }
+  // llama3: HF _compute_llama3_parameters.
   const double old_context = static_cast<double>(s.original_max_position_embeddings);
   const double low_freq_wavelen = old_context / s.low_freq_factor;
   const double high_freq_wavelen = old_context / s.high_freq_factor;
@@ -185,7 +221,7 @@ torch::Tensor rotary_inv_freq(const LlamaConfig& config) {
   const torch::Tensor smooth = (old_context / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
   const torch::Tensor smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
   const torch::Tensor medium = (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
-  return torch::where(medium, smoothed, scaled);
+  return {torch::where(medium, smoothed, scaled), 1.0};
 }
 
 LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLookup& weights, const ModelOptions& options,
@@ -201,7 +237,8 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
   const int64_t hidden = config.hidden_size, inter = config.intermediate_size;
   embed_ = to_model(require(weights, "model.embed_tokens.weight", {config.vocab_size, hidden}, label));
   final_norm_ = to_model(require(weights, "model.norm.weight", {hidden}, label));
-  inv_freq_ = rotary_inv_freq(config).to(options.device);
+  rotary_ = rotary_frequencies(config);
+  rotary_.inv_freq = rotary_.inv_freq.to(options.device);
   lm_head_ = config.tie_word_embeddings
                  ? std::make_shared<DenseLinear>(embed_)
                  : std::make_shared<DenseLinear>(to_model(require(weights, "lm_head.weight", {config.vocab_size, hidden}, label)));
@@ -375,9 +412,16 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   const torch::Tensor& unwindowed = options.cache ? allowed : segments;
   // HF LlamaRotaryEmbedding: angles in float32, cos / sin cast to the compute dtype (HF
   // repeats them for the second half of each head; the tables keep one half).
-  const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq_.view({1, 1, -1});
+  // Dynamic NTK and LongRoPE choose their frequencies by the sequence's length (transformers:
+  // the largest position id + 1), which costs these two a read of the positions.
+  RotaryFrequencies rotary = rotary_;
+  if (rotary_depends_on_length(config_)) {
+    rotary = rotary_frequencies(config_, positions.max().item<int64_t>() + 1);
+    rotary.inv_freq = rotary.inv_freq.to(device);
+  }
+  const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(-1) * rotary.inv_freq.view({1, 1, -1});
   const auto dtype = options_.compute_dtype;
-  const torch::Tensor cos = angles.cos().to(dtype), sin = angles.sin().to(dtype);
+  const torch::Tensor cos = (angles.cos() * rotary.attention_scaling).to(dtype), sin = (angles.sin() * rotary.attention_scaling).to(dtype);
 
   torch::Tensor h = torch::embedding(embed_, ids);
   if (sharded_) sharded_->begin_forward(is_training() && torch::GradMode::is_enabled() && !options.cache);

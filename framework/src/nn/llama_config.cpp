@@ -1,5 +1,6 @@
 #include "shardlora/nn/llama_config.h"
 
+#include <cmath>
 #include <map>
 
 #include "shardlora/kernels/check.h"
@@ -82,15 +83,50 @@ void parse_rope(const nlohmann::json& json, const Fields& fields, LlamaConfig* c
   if (std::string(key) == "rope_parameters") config->rope_theta = rope.positive_number("rope_theta", config->rope_theta);
   const std::string type = scaling->contains("rope_type") ? rope.string("rope_type") : rope.string("type", "default");
   if (type == "default") return;
-  SHARDLORA_CHECK(type == "llama3", fields.file(), ": ", key, " type '", type, "' is not supported (default, llama3)");
-  Llama3RopeScaling llama3;
-  llama3.factor = rope.positive_number("factor", llama3.factor);
-  llama3.low_freq_factor = rope.positive_number("low_freq_factor", llama3.low_freq_factor);
-  llama3.high_freq_factor = rope.positive_number("high_freq_factor", llama3.high_freq_factor);
-  llama3.original_max_position_embeddings = rope.positive_int("original_max_position_embeddings", llama3.original_max_position_embeddings);
-  SHARDLORA_CHECK(llama3.high_freq_factor > llama3.low_freq_factor, fields.file(), ": ", key,
-                  " high_freq_factor must exceed low_freq_factor");
-  config->rope_scaling = llama3;
+  SHARDLORA_CHECK(type == "llama3" || type == "linear" || type == "dynamic" || type == "yarn" || type == "longrope", fields.file(),
+                  ": ", key, " type '", type, "' is not supported (default, linear, dynamic, yarn, longrope, llama3)");
+  RopeScaling s;
+  s.type = type;
+  // Phi-3 keeps original_max_position_embeddings beside max_position_embeddings, not in rope_scaling.
+  s.original_max_position_embeddings = rope.positive_int(
+      "original_max_position_embeddings", fields.positive_int("original_max_position_embeddings", config->max_position_embeddings));
+  const double context_ratio =
+      static_cast<double>(config->max_position_embeddings) / static_cast<double>(s.original_max_position_embeddings);
+  if (type == "llama3") {
+    s.factor = rope.positive_number("factor", 8.0);
+    s.low_freq_factor = rope.positive_number("low_freq_factor", s.low_freq_factor);
+    s.high_freq_factor = rope.positive_number("high_freq_factor", s.high_freq_factor);
+    s.original_max_position_embeddings = rope.positive_int("original_max_position_embeddings", 8192);
+    SHARDLORA_CHECK(s.high_freq_factor > s.low_freq_factor, fields.file(), ": ", key, " high_freq_factor must exceed low_freq_factor");
+  } else if (type == "linear" || type == "dynamic") {
+    s.factor = rope.positive_number("factor", 0);
+    SHARDLORA_CHECK(s.factor > 0, fields.file(), ": ", key, ": key 'factor' is missing");
+  } else if (type == "yarn") {
+    s.factor = rope.positive_number("factor", context_ratio);
+    const auto mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+    const double m = rope.positive_number("mscale", 0), m_all = rope.positive_number("mscale_all_dim", 0);
+    s.attention_factor = rope.positive_number("attention_factor", m > 0 && m_all > 0 ? mscale(s.factor, m) / mscale(s.factor, m_all)
+                                                                                    : mscale(s.factor, 1));
+    s.beta_fast = rope.positive_number("beta_fast", 32);
+    s.beta_slow = rope.positive_number("beta_slow", 1);
+    s.truncate = rope.boolean("truncate", true);
+  } else {  // longrope
+    s.factor = rope.positive_number("factor", context_ratio);
+    const double default_attention =
+        s.factor <= 1 ? 1.0 : std::sqrt(1 + std::log(s.factor) / std::log(static_cast<double>(s.original_max_position_embeddings)));
+    s.attention_factor = rope.positive_number("attention_factor", default_attention);
+    for (auto [name, factors] : {std::pair{"short_factor", &s.short_factor}, std::pair{"long_factor", &s.long_factor}}) {
+      const auto it = scaling->find(name);
+      SHARDLORA_CHECK(it != scaling->end() && it->is_array() && static_cast<int64_t>(it->size()) == config->head_dim / 2,
+                      fields.file(), ": ", key, ": key '", name, "' must list head_dim / 2 = ", config->head_dim / 2, " numbers");
+      for (const auto& value : *it) {
+        SHARDLORA_CHECK(value.is_number() && value.get<double>() > 0, fields.file(), ": ", key, ": key '", name,
+                        "' holds ", value.dump(), ", not a positive number");
+        factors->push_back(value.get<double>());
+      }
+    }
+  }
+  config->rope_scaling = s;
 }
 
 // What each model type's transformers config class sets for a key config.json leaves out

@@ -20,6 +20,11 @@
 
 namespace shardlora::nn {
 
+struct RotaryFrequencies {
+  torch::Tensor inv_freq;
+  double attention_scaling = 1.0;
+};
+
 struct ModelOptions {
   c10::ScalarType compute_dtype = torch::kBFloat16;
   torch::Device device = torch::kCPU;
@@ -98,7 +103,8 @@ class LlamaModelImpl : public torch::nn::Module {
 
   LlamaConfig config_;
   ModelOptions options_;
-  torch::Tensor embed_, final_norm_, inv_freq_;
+  torch::Tensor embed_, final_norm_;
+  RotaryFrequencies rotary_;  // at length 0; dynamic and longrope recompute per forward
   std::shared_ptr<DenseLinear> lm_head_;
   std::vector<Layer> layers_;
   std::vector<std::pair<std::string, AdaptedLinear>> linears_;
@@ -120,7 +126,10 @@ std::pair<torch::Tensor, int64_t> document_segments(const torch::Tensor& documen
 // accelerator's when it runs on one (what activation checkpointing and checkpoints save).
 std::vector<at::Generator> dropout_generators(const torch::Device& device);
 
-// Rotary inverse frequencies [head_dim / 2] in float32, as HF computes them (with llama3 scaling).
-torch::Tensor rotary_inv_freq(const LlamaConfig& config);
+// Rotary inverse frequencies [head_dim / 2] in float32 and the factor on cos / sin, as
+// transformers computes them for a sequence of `seq_len` positions (only dynamic and
+// longrope scaling depend on it).
+RotaryFrequencies rotary_frequencies(const LlamaConfig& config, int64_t seq_len = 0);
+bool rotary_depends_on_length(const LlamaConfig& config);
 
 }  // namespace shardlora::nn

@@ -1,5 +1,5 @@
 // The Llama-family architecture as Hugging Face's config.json describes it: Llama 2 / 3 /
-// 3.1 / 3.2 (rope_scaling "llama3"), Mistral (sliding window), Qwen2 (q/k/v bias), Qwen3
+// 3.1 / 3.2 (rope_scaling "llama3", and linear / dynamic / yarn / longrope), Mistral (sliding window), Qwen2 (q/k/v bias), Qwen3
 // (q/k norms per head), TinyLlama, SmolLM (tied embeddings). A key the file leaves out takes
 // the default of that model type's transformers config class (MistralConfig's window of
 // 4096, Qwen3Config's head_dim of 128, ...); rope settings come as transformers 4 writes
@@ -14,12 +14,23 @@
 
 namespace shardlora::nn {
 
-// rope_scaling {"rope_type": "llama3", ...} (Llama 3.1 / 3.2).
-struct Llama3RopeScaling {
-  double factor = 8.0;
-  double low_freq_factor = 1.0;
-  double high_freq_factor = 4.0;
-  int64_t original_max_position_embeddings = 8192;
+// RoPE scaling as transformers' modeling_rope_utils applies it (rope_type):
+//   linear    frequencies / factor
+//   dynamic   NTK: the base grows with the sequence once it passes max_position_embeddings
+//   yarn      frequencies blended between interpolated and original by dimension, cos / sin
+//             scaled by attention_factor
+//   longrope  frequencies divided by short_factor, or long_factor for sequences past
+//             original_max_position_embeddings (Phi-3), cos / sin scaled by attention_factor
+//   llama3    Llama 3.1's banded interpolation
+struct RopeScaling {
+  std::string type;
+  double factor = 1.0;
+  int64_t original_max_position_embeddings = 0;  // max_position_embeddings when not given
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+  double attention_factor = 1.0;                          // yarn, longrope (resolved as transformers does)
+  double beta_fast = 32, beta_slow = 1;                   // yarn
+  bool truncate = true;                                   // yarn: round the correction range outward
+  std::vector<double> short_factor, long_factor;          // longrope, head_dim / 2 each
 };
 
 struct LlamaConfig {
@@ -34,7 +45,7 @@ struct LlamaConfig {
   int64_t max_position_embeddings = 2048;
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
-  std::optional<Llama3RopeScaling> rope_scaling;
+  std::optional<RopeScaling> rope_scaling;  // none: plain RoPE (rope_type default)
   bool tie_word_embeddings = false;
   bool qkv_bias = false;  // Qwen2 always; Llama with attention_bias
   bool o_bias = false;    // Llama attention_bias
