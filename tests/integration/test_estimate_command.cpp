@@ -48,6 +48,13 @@ const std::map<std::string, nlohmann::json>& published_configs() {
         {"head_dim", 128}, {"max_position_embeddings", 40960}, {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000},
         {"rope_scaling", nullptr}, {"attention_bias", false}, {"use_sliding_window", false}, {"sliding_window", nullptr},
         {"max_window_layers", 36}, {"tie_word_embeddings", false}}},
+      // microsoft/phi-4's config.json.
+      {"phi-4",
+       {{"model_type", "phi3"}, {"architectures", {"Phi3ForCausalLM"}}, {"vocab_size", 100352}, {"hidden_size", 5120},
+        {"intermediate_size", 17920}, {"num_hidden_layers", 40}, {"num_attention_heads", 40}, {"num_key_value_heads", 10},
+        {"max_position_embeddings", 16384}, {"original_max_position_embeddings", 16384}, {"rms_norm_eps", 1e-5},
+        {"rope_theta", 250000.0}, {"rope_scaling", nullptr}, {"partial_rotary_factor", 1.0}, {"sliding_window", nullptr},
+        {"resid_pdrop", 0.0}, {"embd_pdrop", 0.0}, {"attention_dropout", 0.0}, {"tie_word_embeddings", false}}},
   };
   return configs;
 }
@@ -90,7 +97,7 @@ TEST_F(Estimate, EveryRecipeParsesValidatesAndEstimates) {
       const std::string model = name.substr(0, name.size() - std::string("-qlora.yaml").size());
       args.push_back("model.path=" + config_dir(model));
       args.push_back("--world-size");
-      args.push_back(model == "llama-3.1-70b" ? "16" : model == "llama-3.1-8b" ? "8" : "1");  // qwen3-8b: one GPU
+      args.push_back(model == "llama-3.1-70b" ? "16" : model == "llama-3.1-8b" ? "8" : "1");  // qwen3-8b, phi-4: one GPU
     }
     const auto result = run_process(args);
     ASSERT_EQ(result.exit_code, 0) << name << ": " << result.err;
@@ -101,7 +108,7 @@ TEST_F(Estimate, EveryRecipeParsesValidatesAndEstimates) {
       EXPECT_GT(table["methods"]["full"]["device_total_bytes"].get<int64_t>(), table["methods"]["qlora"]["device_total_bytes"].get<int64_t>());
     }
   }
-  EXPECT_EQ(recipes, 5u) << "demo, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b, qwen3-8b";
+  EXPECT_EQ(recipes, 6u) << "demo, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b, qwen3-8b, phi-4";
 }
 
 TEST_F(Estimate, Llama31_8bHasThePublishedShape) {
@@ -131,6 +138,16 @@ TEST_F(Estimate, Qwen3_8bHasThePublishedShape) {
   EXPECT_NEAR(static_cast<double>(params - 2 * config.vocab_size * config.hidden_size) / 1e9, 6.95, 0.01);
   const auto qlora = estimate("qwen3-8b-qlora.yaml", config_dir("qwen3-8b"), 1)[2];
   EXPECT_LT(qlora.device_total(), 24LL << 30) << "Qwen3-8B QLoRA fits a 24 GiB GPU with checkpointing";
+}
+
+TEST_F(Estimate, Phi4HasThePublishedShape) {
+  const nn::LlamaConfig config = nn::parse_llama_config(published_configs().at("phi-4"), "phi-4");
+  ASSERT_TRUE(config.fused_projections);
+  EXPECT_NEAR(static_cast<double>(train::parameter_count(config)) / 1e9, 14.66, 0.01) << "the model card's 14.7B";
+  const auto lora = estimate("phi-4-qlora.yaml", config_dir("phi-4"), 1)[2];
+  // LoRA r 16 on qkv_proj, o_proj, gate_up_proj and down_proj: r (in + out) each, 40 layers.
+  const int64_t per_layer = 16 * ((5120 + 7680) + (5120 + 5120) + (5120 + 35840) + (17920 + 5120));
+  EXPECT_EQ(lora.row("adapters (fp32)", true), 4 * 40 * per_layer);
 }
 
 TEST_F(Estimate, ShardingDividesTheBaseByTheWorldSize) {
@@ -168,11 +185,15 @@ TEST_F(Estimate, LandsWithinFifteenPercentOfMeasuredPeakRss) {
   nn::RandomModelSpec qwen3 = nn::model_preset("qwen3-tiny");
   qwen3.dtype = torch::kFloat32;
   nn::write_random_hf_model(path("qwen3-model"), qwen3);
+  nn::RandomModelSpec phi3 = nn::model_preset("phi3-tiny");
+  phi3.dtype = torch::kFloat32;
+  nn::write_random_hf_model(path("phi3-model"), phi3);
   const std::vector<std::vector<std::string>> cases = {
       {"model.path=" + path("demo-model")},
       {"model.path=" + path("tiny-model"), "model.dtype=bf16", "training.activation_checkpointing=true", "data.max_seq_len=256"},
       {"model.path=" + path("vocab-128k-model"), "data.max_seq_len=2048", "training.micro_batch_size=1"},
-      {"model.path=" + path("qwen3-model"), "data.max_seq_len=512"},
+      {"model.path=" + path("qwen3-model"), "data.max_seq_len=256"},
+      {"model.path=" + path("phi3-model"), "data.max_seq_len=512"},
   };
   int run = 0;
   for (const auto& overrides : cases) {

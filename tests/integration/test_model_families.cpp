@@ -32,21 +32,26 @@ class ModelFamilies : public TempDirTest {
 
 }  // namespace
 
-TEST_F(ModelFamilies, Qwen3InitQuantizeTrainMergeGenerate) {
-  ASSERT_EQ(shardlora({"init-model", path("qwen3"), "--preset", "qwen3-tiny", "--dtype", "fp32"}).exit_code, 0);
-  const auto config = io::read_json_file(path("qwen3/config.json"));
-  EXPECT_EQ(config["model_type"], "qwen3");
-  EXPECT_EQ(config["head_dim"], 24) << "not hidden / heads = 16";
-  const auto tensors = io::read_tensor_file(path("qwen3/model.safetensors"));
-  EXPECT_TRUE(tensors.count("model.layers.1.self_attn.k_norm.weight"));
-  EXPECT_FALSE(tensors.count("lm_head.weight")) << "tied to embed_tokens";
+struct Family {
+  std::string preset;
+  std::string own_tensor;  // a tensor only this family's layout has
+  size_t linears;          // adapted Linears per layer (PEFT's all-linear)
+};
 
-  const auto quantized = shardlora({"quantize", path("qwen3"), path("nf4")});
+void PrintTo(const Family& family, std::ostream* out) { *out << family.preset; }
+
+class EveryCommand : public ModelFamilies, public ::testing::WithParamInterface<Family> {};
+
+TEST_P(EveryCommand, InitQuantizeTrainMergeGenerate) {
+  const Family family = GetParam();
+  ASSERT_EQ(shardlora({"init-model", path("model"), "--preset", family.preset, "--dtype", "fp32"}).exit_code, 0);
+  const auto tensors = io::read_tensor_file(path("model/model.safetensors"));
+  EXPECT_TRUE(tensors.count("model.layers.1." + family.own_tensor)) << family.preset;
+
+  const auto quantized = shardlora({"quantize", path("model"), path("nf4")});
   ASSERT_EQ(quantized.exit_code, 0) << quantized.err;
   const auto nf4 = io::read_tensor_file(path("nf4/model.safetensors"));
-  EXPECT_TRUE(torch::isFloatingType(nf4.at("model.layers.0.self_attn.q_norm.weight").scalar_type())) << "norms stay float";
-  EXPECT_EQ(nf4.at("model.layers.0.self_attn.q_norm.weight").numel(), 24);
-  EXPECT_EQ(nf4.at("model.layers.0.self_attn.q_proj.weight").scalar_type(), torch::kUInt8) << "the linears are 4-bit";
+  EXPECT_EQ(nf4.at("model.layers.0.self_attn.o_proj.weight").scalar_type(), torch::kUInt8) << "the linears are 4-bit";
 
   std::ofstream data(path("chat.jsonl"));
   for (int i = 0; i < 12; ++i) {
@@ -68,13 +73,13 @@ TEST_F(ModelFamilies, Qwen3InitQuantizeTrainMergeGenerate) {
     if (json.contains("loss")) losses.push_back(json["loss"].get<double>());
   }
   ASSERT_GE(losses.size(), 2u);
-  EXPECT_LT(losses.back(), losses.front()) << "the adapter learns on the 4-bit Qwen3 base";
+  EXPECT_LT(losses.back(), losses.front()) << "the adapter learns on the 4-bit base";
   const auto adapter_config = io::read_json_file(path("run/adapter/adapter_config.json"));
-  EXPECT_EQ(adapter_config["target_modules"].size(), 7u) << adapter_config.dump();
+  EXPECT_EQ(adapter_config["target_modules"].size(), family.linears) << adapter_config.dump();
 
   const auto merged = shardlora({"merge", path("nf4"), path("run/adapter"), path("merged"), "--dtype", "fp32"});
   ASSERT_EQ(merged.exit_code, 0) << merged.err;
-  EXPECT_TRUE(io::read_tensor_file(path("merged/model.safetensors")).count("model.layers.0.self_attn.k_norm.weight"));
+  EXPECT_TRUE(io::read_tensor_file(path("merged/model.safetensors")).count("model.layers.0." + family.own_tensor));
   const torch::Tensor expected = logits(path("nf4"), path("run/adapter")), got = logits(path("merged"), "");
   EXPECT_TRUE(torch::allclose(got, expected, 1e-4, 1e-4)) << "max difference " << (got - expected).abs().max().item<double>();
   EXPECT_FALSE(torch::allclose(expected, logits(path("nf4"), ""), 1e-3, 1e-3)) << "the adapter changed nothing";
@@ -82,4 +87,27 @@ TEST_F(ModelFamilies, Qwen3InitQuantizeTrainMergeGenerate) {
   const auto generated = shardlora({"generate", path("nf4"), "--adapter", path("run/adapter"), "--template", "chatml", "--prompt",
                                     "say 3", "--max-new-tokens", "4"});
   ASSERT_EQ(generated.exit_code, 0) << generated.err;
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, EveryCommand,
+                         ::testing::Values(Family{"qwen3-tiny", "self_attn.k_norm.weight", 7},
+                                           Family{"phi3-tiny", "mlp.gate_up_proj.weight", 4}),
+                         [](const ::testing::TestParamInfo<Family>& info) {
+                           return info.param.preset == "qwen3-tiny" ? std::string("Qwen3") : std::string("Phi3");
+                         });
+
+TEST_F(ModelFamilies, PresetsWriteTheFamiliesConfigs) {
+  ASSERT_EQ(shardlora({"init-model", path("qwen3"), "--preset", "qwen3-tiny"}).exit_code, 0);
+  const auto qwen3 = io::read_json_file(path("qwen3/config.json"));
+  EXPECT_EQ(qwen3["model_type"], "qwen3");
+  EXPECT_EQ(qwen3["head_dim"], 24) << "not hidden / heads = 16";
+  EXPECT_FALSE(io::read_tensor_file(path("qwen3/model.safetensors")).count("lm_head.weight")) << "tied to embed_tokens";
+  ASSERT_EQ(shardlora({"init-model", path("phi3"), "--preset", "phi3-tiny"}).exit_code, 0);
+  const auto phi3 = io::read_json_file(path("phi3/config.json"));
+  EXPECT_EQ(phi3["architectures"][0], "Phi3ForCausalLM");
+  EXPECT_EQ(phi3["partial_rotary_factor"], 0.75);
+  const auto tensors = io::read_tensor_file(path("phi3/model.safetensors"));
+  EXPECT_EQ(tensors.at("model.layers.0.self_attn.qkv_proj.weight").sizes(), (std::vector<int64_t>{64 + 2 * 32, 64}));
+  EXPECT_EQ(tensors.at("model.layers.0.mlp.gate_up_proj.weight").sizes(), (std::vector<int64_t>{2 * 128, 64}));
+  EXPECT_FALSE(tensors.count("model.layers.0.self_attn.q_proj.weight"));
 }

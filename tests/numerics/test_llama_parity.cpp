@@ -28,7 +28,7 @@ struct ReferenceRotary {
 };
 
 ReferenceRotary reference_rotary(const LlamaConfig& c, int64_t seq_len) {
-  const int64_t D = c.head_dim;
+  const int64_t D = c.rotary_dim();  // transformers: dim = head_dim * partial_rotary_factor
   ReferenceRotary out;
   const auto plain = [&](double base, int64_t i) { return 1.0 / std::pow(base, static_cast<double>(i) / D); };
   if (!c.rope_scaling) {
@@ -88,12 +88,13 @@ torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch:
   // rotary angles and the attention mask, element by element
   const ReferenceRotary rotary = reference_rotary(c, positions.max().item<int64_t>() + 1);
   const auto& inv_freq = rotary.inv_freq;
-  torch::Tensor cos = torch::empty({B, 1, T, D}, f64), sin = torch::empty({B, 1, T, D}, f64);
+  const int64_t R = c.rotary_dim();  // Phi-3's partial rotary: only the first R dims of a head turn
+  torch::Tensor cos = torch::empty({B, 1, T, R}, f64), sin = torch::empty({B, 1, T, R}, f64);
   torch::Tensor mask = torch::zeros({B, 1, T, T}, f64), window_mask = torch::zeros({B, 1, T, T}, f64);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < T; ++t) {
-      for (int64_t i = 0; i < D; ++i) {
-        const double angle = positions[b][t].item<int64_t>() * inv_freq[i % (D / 2)];
+      for (int64_t i = 0; i < R; ++i) {
+        const double angle = positions[b][t].item<int64_t>() * inv_freq[i % (R / 2)];
         cos[b][0][t][i] = std::cos(angle) * rotary.attention;
         sin[b][0][t][i] = std::sin(angle) * rotary.attention;
       }
@@ -107,8 +108,8 @@ torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch:
     }
   }
   const auto rope = [&](const torch::Tensor& x) {
-    const auto x1 = x.narrow(-1, 0, D / 2), x2 = x.narrow(-1, D / 2, D / 2);
-    return x * cos + torch::cat({-x2, x1}, -1) * sin;
+    const auto turned = x.narrow(-1, 0, R), x1 = turned.narrow(-1, 0, R / 2), x2 = turned.narrow(-1, R / 2, R / 2);
+    return torch::cat({turned * cos + torch::cat({-x2, x1}, -1) * sin, x.narrow(-1, R, D - R)}, -1);
   };
   const auto& embed = w.at("model.embed_tokens.weight");
   torch::Tensor h = embed.to(f64).index({ids});
@@ -119,15 +120,26 @@ torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch:
     const auto head_norm = [&](const torch::Tensor& heads, const char* name) {
       return c.qk_norm ? norm(heads, w.at(p + "self_attn." + name + ".weight")) : heads;
     };
-    const torch::Tensor q = rope(head_norm(linear(x, p + "self_attn.q_proj").view({B, T, H, D}), "q_norm").transpose(1, 2));
-    const torch::Tensor k =
-        rope(head_norm(linear(x, p + "self_attn.k_proj").view({B, T, KV, D}), "k_norm").transpose(1, 2)).repeat_interleave(H / KV, 1);
-    const torch::Tensor v = linear(x, p + "self_attn.v_proj").view({B, T, KV, D}).transpose(1, 2).repeat_interleave(H / KV, 1);
+    // Phi3Attention: one qkv_proj, sliced into q, k, v.
+    const auto project = [&](const char* name) {
+      if (!c.fused_projections) return linear(x, p + "self_attn." + name + "_proj");
+      const torch::Tensor qkv = linear(x, p + "self_attn.qkv_proj");
+      const std::string which = name;
+      return which == "q" ? qkv.narrow(-1, 0, H * D) : qkv.narrow(-1, H * D + (which == "k" ? 0 : KV * D), KV * D);
+    };
+    const torch::Tensor q = rope(head_norm(project("q").reshape({B, T, H, D}), "q_norm").transpose(1, 2));
+    const torch::Tensor k = rope(head_norm(project("k").reshape({B, T, KV, D}), "k_norm").transpose(1, 2)).repeat_interleave(H / KV, 1);
+    const torch::Tensor v = project("v").reshape({B, T, KV, D}).transpose(1, 2).repeat_interleave(H / KV, 1);
     const torch::Tensor& layer_mask = c.layer_uses_window(l) ? window_mask : mask;
     const torch::Tensor attn = torch::softmax(torch::matmul(q, k.transpose(2, 3)) / std::sqrt(double(D)) + layer_mask, -1);
     h = h + linear(torch::matmul(attn, v).transpose(1, 2).reshape({B, T, H * D}), p + "self_attn.o_proj");
     const torch::Tensor y = norm(h, w.at(p + "post_attention_layernorm.weight"));
-    h = h + linear(torch::silu(linear(y, p + "mlp.gate_proj")) * linear(y, p + "mlp.up_proj"), p + "mlp.down_proj");
+    if (c.fused_projections) {  // Phi3MLP: gate, up = gate_up_proj(y).chunk(2)
+      const auto gate_up = linear(y, p + "mlp.gate_up_proj").chunk(2, -1);
+      h = h + linear(torch::silu(gate_up[0]) * gate_up[1], p + "mlp.down_proj");
+    } else {
+      h = h + linear(torch::silu(linear(y, p + "mlp.gate_proj")) * linear(y, p + "mlp.up_proj"), p + "mlp.down_proj");
+    }
   }
   const torch::Tensor head = c.tie_word_embeddings ? embed : w.at("lm_head.weight");
   return torch::matmul(norm(h, w.at("model.norm.weight")), head.to(f64).t());
@@ -180,6 +192,26 @@ TEST(LlamaParity, Qwen3WithHeadNormsAndAHeadDimOfItsOwn) {
   auto biased = tiny_config("qwen3", {{"attention_bias", true}});
   ASSERT_TRUE(biased.qkv_bias && biased.o_bias);
   expect_parity(biased, ids, {}, torch::arange(8).expand({2, 8}), torch::zeros({2, 8}, torch::kInt64));
+}
+
+TEST(LlamaParity, Phi3FusedProjectionsPartialRotaryLongropeAndWindow) {
+  std::vector<double> short_factor(6), long_factor(6);  // head_dim 16 x 0.75 = 12 rotated dims: 6 pairs
+  for (int i = 0; i < 6; ++i) short_factor[i] = 1.0 + 0.1 * i, long_factor[i] = 1.0 + 2.0 * i;
+  const auto config = tiny_config("phi3", {{"partial_rotary_factor", 0.75}, {"sliding_window", 5}, {"max_position_embeddings", 256},
+                                           {"original_max_position_embeddings", 32},
+                                           {"rope_scaling", {{"type", "su"}, {"short_factor", short_factor}, {"long_factor", long_factor}}}});
+  ASSERT_TRUE(config.fused_projections);
+  ASSERT_EQ(config.rotary_dim(), 12);
+  ASSERT_EQ(config.rope_scaling->type, "longrope") << "Phi3Config reads 'su' as longrope";
+  EXPECT_TRUE(config.layer_uses_window(0) && config.layer_uses_window(1));
+  const auto ids = sample_ids(2, 9, config.vocab_size);
+  for (const int64_t stride : {int64_t{1}, int64_t{7}}) {  // positions within and past the original 32
+    const torch::Tensor positions = (torch::arange(9) * stride).expand({2, 9});
+    expect_parity(config, ids, {.position_ids = positions}, positions, torch::zeros({2, 9}, torch::kInt64));
+  }
+  const auto phi4 = tiny_config("phi3", {{"rope_theta", 250000.0}});  // Phi-4: full rotary, no window, no scaling
+  EXPECT_FALSE(phi4.sliding_window);
+  expect_parity(phi4, ids, {}, torch::arange(9).expand({2, 9}), torch::zeros({2, 9}, torch::kInt64));
 }
 
 TEST(LlamaParity, TiedEmbeddings) {

@@ -36,13 +36,7 @@ inline Weights random_weights(const LlamaConfig& c, uint64_t seed) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     w[p + "input_layernorm.weight"] = 1 + normal({c.hidden_size}, 0.1);
     w[p + "post_attention_layernorm.weight"] = 1 + normal({c.hidden_size}, 0.1);
-    w[p + "self_attn.q_proj.weight"] = normal({c.q_size(), c.hidden_size}, 0.1);
-    w[p + "self_attn.k_proj.weight"] = normal({c.kv_size(), c.hidden_size}, 0.1);
-    w[p + "self_attn.v_proj.weight"] = normal({c.kv_size(), c.hidden_size}, 0.1);
-    w[p + "self_attn.o_proj.weight"] = normal({c.hidden_size, c.q_size()}, 0.1);
-    w[p + "mlp.gate_proj.weight"] = normal({c.intermediate_size, c.hidden_size}, 0.1);
-    w[p + "mlp.up_proj.weight"] = normal({c.intermediate_size, c.hidden_size}, 0.1);
-    w[p + "mlp.down_proj.weight"] = normal({c.hidden_size, c.intermediate_size}, 0.1);
+    for (const nn::DecoderLinear& linear : nn::decoder_linears(c)) w[p + linear.name + ".weight"] = normal({linear.out, linear.in}, 0.1);
     if (c.qk_norm) {
       w[p + "self_attn.q_norm.weight"] = 1 + normal({c.head_dim}, 0.1);
       w[p + "self_attn.k_norm.weight"] = 1 + normal({c.head_dim}, 0.1);

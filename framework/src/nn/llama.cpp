@@ -163,20 +163,13 @@ bool is_lora_target(const std::vector<std::string>& targets, const std::string& 
          std::find(targets.begin(), targets.end(), module) != targets.end();
 }
 
-const std::vector<std::string>& decoder_linear_names() {
-  static const std::vector<std::string> names = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                 "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-                                                 "mlp.down_proj"};
-  return names;
-}
-
 bool rotary_depends_on_length(const LlamaConfig& config) {
   return config.rope_scaling && (config.rope_scaling->type == "dynamic" || config.rope_scaling->type == "longrope");
 }
 
 // transformers' ROPE_INIT_FUNCTIONS, in float32 as there.
 RotaryFrequencies rotary_frequencies(const LlamaConfig& config, int64_t seq_len) {
-  const int64_t dim = config.head_dim;
+  const int64_t dim = config.rotary_dim();
   const torch::Tensor exponents = torch::arange(0, dim, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(dim);
   const torch::Tensor inv_freq = 1.0 / torch::pow(config.rope_theta, exponents);
   if (!config.rope_scaling) return {inv_freq, 1.0};
@@ -227,14 +220,16 @@ RotaryFrequencies rotary_frequencies(const LlamaConfig& config, int64_t seq_len)
 LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLookup& weights, const ModelOptions& options,
                                const std::string& label)
     : config_(config), options_(options) {
+  const std::vector<DecoderLinear> shapes = decoder_linears(config);
+  std::string known_targets;
+  for (const DecoderLinear& linear : shapes) known_targets += linear.name.substr(linear.name.find('.') + 1) + ", ";
   for (const auto& target : options.target_modules) {
-    const bool known = target == "all-linear" || std::any_of(decoder_linear_names().begin(), decoder_linear_names().end(),
-                                                             [&](const std::string& name) { return name.substr(name.find('.') + 1) == target; });
-    SHARDLORA_CHECK(known, "unknown LoRA target module '", target, "' (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, all-linear)");
+    const bool known = target == "all-linear" || known_targets.find(target + ", ") == 0 || known_targets.find(", " + target + ", ") != std::string::npos;
+    SHARDLORA_CHECK(known, "unknown LoRA target module '", target, "' for ", config.model_type, " (", known_targets, "all-linear)");
   }
   const auto dtype = options.compute_dtype;
   const auto to_model = [&](const torch::Tensor& t) { return t.to(options.device, dtype); };
-  const int64_t hidden = config.hidden_size, inter = config.intermediate_size;
+  const int64_t hidden = config.hidden_size;
   embed_ = to_model(require(weights, "model.embed_tokens.weight", {config.vocab_size, hidden}, label));
   final_norm_ = to_model(require(weights, "model.norm.weight", {hidden}, label));
   rotary_ = rotary_frequencies(config);
@@ -290,33 +285,19 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
                     "distributed.strategy replicate");
     sharded_ = std::make_unique<ShardedBase>(*options.shard_over, options.quant, options.device, config.num_hidden_layers);
   }
-  // Out and in features and bias of each decoder Linear, in decoder_linear_names() order.
-  struct LinearShape {
-    int64_t out, in;
-    bool bias;
-  };
-  const std::vector<LinearShape> shapes = {{config.q_size(), hidden, config.qkv_bias}, {config.kv_size(), hidden, config.qkv_bias},
-                                           {config.kv_size(), hidden, config.qkv_bias}, {hidden, config.q_size(), config.o_bias},
-                                           {inter, hidden, config.mlp_bias},           {inter, hidden, config.mlp_bias},
-                                           {hidden, inter, config.mlp_bias}};
-  const auto& modules = decoder_linear_names();
   for (int64_t index = 0; index < config.num_hidden_layers; ++index) {
     const std::string prefix = "model.layers." + std::to_string(index) + ".";
     std::vector<LayerWeight> layer_weights;
-    for (size_t i = 0; i < modules.size(); ++i) {
-      layer_weights.push_back(read_weight(prefix, modules[i], shapes[i].out, shapes[i].in, shapes[i].bias));
-    }
+    for (const DecoderLinear& linear : shapes) layer_weights.push_back(read_weight(prefix, linear.name, linear.out, linear.in, linear.bias));
     std::vector<std::shared_ptr<FrozenLinear>> bases;
     if (sharded_) {
       for (auto& base : sharded_->add_layer(index, layer_weights, label)) bases.push_back(std::move(base));
     } else {
       for (auto& weight : layer_weights) bases.push_back(whole_base(std::move(weight)));
     }
-    std::vector<AdaptedLinear> adapted;
-    for (size_t i = 0; i < modules.size(); ++i) adapted.push_back(adapt(prefix + modules[i], bases[i]));
     Layer layer{to_model(require(weights, prefix + "input_layernorm.weight", {hidden}, label)),
-                to_model(require(weights, prefix + "post_attention_layernorm.weight", {hidden}, label)), adapted[0],
-                adapted[1], adapted[2], adapted[3], adapted[4], adapted[5], adapted[6]};
+                to_model(require(weights, prefix + "post_attention_layernorm.weight", {hidden}, label)), {}};
+    for (size_t i = 0; i < shapes.size(); ++i) layer.linears.push_back(adapt(prefix + shapes[i].name, bases[i]));
     if (config.qk_norm) {
       layer.q_norm = to_model(require(weights, prefix + "self_attn.q_norm.weight", {config.head_dim}, label));
       layer.k_norm = to_model(require(weights, prefix + "self_attn.k_norm.weight", {config.head_dim}, label));
@@ -329,19 +310,46 @@ torch::Tensor LlamaModelImpl::rms_norm(const torch::Tensor& x, const torch::Tens
   return nn::rms_norm(x, weight, config_.rms_norm_eps);
 }
 
+std::array<torch::Tensor, 3> LlamaModelImpl::project_qkv(Layer& layer, const torch::Tensor& x) {
+  if (!config_.fused_projections) return {layer.linears[0]->forward(x), layer.linears[1]->forward(x), layer.linears[2]->forward(x)};
+  const torch::Tensor qkv = layer.linears[0]->forward(x);
+  const int64_t q = config_.q_size(), kv = config_.kv_size();
+  return {qkv.narrow(-1, 0, q), qkv.narrow(-1, q, kv), qkv.narrow(-1, q + kv, kv)};
+}
+
+torch::Tensor LlamaModelImpl::mlp(Layer& layer, const torch::Tensor& x) {
+  if (!config_.fused_projections) {
+    return layer.linears[6]->forward(swiglu(layer.linears[4]->forward(x), layer.linears[5]->forward(x)));
+  }
+  // Phi3MLP: gate_up_proj's output holds the gate, then up.
+  const torch::Tensor gate_up = layer.linears[2]->forward(x);
+  const int64_t inter = config_.intermediate_size;
+  return layer.linears[3]->forward(swiglu(gate_up.narrow(-1, 0, inter), gate_up.narrow(-1, inter, inter)));
+}
+
+torch::Tensor LlamaModelImpl::rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, int64_t heads) const {
+  const int64_t rotary = config_.rotary_dim(), dim = config_.head_dim;
+  if (rotary == dim) return apply_rope(x, cos, sin, heads);
+  // Phi-3's partial rotary: rotate-half within the first `rotary` dims, the rest passed on.
+  const torch::Tensor per_head = x.view({x.size(0), x.size(1), heads, dim});
+  const torch::Tensor rotated = apply_rope(per_head.narrow(-1, 0, rotary).reshape({x.size(0), x.size(1), heads * rotary}), cos, sin, heads);
+  return torch::cat({rotated.view({x.size(0), x.size(1), heads, rotary}), per_head.narrow(-1, rotary, dim - rotary)}, -1)
+      .view({x.size(0), x.size(1), heads * dim});
+}
+
 torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, const torch::Tensor& cos,
                                         const torch::Tensor& sin, const torch::Tensor& layout, KvCache* cache, size_t index) {
   const int64_t batch = x.size(0), seq = x.size(1), heads = config_.num_attention_heads,
                 kv_heads = config_.num_key_value_heads, dim = config_.head_dim;
+  auto [q_projected, k_projected, v_projected] = project_qkv(layer, x);
   // Qwen3 normalises each head of q and k (over head_dim) before the rotation.
   const auto head_normed = [&](const torch::Tensor& projected, const torch::Tensor& norm, int64_t count) {
     return norm.defined() ? rms_norm(projected.view({batch, seq, count, dim}), norm).view({batch, seq, count * dim}) : projected;
   };
-  torch::Tensor q = apply_rope(head_normed(layer.q->forward(x), layer.q_norm, heads), cos, sin, heads)
-                        .view({batch, seq, heads, dim}).transpose(1, 2);
-  torch::Tensor k = apply_rope(head_normed(layer.k->forward(x), layer.k_norm, kv_heads), cos, sin, kv_heads)
-                        .view({batch, seq, kv_heads, dim}).transpose(1, 2);
-  torch::Tensor v = layer.v->forward(x).view({batch, seq, kv_heads, dim}).transpose(1, 2);
+  torch::Tensor q = rotate(head_normed(q_projected, layer.q_norm, heads), cos, sin, heads).view({batch, seq, heads, dim}).transpose(1, 2);
+  torch::Tensor k =
+      rotate(head_normed(k_projected, layer.k_norm, kv_heads), cos, sin, kv_heads).view({batch, seq, kv_heads, dim}).transpose(1, 2);
+  torch::Tensor v = v_projected.reshape({batch, seq, kv_heads, dim}).transpose(1, 2);
   if (cache) {
     if (cache->keys.size() <= index) {
       cache->keys.resize(index + 1);
@@ -355,15 +363,14 @@ torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, co
     cache->values[index] = v;
   }
   const torch::Tensor out = layout.scalar_type() == torch::kBool ? masked_attention(q, k, v, layout) : segmented_attention(q, k, v, layout);
-  return layer.o->forward(out.transpose(1, 2).reshape({batch, seq, heads * dim}));
+  return layer.linears[config_.fused_projections ? 1 : 3]->forward(out.transpose(1, 2).reshape({batch, seq, heads * dim}));
 }
 
 torch::Tensor LlamaModelImpl::layer_forward(size_t index, const torch::Tensor& h, const torch::Tensor& cos,
                                             const torch::Tensor& sin, const torch::Tensor& layout, KvCache* cache) {
   Layer& layer = layers_[index];
   const torch::Tensor mid = h + attention(layer, rms_norm(h, layer.input_norm), cos, sin, layout, cache, index);
-  const torch::Tensor normed = rms_norm(mid, layer.post_attention_norm);
-  return mid + layer.down->forward(swiglu(layer.gate->forward(normed), layer.up->forward(normed)));
+  return mid + mlp(layer, rms_norm(mid, layer.post_attention_norm));
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& options) {

@@ -41,6 +41,14 @@ class Fields {
     return it->get<double>();
   }
 
+  double non_negative_number(const char* key, double fallback) const {
+    const auto it = json_.find(key);
+    if (it == json_.end() || it->is_null()) return fallback;
+    SHARDLORA_CHECK(it->is_number() && it->get<double>() >= 0, file_, ": key '", key, "' must be a non-negative number, found ",
+                    it->dump());
+    return it->get<double>();
+  }
+
   bool boolean(const char* key, bool fallback) const {
     const auto it = json_.find(key);
     if (it == json_.end() || it->is_null()) return fallback;
@@ -76,12 +84,24 @@ class Fields {
 // or 4's top-level rope_theta with rope_scaling {rope_type | type, ...}.
 void parse_rope(const nlohmann::json& json, const Fields& fields, LlamaConfig* config) {
   config->rope_theta = fields.positive_number("rope_theta", 10000.0);
+  config->partial_rotary_factor = fields.positive_number("partial_rotary_factor", 1.0);
+  const auto check_rotary_dim = [&] {
+    SHARDLORA_CHECK(config->partial_rotary_factor <= 1 && config->rotary_dim() >= 2 && config->rotary_dim() % 2 == 0, fields.file(),
+                    ": partial_rotary_factor ", config->partial_rotary_factor, " of head_dim ", config->head_dim,
+                    " must leave an even number of rotated dimensions");
+  };
   const char* key = fields.object("rope_parameters") ? "rope_parameters" : "rope_scaling";
   const nlohmann::json* scaling = fields.object(key);
-  if (!scaling) return;
+  if (!scaling) return check_rotary_dim();
   const Fields rope(*scaling, fields.file() + ": " + key);
-  if (std::string(key) == "rope_parameters") config->rope_theta = rope.positive_number("rope_theta", config->rope_theta);
-  const std::string type = scaling->contains("rope_type") ? rope.string("rope_type") : rope.string("type", "default");
+  if (std::string(key) == "rope_parameters") {
+    config->rope_theta = rope.positive_number("rope_theta", config->rope_theta);
+    config->partial_rotary_factor = rope.positive_number("partial_rotary_factor", config->partial_rotary_factor);
+  }
+  check_rotary_dim();
+  std::string type = scaling->contains("rope_type") ? rope.string("rope_type") : rope.string("type", "default");
+  // Phi3Config reads the types of its first releases, "su" and "yarn", as longrope.
+  if (config->model_type == "phi3" && (type == "su" || type == "yarn")) type = "longrope";
   if (type == "default") return;
   SHARDLORA_CHECK(type == "llama3" || type == "linear" || type == "dynamic" || type == "yarn" || type == "longrope", fields.file(),
                   ": ", key, " type '", type, "' is not supported (default, linear, dynamic, yarn, longrope, llama3)");
@@ -117,8 +137,8 @@ void parse_rope(const nlohmann::json& json, const Fields& fields, LlamaConfig* c
     s.attention_factor = rope.positive_number("attention_factor", default_attention);
     for (auto [name, factors] : {std::pair{"short_factor", &s.short_factor}, std::pair{"long_factor", &s.long_factor}}) {
       const auto it = scaling->find(name);
-      SHARDLORA_CHECK(it != scaling->end() && it->is_array() && static_cast<int64_t>(it->size()) == config->head_dim / 2,
-                      fields.file(), ": ", key, ": key '", name, "' must list head_dim / 2 = ", config->head_dim / 2, " numbers");
+      SHARDLORA_CHECK(it != scaling->end() && it->is_array() && static_cast<int64_t>(it->size()) == config->rotary_dim() / 2,
+                      fields.file(), ": ", key, ": key '", name, "' must list one number per rotated pair, ", config->rotary_dim() / 2);
       for (const auto& value : *it) {
         SHARDLORA_CHECK(value.is_number() && value.get<double>() > 0, fields.file(), ": ", key, ": key '", name,
                         "' holds ", value.dump(), ", not a positive number");
@@ -151,9 +171,15 @@ const nlohmann::json& hf_defaults(const std::string& model_type, const std::stri
         {"num_attention_heads", 32}, {"num_key_value_heads", 32}, {"head_dim", 128}, {"max_position_embeddings", 32768},
         {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0}, {"tie_word_embeddings", false}, {"attention_bias", false},
         {"use_sliding_window", false}, {"sliding_window", 4096}, {"max_window_layers", 28}}},
+      // Phi-3 and Phi-4 (model_type phi3).
+      {"phi3",
+       {{"vocab_size", 32064}, {"hidden_size", 3072}, {"intermediate_size", 8192}, {"num_hidden_layers", 32},
+        {"num_attention_heads", 32}, {"max_position_embeddings", 4096}, {"original_max_position_embeddings", 4096},
+        {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"tie_word_embeddings", false}, {"sliding_window", nullptr},
+        {"resid_pdrop", 0.0}, {"embd_pdrop", 0.0}, {"partial_rotary_factor", 1.0}}},
   };
   const auto it = defaults.find(model_type);
-  SHARDLORA_CHECK(it != defaults.end(), file, ": model_type '", model_type, "' is not supported (llama, mistral, qwen2, qwen3)");
+  SHARDLORA_CHECK(it != defaults.end(), file, ": model_type '", model_type, "' is not supported (llama, mistral, qwen2, qwen3, phi3)");
   return it->second;
 }
 
@@ -213,18 +239,38 @@ LlamaConfig parse_llama_config(const nlohmann::json& given, const std::string& f
       config.sliding_window = fields.positive_int("sliding_window");
       config.windowed_layers = qwen_windowed_layers(json, fields, config.num_hidden_layers);
     }
-  } else if (config.model_type == "mistral" && !json["sliding_window"].is_null()) {
-    config.sliding_window = fields.positive_int("sliding_window");
+  } else if ((config.model_type == "mistral" || config.model_type == "phi3") && !json["sliding_window"].is_null()) {
+    config.sliding_window = fields.positive_int("sliding_window");  // every layer
+  }
+  if (config.model_type == "phi3") {
+    config.fused_projections = true;
+    // Phi3DecoderLayer drops out its residual branches and Phi3Model its embeddings in training.
+    for (const char* key : {"resid_pdrop", "embd_pdrop"}) {
+      SHARDLORA_CHECK(fields.non_negative_number(key, 0) == 0, file, ": key '", key, "' is ", json[key].dump(),
+                      ": dropout outside the adapters is not supported (LoRA's own is lora.dropout)");
+    }
   }
   if (config.model_type == "qwen2") {
     config.qkv_bias = true;  // Qwen2Attention: q, k, v with bias, o without
-  } else if (config.model_type != "mistral") {
+  } else if (config.model_type != "mistral" && config.model_type != "phi3") {
     config.qkv_bias = config.o_bias = fields.boolean("attention_bias", false);
     config.mlp_bias = config.model_type == "llama" && fields.boolean("mlp_bias", false);
   }
   config.qk_norm = config.model_type == "qwen3";
   parse_rope(json, fields, &config);
   return config;
+}
+
+std::vector<DecoderLinear> decoder_linears(const LlamaConfig& c) {
+  const int64_t h = c.hidden_size, i = c.intermediate_size;
+  if (c.fused_projections) {
+    return {{"self_attn.qkv_proj", h, c.q_size() + 2 * c.kv_size(), false}, {"self_attn.o_proj", c.q_size(), h, false},
+            {"mlp.gate_up_proj", h, 2 * i, false}, {"mlp.down_proj", i, h, false}};
+  }
+  return {{"self_attn.q_proj", h, c.q_size(), c.qkv_bias}, {"self_attn.k_proj", h, c.kv_size(), c.qkv_bias},
+          {"self_attn.v_proj", h, c.kv_size(), c.qkv_bias}, {"self_attn.o_proj", c.q_size(), h, c.o_bias},
+          {"mlp.gate_proj", h, i, c.mlp_bias},           {"mlp.up_proj", h, i, c.mlp_bias},
+          {"mlp.down_proj", i, h, c.mlp_bias}};
 }
 
 }  // namespace shardlora::nn

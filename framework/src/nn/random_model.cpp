@@ -8,6 +8,7 @@
 #include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/io/safetensors.h"
 #include "shardlora/kernels/check.h"
+#include "shardlora/nn/llama_config.h"
 #include "shardlora/tensor/dtypes.h"
 
 namespace shardlora::nn {
@@ -46,7 +47,7 @@ std::string join(const std::vector<std::string>& names, const char* separator) {
 }  // namespace
 
 const std::vector<std::string>& model_preset_names() {
-  static const std::vector<std::string> names = {"tiny", "demo", "small", "qwen3-tiny", "qwen3-0.6b"};
+  static const std::vector<std::string> names = {"tiny", "demo", "small", "qwen3-tiny", "qwen3-0.6b", "phi3-tiny"};
   return names;
 }
 
@@ -64,6 +65,9 @@ RandomModelSpec model_preset(const std::string& name) {
     return {.vocab = 151936, .hidden = 1024, .intermediate = 3072, .layers = 28, .heads = 16, .kv_heads = 8,
             .max_positions = 40960, .model_type = "qwen3", .head_dim = 128, .tie_embeddings = true};
   }
+  if (name == "phi3-tiny") {  // fused qkv / gate_up, Phi-4-mini's partial rotary
+    return {.hidden = 64, .intermediate = 128, .layers = 2, .heads = 4, .kv_heads = 2, .model_type = "phi3", .partial_rotary_factor = 0.75};
+  }
   throw Error("unknown model preset '" + name + "' (" + join(model_preset_names(), ", ") + ")");
 }
 
@@ -71,15 +75,31 @@ std::map<std::string, torch::Tensor> write_random_hf_model(const std::string& di
   SHARDLORA_CHECK((spec.head_dim > 0 || spec.hidden % spec.heads == 0) && spec.heads % spec.kv_heads == 0, "random model: heads ",
                   spec.heads, " must divide hidden ", spec.hidden, " (or head_dim be given) and be a multiple of kv_heads ",
                   spec.kv_heads);
-  SHARDLORA_CHECK(spec.model_type == "llama" || spec.model_type == "qwen3", "random model: model_type '", spec.model_type,
-                  "' (llama, qwen3)");
+  SHARDLORA_CHECK(spec.model_type == "llama" || spec.model_type == "qwen3" || spec.model_type == "phi3", "random model: model_type '",
+                  spec.model_type, "' (llama, qwen3, phi3)");
   SHARDLORA_CHECK(!spec.tokenizer || spec.vocab >= kByteVocab + 3, "random model: a byte-level tokenizer needs a vocabulary of at least ",
                   kByteVocab + 3, " tokens, not ", spec.vocab);
   io::create_directories(dir);
+  const bool qwen3 = spec.model_type == "qwen3", phi3 = spec.model_type == "phi3";
+  const int64_t bos = kByteVocab, eos = kByteVocab + 1, pad = kByteVocab + 2;
+  nlohmann::json config_json = {
+      {"architectures", {qwen3 ? "Qwen3ForCausalLM" : phi3 ? "Phi3ForCausalLM" : "LlamaForCausalLM"}}, {"model_type", spec.model_type},
+      {"hidden_size", spec.hidden}, {"intermediate_size", spec.intermediate}, {"num_hidden_layers", spec.layers},
+      {"num_attention_heads", spec.heads}, {"num_key_value_heads", spec.kv_heads},
+      {"head_dim", spec.head_dim > 0 ? spec.head_dim : spec.hidden / spec.heads}, {"vocab_size", spec.vocab},
+      {"max_position_embeddings", spec.max_positions}, {"rms_norm_eps", qwen3 ? 1e-6 : 1e-5},
+      {"rope_theta", qwen3 ? 1000000.0 : 10000.0}, {"hidden_act", "silu"}, {"tie_word_embeddings", spec.tie_embeddings},
+      {"initializer_range", 0.02}, {"bos_token_id", bos}, {"eos_token_id", eos}, {"pad_token_id", pad},
+      {"torch_dtype", torch_dtype_name(spec.dtype)}};
+  if (!phi3) config_json["attention_bias"] = false;
+  if (qwen3) config_json.update({{"use_sliding_window", false}, {"sliding_window", nullptr}, {"max_window_layers", spec.layers}});
+  if (phi3) {
+    config_json.update({{"partial_rotary_factor", spec.partial_rotary_factor}, {"original_max_position_embeddings", spec.max_positions},
+                        {"sliding_window", nullptr}, {"resid_pdrop", 0.0}, {"embd_pdrop", 0.0}, {"attention_dropout", 0.0}});
+  }
+  const LlamaConfig config = parse_llama_config(config_json, dir + "/" + io::kConfigFile);
+
   torch::manual_seed(spec.seed);
-  const int64_t head_dim = spec.head_dim > 0 ? spec.head_dim : spec.hidden / spec.heads;
-  const int64_t q_hidden = head_dim * spec.heads, kv_hidden = head_dim * spec.kv_heads;
-  const bool qwen3 = spec.model_type == "qwen3";
   // HF's initializer_range: N(0, 0.02); norms start at 1.
   const auto normal = [&](std::vector<int64_t> shape, double std = 0.02) { return (torch::randn(shape) * std).to(spec.dtype); };
   const auto ones = [&](int64_t size) { return torch::ones({size}).to(spec.dtype); };
@@ -89,17 +109,11 @@ std::map<std::string, torch::Tensor> write_random_hf_model(const std::string& di
     const std::string prefix = "model.layers." + std::to_string(layer) + ".";
     tensors[prefix + "input_layernorm.weight"] = ones(spec.hidden);
     tensors[prefix + "post_attention_layernorm.weight"] = ones(spec.hidden);
-    tensors[prefix + "self_attn.q_proj.weight"] = normal({q_hidden, spec.hidden});
-    tensors[prefix + "self_attn.k_proj.weight"] = normal({kv_hidden, spec.hidden});
-    tensors[prefix + "self_attn.v_proj.weight"] = normal({kv_hidden, spec.hidden});
-    tensors[prefix + "self_attn.o_proj.weight"] = normal({spec.hidden, q_hidden});
-    if (qwen3) {
-      tensors[prefix + "self_attn.q_norm.weight"] = ones(head_dim);
-      tensors[prefix + "self_attn.k_norm.weight"] = ones(head_dim);
+    for (const DecoderLinear& linear : decoder_linears(config)) tensors[prefix + linear.name + ".weight"] = normal({linear.out, linear.in});
+    if (config.qk_norm) {
+      tensors[prefix + "self_attn.q_norm.weight"] = ones(config.head_dim);
+      tensors[prefix + "self_attn.k_norm.weight"] = ones(config.head_dim);
     }
-    tensors[prefix + "mlp.gate_proj.weight"] = normal({spec.intermediate, spec.hidden});
-    tensors[prefix + "mlp.up_proj.weight"] = normal({spec.intermediate, spec.hidden});
-    tensors[prefix + "mlp.down_proj.weight"] = normal({spec.hidden, spec.intermediate});
   }
   tensors["model.norm.weight"] = ones(spec.hidden);
   if (!spec.tie_embeddings) tensors["lm_head.weight"] = normal({spec.vocab, spec.hidden}, spec.lm_head_std);
@@ -126,17 +140,7 @@ std::map<std::string, torch::Tensor> write_random_hf_model(const std::string& di
     writer.finish();
   }
   if (spec.sharded) write_json(dir + "/" + io::kShardIndex, {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
-  const int64_t bos = kByteVocab, eos = kByteVocab + 1, pad = kByteVocab + 2;
-  nlohmann::json config = {{"architectures", {qwen3 ? "Qwen3ForCausalLM" : "LlamaForCausalLM"}}, {"model_type", spec.model_type},
-                           {"hidden_size", spec.hidden}, {"intermediate_size", spec.intermediate}, {"num_hidden_layers", spec.layers},
-                           {"num_attention_heads", spec.heads}, {"num_key_value_heads", spec.kv_heads}, {"head_dim", head_dim},
-                           {"vocab_size", spec.vocab}, {"max_position_embeddings", spec.max_positions},
-                           {"rms_norm_eps", qwen3 ? 1e-6 : 1e-5}, {"rope_theta", qwen3 ? 1000000.0 : 10000.0},
-                           {"hidden_act", "silu"}, {"tie_word_embeddings", spec.tie_embeddings}, {"initializer_range", 0.02},
-                           {"attention_bias", false}, {"bos_token_id", bos}, {"eos_token_id", eos}, {"pad_token_id", pad},
-                           {"torch_dtype", torch_dtype_name(spec.dtype)}};
-  if (qwen3) config.update({{"use_sliding_window", false}, {"sliding_window", nullptr}, {"max_window_layers", spec.layers}});
-  write_json(dir + "/" + io::kConfigFile, config);
+  write_json(dir + "/" + io::kConfigFile, config_json);
   write_json(dir + "/generation_config.json", {{"bos_token_id", bos}, {"eos_token_id", eos}, {"pad_token_id", pad}});
   if (spec.tokenizer) write_byte_tokenizer(dir, spec.max_positions);
   return tensors;

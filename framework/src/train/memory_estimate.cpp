@@ -9,21 +9,9 @@
 namespace shardlora::train {
 namespace {
 
-struct LinearShape {
-  const char* name;
-  int64_t in, out;
-};
-
-std::vector<LinearShape> layer_linears(const nn::LlamaConfig& c) {
-  return {{"q_proj", c.hidden_size, c.q_size()},          {"k_proj", c.hidden_size, c.kv_size()},
-          {"v_proj", c.hidden_size, c.kv_size()},         {"o_proj", c.q_size(), c.hidden_size},
-          {"gate_proj", c.hidden_size, c.intermediate_size}, {"up_proj", c.hidden_size, c.intermediate_size},
-          {"down_proj", c.intermediate_size, c.hidden_size}};
-}
-
 int64_t linear_parameters_per_layer(const nn::LlamaConfig& c) {
   int64_t total = 0;
-  for (const auto& linear : layer_linears(c)) total += linear.in * linear.out;
+  for (const auto& linear : nn::decoder_linears(c)) total += linear.in * linear.out;
   return total;
 }
 
@@ -39,8 +27,8 @@ int64_t adapter_parameters(const Recipe& recipe, const nn::LlamaConfig& c) {
   const std::set<std::string> chosen(targets.begin(), targets.end());
   const bool all = chosen.count("all-linear") > 0;
   int64_t total = 0;
-  for (const auto& linear : layer_linears(c)) {
-    if (all || chosen.count(linear.name)) total += recipe.get_int("lora.r") * (linear.in + linear.out);
+  for (const auto& linear : nn::decoder_linears(c)) {
+    if (all || chosen.count(linear.name.substr(linear.name.find('.') + 1))) total += recipe.get_int("lora.r") * (linear.in + linear.out);
   }
   return total * c.num_hidden_layers;
 }
@@ -61,7 +49,7 @@ LayerActivations layer_activations(const nn::LlamaConfig& c, int64_t dtype_bytes
                       + (c.qk_norm ? dtype_bytes * (q + c.kv_size()) : 0);  // Qwen3's head norms keep q and k as projected
   if (lora_r > 0) {
     int64_t inputs = 0;
-    for (const auto& linear : layer_linears(c)) inputs += linear.in;
+    for (const auto& linear : nn::decoder_linears(c)) inputs += linear.in;
     per_token += dtype_bytes * 7 * lora_r + (lora_dropout ? (dtype_bytes + 1) * inputs : 0);
   }
   return {kActivationOverhead * per_token, c.num_attention_heads * (4 + (dtype_bytes == 4 ? 0 : dtype_bytes)) + 1};

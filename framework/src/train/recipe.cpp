@@ -187,7 +187,7 @@ const std::vector<KeySpec>& recipe_schema() {
         integer("lora.r", "16", 1, 4096, "adapter rank"),
         number("lora.alpha", "32", 1e-6, 1e6, "scaling numerator: alpha / r (alpha / sqrt(r) with rslora)"),
         number("lora.dropout", "0.05", 0, 0.999, "dropout on the adapter input"),
-        text_list("lora.target_modules", "[all-linear]", "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear"),
+        text_list("lora.target_modules", "[all-linear]", "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj) or all-linear"),
         flag("lora.rslora", "false", "rank-stabilised scaling alpha / sqrt(r)"),
         required_text("data.train", "training data: .jsonl, .json or a directory of .txt files"),
         text("data.val", "", "validation data (empty: data.val_fraction of data.train)"),

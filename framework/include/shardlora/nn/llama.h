@@ -1,6 +1,7 @@
 // A decoder-only Llama-family transformer in libtorch, following Hugging Face's
 // modeling_llama / modeling_qwen2 / modeling_qwen3: RMSNorm, rotary embeddings (rotate-half,
-// llama3 scaling), Qwen3's RMSNorm of each q and k head before RoPE,
+// every transformers rope type), Qwen3's RMSNorm of each q and k head before RoPE, Phi-3's
+// fused qkv / gate_up projections and partial rotary,
 // grouped-query attention, causal within each document of a packed sequence (per document,
 // without a mask, unless a sliding window or a KV cache needs one), SwiGLU MLP, optionally tied embeddings. The decoder Linears are frozen (4-bit or
 // float) with LoRA adapters on the target modules; only the adapters are parameters.
@@ -8,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include <array>
 #include <optional>
 #include <string>
 #include <vector>
@@ -54,9 +56,6 @@ struct ForwardOptions {
   KvCache* cache = nullptr;                   // read and extended when given
 };
 
-// The names of the Linear modules of a decoder layer, as HF writes them.
-const std::vector<std::string>& decoder_linear_names();
-
 // Whether LoRA target_modules (short names, or "all-linear") adapt `module` ("q_proj").
 bool is_lora_target(const std::vector<std::string>& targets, const std::string& module);
 
@@ -94,9 +93,14 @@ class LlamaModelImpl : public torch::nn::Module {
  private:
   struct Layer {
     torch::Tensor input_norm, post_attention_norm;
-    AdaptedLinear q, k, v, o, gate, up, down;
-    torch::Tensor q_norm, k_norm;  // [head_dim] with LlamaConfig::qk_norm, else undefined
+    std::vector<AdaptedLinear> linears;  // decoder_linears(config) order
+    torch::Tensor q_norm, k_norm;        // [head_dim] with LlamaConfig::qk_norm, else undefined
   };
+  // q, k, v [batch, seq, heads * head_dim] as projected (split from qkv_proj where fused).
+  std::array<torch::Tensor, 3> project_qkv(Layer& layer, const torch::Tensor& x);
+  torch::Tensor mlp(Layer& layer, const torch::Tensor& x);
+  // RoPE on the first rotary_dim of every head (all of it unless partial_rotary_factor < 1).
+  torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, int64_t heads) const;
   torch::Tensor attention(Layer& layer, const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                           const torch::Tensor& layout, KvCache* cache, size_t index);
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const;

@@ -1,6 +1,7 @@
 // The Llama-family architecture as Hugging Face's config.json describes it: Llama 2 / 3 /
 // 3.1 / 3.2 (rope_scaling "llama3", and linear / dynamic / yarn / longrope), Mistral (sliding window), Qwen2 (q/k/v bias), Qwen3
-// (q/k norms per head), TinyLlama, SmolLM (tied embeddings). A key the file leaves out takes
+// (q/k norms per head), Phi-3 / Phi-4 (fused qkv and gate_up, partial rotary, longrope),
+// TinyLlama, SmolLM (tied embeddings). A key the file leaves out takes
 // the default of that model type's transformers config class (MistralConfig's window of
 // 4096, Qwen3Config's head_dim of 128, ...); rope settings come as transformers 4 writes
 // them (rope_theta, rope_scaling) or 5 (rope_parameters). Parsing validates every field and
@@ -34,7 +35,7 @@ struct RopeScaling {
 };
 
 struct LlamaConfig {
-  std::string model_type;  // llama, mistral, qwen2 or qwen3
+  std::string model_type;  // llama, mistral, qwen2, qwen3 or phi3
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -51,11 +52,14 @@ struct LlamaConfig {
   bool o_bias = false;    // Llama attention_bias
   bool mlp_bias = false;  // Llama mlp_bias
   bool qk_norm = false;   // Qwen3: RMSNorm over each head of q and of k, before RoPE
+  bool fused_projections = false;     // Phi-3 / Phi-4: qkv_proj and gate_up_proj, one Linear each
+  double partial_rotary_factor = 1.0;  // RoPE on the first head_dim * factor dims of a head (Phi-4-mini 0.75)
   // Sliding-window attention (Mistral; Qwen2 / Qwen3 with use_sliding_window): the windowed
   // layers attend to the last `sliding_window` tokens only, themselves included.
   std::optional<int64_t> sliding_window;
   std::vector<bool> windowed_layers;  // by layer (Qwen's layer_types); empty: every layer
 
+  int64_t rotary_dim() const { return static_cast<int64_t>(static_cast<double>(head_dim) * partial_rotary_factor); }
   int64_t q_size() const { return num_attention_heads * head_dim; }
   int64_t kv_size() const { return num_key_value_heads * head_dim; }
   bool layer_uses_window(int64_t layer) const {
@@ -65,5 +69,17 @@ struct LlamaConfig {
 
 // `file` names config.json in errors.
 LlamaConfig parse_llama_config(const nlohmann::json& config, const std::string& file);
+
+// A Linear of a decoder layer: its module path inside the layer, as transformers (and PEFT's
+// target_modules, by the last part) name it, and its shape.
+struct DecoderLinear {
+  std::string name;  // "self_attn.q_proj"
+  int64_t in, out;
+  bool bias;
+};
+
+// The layer's Linears in forward order: q, k, v, o, gate, up, down; Phi-3's qkv (q, k, v
+// stacked by rows), o, gate_up (gate then up), down.
+std::vector<DecoderLinear> decoder_linears(const LlamaConfig& config);
 
 }  // namespace shardlora::nn
