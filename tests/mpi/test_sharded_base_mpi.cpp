@@ -47,6 +47,10 @@ class ShardedBaseTest : public ::testing::Test {
       ASSERT_NE(mkdtemp(name.data()), nullptr);
       name.copy(dir, sizeof dir - 1);
       nn::write_random_hf_model(name + "/float", spec());
+      nn::RandomModelSpec phi3 = spec();  // fused qkv_proj and gate_up_proj, split across ranks alike
+      phi3.model_type = "phi3";
+      phi3.partial_rotary_factor = 0.5;
+      nn::write_random_hf_model(name + "/phi3", phi3);
       quant::quantize_checkpoint(name + "/float", name + "/nf4", {});
       quant::CheckpointQuantizeOptions fp4;
       fp4.quant = {kernels::QuantType::FP4, 128, true};
@@ -143,10 +147,10 @@ TEST_F(ShardedBaseTest, EachRankHoldsItsShareOfTheBase) {
 
 TEST_F(ShardedBaseTest, ForwardAndBackwardEqualTheUnshardedModel) {
   const int64_t layers = spec().layers;
-  for (bool checkpointing : {false, true}) {
+  for (const auto& [dir, checkpointing] : {std::pair{"float", false}, std::pair{"float", true}, std::pair{"phi3", true}}) {
     nn::ModelOptions options;
     options.activation_checkpointing = checkpointing;
-    auto whole = load("float", options, false), sharded = load("float", options, true);
+    auto whole = load(dir, options, false), sharded = load(dir, options, true);
     const torch::Tensor ids = torch::randint(0, 259, {2, 9}, at::detail::createCPUGenerator(3));
     for (int step = 0; step < 3; ++step) {
       std::vector<torch::Tensor> logits;
