@@ -225,6 +225,35 @@ TEST_F(Tokenizers, RandomUnicodeRoundTrips) {
   }
 }
 
+// Gemma 3's tokenizer.json: runs of "▁" and newlines are added (not special) tokens, and the
+// decoder turns "▁" into spaces. tokenizers sends added tokens through the decoder too, so
+// decoded code keeps its indentation (as Hugging Face tokenizers decodes [138, 139, 107] of
+// Gemma 3's real file: 5 spaces and a newline).
+TEST_F(Tokenizers, AddedTokensAreDecodedThroughTheDecoderChain) {
+  // As in Gemma's file, the whitespace tokens are in the BPE vocabulary too (merges make them).
+  Json vocab = {{"<pad>", 0}, {"<eos>", 1}, {"<bos>", 2}, {"a", 3}, {"b", 4}, {"▁", 5}, {"▁▁", 6}};
+  const Json decoder = {{"type", "Sequence"},
+                        {"decoders", {{{"type", "Replace"}, {"pattern", {{"String", "▁"}}}, {"content", " "}},
+                                      {{"type", "ByteFallback"}},
+                                      {{"type", "Fuse"}}}}};
+  const auto plain = [](int64_t id, const std::string& content) {
+    Json token = added(id, content);
+    token["special"] = false;
+    return token;
+  };
+  const auto gemma = load({{"added_tokens", {added(0, "<pad>"), added(1, "<eos>"), added(2, "<bos>"), plain(6, "▁▁"), plain(7, "▁▁▁"),
+                                             plain(8, "\n"), added(9, "<start_of_turn>")}},
+                           {"normalizer", {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "▁"}}},
+                           {"pre_tokenizer", nullptr},
+                           {"decoder", decoder},
+                           {"post_processor", nullptr},
+                           {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", {"▁ ▁"}}, {"byte_fallback", false}}}});
+  EXPECT_EQ(gemma->decode({3, 6, 4, 7, 3, 8}), "a  b   a\n");
+  EXPECT_EQ(gemma->decode({9, 3, 6, 4, 1}), "<start_of_turn>a  b<eos>");
+  EXPECT_EQ(gemma->decode({9, 3, 6, 4, 1}, /*skip_special=*/true), "a  b") << "special ones dropped, whitespace kept";
+  EXPECT_EQ(gemma->encode("a  b"), (Ids{3, 6, 4}));
+}
+
 // Datasets are tokenized on the rank's threads with one tokenizer: each thread's ids must be
 // those of one thread alone (the regex's match data and the word cache are shared state).
 TEST_F(Tokenizers, ManyThreadsEncodeAsOneDoes) {

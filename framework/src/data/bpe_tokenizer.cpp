@@ -3,6 +3,8 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <unicode/normalizer2.h>
+#include <unicode/uchar.h>
+#include <unicode/utf8.h>
 #include <unicode/unistr.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <shared_mutex>
 #include <queue>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "shardlora/data/byte_level.h"
 #include "shardlora/data/utf8.h"
@@ -97,6 +100,53 @@ std::string replace_all(std::string text, const std::string& from, const std::st
   return text;
 }
 
+// Per first byte, the indices of the added tokens starting with it, longest first.
+using AddedIndex = std::array<std::vector<size_t>, 256>;
+
+// Character classes as Rust's char methods (tokenizers' AddedVocabulary uses them).
+UChar32 char_before(const std::string& text, size_t at) {
+  int32_t offset = static_cast<int32_t>(at);
+  UChar32 c;
+  U8_PREV(reinterpret_cast<const uint8_t*>(text.data()), 0, offset, c);
+  return c;
+}
+
+UChar32 char_at(const std::string& text, size_t at, size_t* next) {
+  int32_t offset = static_cast<int32_t>(at);
+  UChar32 c;
+  U8_NEXT(reinterpret_cast<const uint8_t*>(text.data()), offset, static_cast<int32_t>(text.size()), c);
+  *next = static_cast<size_t>(offset);
+  return c;
+}
+
+// Rust regex's Unicode \w, which tokenizers' single_word checks with.
+bool is_word_char(UChar32 c) {
+  if (c < 0) return false;
+  const int8_t category = u_charType(c);
+  return u_hasBinaryProperty(c, UCHAR_ALPHABETIC) || u_hasBinaryProperty(c, UCHAR_JOIN_CONTROL) || category == U_NON_SPACING_MARK ||
+         category == U_ENCLOSING_MARK || category == U_COMBINING_SPACING_MARK || category == U_DECIMAL_DIGIT_NUMBER ||
+         category == U_CONNECTOR_PUNCTUATION;
+}
+
+bool word_char_before(const std::string& text, size_t at) { return at > 0 && is_word_char(char_before(text, at)); }
+
+bool word_char_after(const std::string& text, size_t at) {
+  size_t next = 0;
+  return at < text.size() && is_word_char(char_at(text, at, &next));
+}
+
+// Where the run of whitespace ending at `at` begins.
+size_t whitespace_run_before(const std::string& text, size_t at) {
+  while (at > 0) {
+    int32_t offset = static_cast<int32_t>(at);
+    UChar32 c;
+    U8_PREV(reinterpret_cast<const uint8_t*>(text.data()), 0, offset, c);
+    if (!u_isUWhiteSpace(c)) break;
+    at = static_cast<size_t>(offset);
+  }
+  return at;
+}
+
 class Parser {
  public:
   explicit Parser(std::string file) : file_(std::move(file)) {}
@@ -163,26 +213,20 @@ class BpeTokenizer : public Tokenizer {
 
   std::string decode(const std::vector<int64_t>& ids, bool skip_special) const override {
     std::vector<std::string> tokens;
-    std::string text;
-    const auto flush = [&] {
-      std::vector<std::string> decoded = std::move(tokens);
-      for (const Decoder& decoder : decoders_) decoded = decoder(std::move(decoded));
-      for (const auto& piece : decoded) text += piece;
-      tokens.clear();
-    };
     for (const int64_t id : ids) {
       SHARDLORA_CHECK(id >= 0 && id < vocab_size(), "decode: token id ", id, " is outside the vocabulary [0, ", vocab_size(), ")");
       if (const auto it = added_index_.find(id); it != added_index_.end()) {
-        // Added tokens bypass the decoder, as in tokenizers.
+        // Added tokens go through the decoder like the others, as in tokenizers (Gemma 3's
+        // "▁▁" ... whitespace tokens become spaces there).
         const auto& added = added_tokens_[static_cast<size_t>(it->second)];
-        if (skip_special && added.special) continue;
-        flush();
-        text += added.content;
+        if (!(skip_special && added.special)) tokens.push_back(added.content);
         continue;
       }
       tokens.push_back(id_to_token_[static_cast<size_t>(id)]);
     }
-    flush();
+    for (const Decoder& decoder : decoders_) tokens = decoder(std::move(tokens));
+    std::string text;
+    for (const auto& piece : tokens) text += (decoders_.empty() && !text.empty() ? " " : "") + piece;  // tokenizers joins by spaces
     return text;
   }
 
@@ -199,6 +243,15 @@ class BpeTokenizer : public Tokenizer {
     int64_t id;
     std::string content;
     bool special;
+    bool normalized;   // matched in the normalized text (else in the raw text, before normalizers)
+    bool lstrip, rstrip;  // the match takes the whitespace on its left / right with it
+    bool single_word;  // only where no word character touches it
+    std::string pattern;  // what is matched: the content, normalized for a normalized token (as tokenizers builds its trie)
+  };
+  // A match of an added token: the bytes it takes [begin, end) and its id.
+  struct AddedMatch {
+    size_t begin, end;
+    int64_t id;
   };
 
   void parse(const Json& json) {
@@ -207,8 +260,8 @@ class BpeTokenizer : public Tokenizer {
     const Json* vocab = model.is_object() && model.contains("vocab") ? &model["vocab"] : nullptr;
     entries_ = static_cast<int64_t>((vocab ? vocab->size() : 0) + added.size());
     parse_model(model);
-    parse_added_tokens(added);
     if (json.contains("normalizer") && !json["normalizer"].is_null()) add_normalizer(json["normalizer"], "normalizer");
+    parse_added_tokens(added);  // after the normalizers: normalized tokens are matched as normalized
     if (json.contains("pre_tokenizer") && !json["pre_tokenizer"].is_null()) {
       add_pre_tokenizer(json["pre_tokenizer"], "pre_tokenizer");
     }
@@ -284,30 +337,63 @@ class BpeTokenizer : public Tokenizer {
                       "' has id ", id.dump());
       SHARDLORA_CHECK(!content.empty(), parser_.file(), ": an added token has empty content");
       added_index_[id.get<int64_t>()] = static_cast<int64_t>(added_tokens_.size());
-      added_tokens_.push_back({id.get<int64_t>(), content, parser_.flag(token, "special", false)});
+      added_tokens_.push_back({id.get<int64_t>(), content, parser_.flag(token, "special", false), parser_.flag(token, "normalized", false),
+                               parser_.flag(token, "lstrip", false), parser_.flag(token, "rstrip", false),
+                               parser_.flag(token, "single_word", false), content});
+      if (!vocab_.count(content)) added_only_.insert(content);
+      AddedToken& last = added_tokens_.back();
+      if (last.normalized) {
+        for (const Normalizer& normalizer : normalizers_) last.pattern = normalizer(std::move(last.pattern));
+      }
       add_vocab(content, id.get<int64_t>());
     }
     // By first byte, longest first, so "<|im_start|>" wins over a shorter token it starts with.
     for (size_t i = 0; i < added_tokens_.size(); ++i) {
-      added_by_first_byte_[static_cast<unsigned char>(added_tokens_[i].content[0])].push_back(i);
+      if (added_tokens_[i].pattern.empty()) continue;  // normalized away: never matched
+      auto& index = added_tokens_[i].normalized ? normalized_added_by_first_byte_ : raw_added_by_first_byte_;
+      index[static_cast<unsigned char>(added_tokens_[i].pattern[0])].push_back(i);
     }
-    for (auto& candidates : added_by_first_byte_) {
-      std::stable_sort(candidates.begin(), candidates.end(), [&](size_t a, size_t b) {
-        return added_tokens_[a].content.size() > added_tokens_[b].content.size();
-      });
+    for (auto* index : {&raw_added_by_first_byte_, &normalized_added_by_first_byte_}) {
+      for (auto& candidates : *index) {
+        std::stable_sort(candidates.begin(), candidates.end(), [&](size_t a, size_t b) {
+          return added_tokens_[a].pattern.size() > added_tokens_[b].pattern.size();
+        });
+      }
     }
   }
 
-  // The first added token at or after `start`: (position, id), or (text size, -1). One scan
-  // of the text, checking only the tokens that start with each byte.
-  std::pair<size_t, int64_t> next_added_token(const std::string& text, size_t start) const {
-    for (size_t at = start; at < text.size(); ++at) {
-      for (const size_t i : added_by_first_byte_[static_cast<unsigned char>(text[at])]) {
-        const std::string& content = added_tokens_[i].content;
-        if (text.compare(at, content.size(), content) == 0) return {at, added_tokens_[i].id};
-      }
+  // The longest added token of `index` whose pattern starts at `at`, or null.
+  const AddedToken* added_token_at(const std::string& text, size_t at, const AddedIndex& index) const {
+    for (const size_t i : index[static_cast<unsigned char>(text[at])]) {
+      if (text.compare(at, added_tokens_[i].pattern.size(), added_tokens_[i].pattern) == 0) return &added_tokens_[i];
     }
-    return {text.size(), -1};
+    return nullptr;
+  }
+
+  // The first added token of `index` at or after `start`, with its flags applied as
+  // tokenizers' AddedVocabulary applies them (single_word: no letter or digit on either side,
+  // else the match is passed over; lstrip / rstrip: the adjacent whitespace run joins it);
+  // id -1 and begin = end = text size when there is none. One scan of the text, checking
+  // only the tokens that start with each byte.
+  AddedMatch next_added_token(const std::string& text, size_t start, const AddedIndex& index) const {
+    for (size_t at = start; at < text.size(); ++at) {
+      const AddedToken* token = added_token_at(text, at, index);
+      if (!token) continue;
+      size_t begin = at, end = at + token->pattern.size();
+      if (token->single_word && (word_char_before(text, begin) || word_char_after(text, end))) {
+        at = end - 1;  // tokenizers' matches do not overlap: the text it covered stays text
+        continue;
+      }
+      if (token->lstrip) begin = std::max(start, whitespace_run_before(text, begin));
+      if (token->rstrip) {
+        // The whitespace, up to where the next added token's own match begins (Gemma's "\n\n").
+        for (size_t next = end; end < text.size() && !added_token_at(text, end, index) && u_isUWhiteSpace(char_at(text, end, &next));) {
+          end = next;
+        }
+      }
+      return {begin, end, token->id};
+    }
+    return {text.size(), text.size(), -1};
   }
 
   // The components of a Sequence, each with its place for errors.
@@ -458,12 +544,19 @@ class BpeTokenizer : public Tokenizer {
       for_each_item(spec, "decoders", where, [&](const Json& item, const std::string& at) { add_decoder(item, at); });
     } else if (type == "ByteLevel") {
       decoders_.push_back([](std::vector<std::string> tokens) {
+        // A token with a character outside the byte alphabet (an added token's) is kept as
+        // its UTF-8, whole, as tokenizers' ByteLevel decoder keeps it.
         std::string bytes;
         for (const auto& token : tokens) {
+          std::string mapped;
+          bool all_mapped = true;
           for (const auto& character : utf8_chars(token)) {
             const int byte = byte_level_byte(character);
-            bytes += byte >= 0 ? std::string(1, static_cast<char>(byte)) : character;
+            all_mapped = all_mapped && byte >= 0;
+            if (!all_mapped) break;
+            mapped += static_cast<char>(byte);
           }
+          bytes += all_mapped ? mapped : token;
         }
         return std::vector<std::string>{bytes};
       });
@@ -550,20 +643,34 @@ class BpeTokenizer : public Tokenizer {
 
   // Normalizes, pre-tokenizes and BPE-encodes text that holds no added token.
   // The text between added tokens, section by section, until `ids` holds max_tokens.
+  // tokenizers' order: added tokens matched in the raw text first; each section between
+  // them normalized, then split at the added tokens matched in normalized text, the rest
+  // pre-tokenized and BPE-encoded.
   void encode_sections(const std::string& text, size_t max_tokens, std::vector<int64_t>* ids) const {
+    for_each_section(text, raw_added_by_first_byte_, max_tokens, ids, [&](const std::string& raw, bool at_start) {
+      std::string normalized = raw;
+      for (const Normalizer& normalizer : normalizers_) normalized = normalizer(std::move(normalized));
+      for_each_section(normalized, normalized_added_by_first_byte_, max_tokens, ids,
+                       [&](const std::string& section, bool first) { encode_section(section, at_start && first, max_tokens, ids); });
+    });
+  }
+
+  // Calls encode(section, starts_the_text) on the text between the added tokens of `index`
+  // and appends those tokens' ids, in order, until `ids` holds max_tokens.
+  template <typename Encode>
+  void for_each_section(const std::string& text, const AddedIndex& index, size_t max_tokens, std::vector<int64_t>* ids,
+                        const Encode& encode) const {
     size_t start = 0;
     while (start < text.size() && ids->size() < max_tokens) {
-      const auto [at, added] = next_added_token(text, start);
-      if (at > start) encode_section(text.substr(start, at - start), start == 0, max_tokens, ids);
-      if (added < 0 || ids->size() >= max_tokens) break;
-      ids->push_back(added);
-      start = at + added_tokens_[static_cast<size_t>(added_index_.at(added))].content.size();
+      const AddedMatch match = next_added_token(text, start, index);
+      if (match.begin > start) encode(text.substr(start, match.begin - start), start == 0);
+      if (match.id < 0 || ids->size() >= max_tokens) break;
+      ids->push_back(match.id);
+      start = match.end;
     }
   }
 
-  void encode_section(const std::string& raw, bool at_start, size_t max_tokens, std::vector<int64_t>* ids) const {
-    std::string text = raw;
-    for (const Normalizer& normalizer : normalizers_) text = normalizer(std::move(text));
+  void encode_section(const std::string& text, bool at_start, size_t max_tokens, std::vector<int64_t>* ids) const {
     std::vector<Piece> pieces = {{text, at_start}};
     for (const PreTokenizer& pre_tokenizer : pre_tokenizers_) pieces = pre_tokenizer(std::move(pieces));
     for (const Piece& piece : pieces) {
@@ -583,7 +690,8 @@ class BpeTokenizer : public Tokenizer {
   // tokenizers does); stale entries are recognised by re-checking the pair's rank.
   void encode_word(const std::string& word, size_t max_tokens, std::vector<int64_t>* ids) const {
     if (ignore_merges_) {
-      if (const auto it = vocab_.find(word); it != vocab_.end()) {
+      // The model's vocabulary only: an added token's content is matched before BPE, or not at all.
+      if (const auto it = vocab_.find(word); it != vocab_.end() && !added_only_.count(word)) {
         ids->push_back(it->second);
         return;
       }
@@ -689,9 +797,10 @@ class BpeTokenizer : public Tokenizer {
   std::unordered_map<std::string, int64_t> merge_ranks_;
   std::optional<int64_t> unk_id_;
   bool byte_fallback_ = false, fuse_unk_ = false, ignore_merges_ = false;
+  std::unordered_set<std::string> added_only_;  // added tokens the model's vocabulary lacks
   std::vector<AddedToken> added_tokens_;
   std::unordered_map<int64_t, int64_t> added_index_;  // id -> index in added_tokens_
-  std::array<std::vector<size_t>, 256> added_by_first_byte_;  // indices into added_tokens_
+  AddedIndex raw_added_by_first_byte_, normalized_added_by_first_byte_;  // indices into added_tokens_
   std::vector<Normalizer> normalizers_;
   std::vector<PreTokenizer> pre_tokenizers_;
   std::vector<Decoder> decoders_;
