@@ -1,4 +1,4 @@
-// `shardlora init-model OUT_DIR`: a random-initialised HF-format Llama, Qwen3 or Phi-3 directory.
+// `shardlora init-model OUT_DIR`: a random-initialised HF-format Llama, Qwen3, Phi-3 or Gemma 3 directory.
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -42,11 +42,11 @@ int run_init_model(const InitModelArgs& args) {
 
 Subcommand add_init_model_command(CLI::App& root) {
   auto args = std::make_shared<InitModelArgs>();
-  CLI::App* app = root.add_subcommand("init-model", "Write a random-initialised HF-format Llama, Qwen3 or Phi-3 model directory");
+  CLI::App* app = root.add_subcommand("init-model", "Write a random-initialised HF-format Llama, Qwen3, Phi-3 or Gemma 3 model directory");
   app->add_option("OUT_DIR", args->out_dir, "Directory to create")->required();
   app->add_option("--preset", args->preset,
                   "tiny (~0.1M parameters), demo (~0.9M), small (~104M), qwen3-tiny (~0.1M, Qwen3's layout), qwen3-0.6b "
-                  "(Qwen3-0.6B's shape, 0.6B) or phi3-tiny (~0.1M, Phi-3's fused projections)")
+                  "(Qwen3-0.6B's shape, 0.6B), phi3-tiny (~0.1M, Phi-3's fused projections) or gemma3-tiny (~0.3M, Gemma 3's layers)")
       ->check(CLI::IsMember(nn::model_preset_names()))
       ->capture_default_str();
   app->add_option("--vocab", args->vocab, "Vocabulary size (at least 259; default: the preset's)");

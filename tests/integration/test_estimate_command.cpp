@@ -5,6 +5,7 @@
 // for small models on the CPU the estimate lands within 15% of the measured peak RSS.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -48,6 +49,14 @@ const std::map<std::string, nlohmann::json>& published_configs() {
         {"head_dim", 128}, {"max_position_embeddings", 40960}, {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000},
         {"rope_scaling", nullptr}, {"attention_bias", false}, {"use_sliding_window", false}, {"sliding_window", nullptr},
         {"max_window_layers", 36}, {"tie_word_embeddings", false}}},
+      // google/gemma-3-1b-it's config.json (Gemma3ForCausalLM).
+      {"gemma-3-1b",
+       {{"model_type", "gemma3_text"}, {"architectures", {"Gemma3ForCausalLM"}}, {"vocab_size", 262144}, {"hidden_size", 1152},
+        {"intermediate_size", 6912}, {"num_hidden_layers", 26}, {"num_attention_heads", 4}, {"num_key_value_heads", 1},
+        {"head_dim", 256}, {"max_position_embeddings", 32768}, {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0},
+        {"rope_local_base_freq", 10000.0}, {"rope_scaling", nullptr}, {"sliding_window", 512}, {"sliding_window_pattern", 6},
+        {"query_pre_attn_scalar", 256}, {"hidden_activation", "gelu_pytorch_tanh"}, {"final_logit_softcapping", nullptr},
+        {"attn_logit_softcapping", nullptr}, {"attention_bias", false}, {"tie_word_embeddings", true}}},
       // microsoft/phi-4's config.json.
       {"phi-4",
        {{"model_type", "phi3"}, {"architectures", {"Phi3ForCausalLM"}}, {"vocab_size", 100352}, {"hidden_size", 5120},
@@ -97,7 +106,7 @@ TEST_F(Estimate, EveryRecipeParsesValidatesAndEstimates) {
       const std::string model = name.substr(0, name.size() - std::string("-qlora.yaml").size());
       args.push_back("model.path=" + config_dir(model));
       args.push_back("--world-size");
-      args.push_back(model == "llama-3.1-70b" ? "16" : model == "llama-3.1-8b" ? "8" : "1");  // qwen3-8b, phi-4: one GPU
+      args.push_back(model == "llama-3.1-70b" ? "16" : model == "llama-3.1-8b" ? "8" : "1");  // qwen3-8b, phi-4, gemma-3-1b: one GPU
     }
     const auto result = run_process(args);
     ASSERT_EQ(result.exit_code, 0) << name << ": " << result.err;
@@ -108,7 +117,7 @@ TEST_F(Estimate, EveryRecipeParsesValidatesAndEstimates) {
       EXPECT_GT(table["methods"]["full"]["device_total_bytes"].get<int64_t>(), table["methods"]["qlora"]["device_total_bytes"].get<int64_t>());
     }
   }
-  EXPECT_EQ(recipes, 6u) << "demo, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b, qwen3-8b, phi-4";
+  EXPECT_EQ(recipes, 7u) << "demo, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b, qwen3-8b, phi-4, gemma-3-1b";
 }
 
 TEST_F(Estimate, Llama31_8bHasThePublishedShape) {
@@ -150,6 +159,13 @@ TEST_F(Estimate, Phi4HasThePublishedShape) {
   EXPECT_EQ(lora.row("adapters (fp32)", true), 4 * 40 * per_layer);
 }
 
+TEST_F(Estimate, Gemma3_1bHasThePublishedShape) {
+  const nn::LlamaConfig config = nn::parse_llama_config(published_configs().at("gemma-3-1b"), "gemma-3-1b");
+  ASSERT_TRUE(config.gemma);
+  EXPECT_EQ(std::count(config.windowed_layers.begin(), config.windowed_layers.end(), false), 4) << "layers 5, 11, 17, 23 global";
+  EXPECT_NEAR(static_cast<double>(train::parameter_count(config)) / 1e9, 1.00, 0.005) << "the model card's 1B";
+}
+
 TEST_F(Estimate, ShardingDividesTheBaseByTheWorldSize) {
   const std::string model = config_dir("llama-3.1-70b");
   const auto one = estimate("llama-3.1-70b-qlora.yaml", model, 1)[2];
@@ -188,12 +204,16 @@ TEST_F(Estimate, LandsWithinFifteenPercentOfMeasuredPeakRss) {
   nn::RandomModelSpec phi3 = nn::model_preset("phi3-tiny");
   phi3.dtype = torch::kFloat32;
   nn::write_random_hf_model(path("phi3-model"), phi3);
+  nn::RandomModelSpec gemma3 = nn::model_preset("gemma3-tiny");
+  gemma3.dtype = torch::kFloat32;
+  nn::write_random_hf_model(path("gemma3-model"), gemma3);
   const std::vector<std::vector<std::string>> cases = {
       {"model.path=" + path("demo-model")},
       {"model.path=" + path("tiny-model"), "model.dtype=bf16", "training.activation_checkpointing=true", "data.max_seq_len=256"},
       {"model.path=" + path("vocab-128k-model"), "data.max_seq_len=2048", "training.micro_batch_size=1"},
       {"model.path=" + path("qwen3-model"), "data.max_seq_len=256"},
       {"model.path=" + path("phi3-model"), "data.max_seq_len=512"},
+      {"model.path=" + path("gemma3-model"), "data.max_seq_len=256"},
   };
   int run = 0;
   for (const auto& overrides : cases) {

@@ -91,9 +91,11 @@ TEST_P(EveryCommand, InitQuantizeTrainMergeGenerate) {
 
 INSTANTIATE_TEST_SUITE_P(Families, EveryCommand,
                          ::testing::Values(Family{"qwen3-tiny", "self_attn.k_norm.weight", 7},
-                                           Family{"phi3-tiny", "mlp.gate_up_proj.weight", 4}),
+                                           Family{"phi3-tiny", "mlp.gate_up_proj.weight", 4},
+                                           Family{"gemma3-tiny", "post_feedforward_layernorm.weight", 7}),
                          [](const ::testing::TestParamInfo<Family>& info) {
-                           return info.param.preset == "qwen3-tiny" ? std::string("Qwen3") : std::string("Phi3");
+                           const std::string& preset = info.param.preset;
+                           return preset == "qwen3-tiny" ? std::string("Qwen3") : preset == "phi3-tiny" ? std::string("Phi3") : std::string("Gemma3");
                          });
 
 TEST_F(ModelFamilies, PresetsWriteTheFamiliesConfigs) {

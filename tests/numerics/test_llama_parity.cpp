@@ -76,8 +76,9 @@ torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch:
   const auto f64 = torch::kFloat64;
   std::map<std::string, torch::Tensor> dense;
   for (auto& [name, linear] : model->linears()) dense[name] = linear->base().dense_weight(f64);
+  // Gemma3RMSNorm scales by (1 + weight).
   const auto norm = [&](const torch::Tensor& x, const torch::Tensor& weight) {
-    return x / torch::sqrt(x.pow(2).mean(-1, true) + c.rms_norm_eps) * weight.to(f64);
+    return x / torch::sqrt(x.pow(2).mean(-1, true) + c.rms_norm_eps) * (weight.to(f64) + (c.gemma ? 1.0 : 0.0));
   };
   const auto linear = [&](const torch::Tensor& x, const std::string& name) {
     torch::Tensor y = torch::matmul(x, dense.at(name).t());
@@ -85,19 +86,30 @@ torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch:
     return y;
   };
   const int64_t B = ids.size(0), T = ids.size(1), H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
-  // rotary angles and the attention mask, element by element
-  const ReferenceRotary rotary = reference_rotary(c, positions.max().item<int64_t>() + 1);
-  const auto& inv_freq = rotary.inv_freq;
+  // rotary angles and the attention mask, element by element; Gemma 3's windowed layers turn
+  // by their own base, unscaled.
   const int64_t R = c.rotary_dim();  // Phi-3's partial rotary: only the first R dims of a head turn
-  torch::Tensor cos = torch::empty({B, 1, T, R}, f64), sin = torch::empty({B, 1, T, R}, f64);
+  const auto tables = [&](const LlamaConfig& rc) {
+    const ReferenceRotary rotary = reference_rotary(rc, positions.max().item<int64_t>() + 1);
+    torch::Tensor cos = torch::empty({B, 1, T, R}, f64), sin = torch::empty({B, 1, T, R}, f64);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t i = 0; i < R; ++i) {
+          const double angle = positions[b][t].item<int64_t>() * rotary.inv_freq[i % (R / 2)];
+          cos[b][0][t][i] = std::cos(angle) * rotary.attention;
+          sin[b][0][t][i] = std::sin(angle) * rotary.attention;
+        }
+      }
+    }
+    return std::pair{cos, sin};
+  };
+  const auto global = tables(c);
+  LlamaConfig local_config = c;
+  if (c.local_rope_theta > 0) local_config.rope_theta = c.local_rope_theta, local_config.rope_scaling.reset();
+  const auto local = tables(local_config);
   torch::Tensor mask = torch::zeros({B, 1, T, T}, f64), window_mask = torch::zeros({B, 1, T, T}, f64);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < T; ++t) {
-      for (int64_t i = 0; i < R; ++i) {
-        const double angle = positions[b][t].item<int64_t>() * inv_freq[i % (R / 2)];
-        cos[b][0][t][i] = std::cos(angle) * rotary.attention;
-        sin[b][0][t][i] = std::sin(angle) * rotary.attention;
-      }
       for (int64_t s = 0; s < T; ++s) {
         if (s > t || docs[b][s].item<int64_t>() != docs[b][t].item<int64_t>()) mask[b][0][t][s] = -INFINITY;
         if (s > t || docs[b][s].item<int64_t>() != docs[b][t].item<int64_t>() ||
@@ -107,14 +119,16 @@ torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch:
       }
     }
   }
-  const auto rope = [&](const torch::Tensor& x) {
-    const auto turned = x.narrow(-1, 0, R), x1 = turned.narrow(-1, 0, R / 2), x2 = turned.narrow(-1, R / 2, R / 2);
-    return torch::cat({turned * cos + torch::cat({-x2, x1}, -1) * sin, x.narrow(-1, R, D - R)}, -1);
-  };
   const auto& embed = w.at("model.embed_tokens.weight");
   torch::Tensor h = embed.to(f64).index({ids});
+  if (c.gemma) h = h * std::sqrt(static_cast<double>(c.hidden_size));  // Gemma3TextScaledWordEmbedding
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
+    const auto& [cos, sin] = c.layer_uses_window(l) ? local : global;
+    const auto rope = [&](const torch::Tensor& x) {
+      const auto turned = x.narrow(-1, 0, R), x1 = turned.narrow(-1, 0, R / 2), x2 = turned.narrow(-1, R / 2, R / 2);
+      return torch::cat({turned * cos + torch::cat({-x2, x1}, -1) * sin, x.narrow(-1, R, D - R)}, -1);
+    };
     const torch::Tensor x = norm(h, w.at(p + "input_layernorm.weight"));
     // Qwen3Attention: q_norm / k_norm (RMSNorm over head_dim) on each head, then RoPE.
     const auto head_norm = [&](const torch::Tensor& heads, const char* name) {
@@ -131,8 +145,17 @@ torch::Tensor reference_logits(LlamaModel& model, const Weights& w, const torch:
     const torch::Tensor k = rope(head_norm(project("k").reshape({B, T, KV, D}), "k_norm").transpose(1, 2)).repeat_interleave(H / KV, 1);
     const torch::Tensor v = project("v").reshape({B, T, KV, D}).transpose(1, 2).repeat_interleave(H / KV, 1);
     const torch::Tensor& layer_mask = c.layer_uses_window(l) ? window_mask : mask;
-    const torch::Tensor attn = torch::softmax(torch::matmul(q, k.transpose(2, 3)) / std::sqrt(double(D)) + layer_mask, -1);
-    h = h + linear(torch::matmul(attn, v).transpose(1, 2).reshape({B, T, H * D}), p + "self_attn.o_proj");
+    const double scale = 1.0 / std::sqrt(c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar : double(D));  // Gemma 3's scalar
+    const torch::Tensor attn = torch::softmax(torch::matmul(q, k.transpose(2, 3)) * scale + layer_mask, -1);
+    const torch::Tensor attended = linear(torch::matmul(attn, v).transpose(1, 2).reshape({B, T, H * D}), p + "self_attn.o_proj");
+    if (c.gemma) {  // Gemma3DecoderLayer: post_attention_layernorm on the branch, pre / post_feedforward around the MLP
+      h = h + norm(attended, w.at(p + "post_attention_layernorm.weight"));
+      const torch::Tensor y = norm(h, w.at(p + "pre_feedforward_layernorm.weight"));
+      const torch::Tensor gelu = torch::gelu(linear(y, p + "mlp.gate_proj"), "tanh");
+      h = h + norm(linear(gelu * linear(y, p + "mlp.up_proj"), p + "mlp.down_proj"), w.at(p + "post_feedforward_layernorm.weight"));
+      continue;
+    }
+    h = h + attended;
     const torch::Tensor y = norm(h, w.at(p + "post_attention_layernorm.weight"));
     if (c.fused_projections) {  // Phi3MLP: gate, up = gate_up_proj(y).chunk(2)
       const auto gate_up = linear(y, p + "mlp.gate_up_proj").chunk(2, -1);
@@ -212,6 +235,26 @@ TEST(LlamaParity, Phi3FusedProjectionsPartialRotaryLongropeAndWindow) {
   const auto phi4 = tiny_config("phi3", {{"rope_theta", 250000.0}});  // Phi-4: full rotary, no window, no scaling
   EXPECT_FALSE(phi4.sliding_window);
   expect_parity(phi4, ids, {}, torch::arange(9).expand({2, 9}), torch::zeros({2, 9}, torch::kInt64));
+}
+
+TEST(LlamaParity, Gemma3NormsEmbeddingScaleGeluLocalAndGlobalLayers) {
+  // Layers 0, 1 local (window 4, base 10k), 2 global (base 1M, linear scaling as Gemma 3 4B's),
+  // query_pre_attn_scalar unlike head_dim (Gemma 3 27B: 168 for 128).
+  const auto config = tiny_config("gemma3_text", {{"num_hidden_layers", 3}, {"sliding_window", 4}, {"sliding_window_pattern", 3},
+                                                  {"query_pre_attn_scalar", 24}, {"rope_theta", 1000000.0},
+                                                  {"rope_scaling", {{"rope_type", "linear"}, {"factor", 8.0}}},
+                                                  {"tie_word_embeddings", true}});
+  ASSERT_TRUE(config.gemma && config.qk_norm);
+  EXPECT_TRUE(config.layer_uses_window(0) && config.layer_uses_window(1));
+  EXPECT_FALSE(config.layer_uses_window(2));
+  EXPECT_EQ(config.local_rope_theta, 10000.0);
+  const auto ids = sample_ids(2, 9, config.vocab_size);
+  const torch::Tensor positions = (torch::arange(9) * 5).expand({2, 9});
+  expect_parity(config, ids, {.position_ids = positions}, positions, torch::zeros({2, 9}, torch::kInt64));
+  const auto typed = tiny_config("gemma3_text", {{"layer_types", {"full_attention", "sliding_attention"}}, {"sliding_window", 3}});
+  EXPECT_FALSE(typed.layer_uses_window(0));
+  EXPECT_TRUE(typed.layer_uses_window(1));
+  expect_parity(typed, ids, {}, torch::arange(9).expand({2, 9}), torch::zeros({2, 9}, torch::kInt64));
 }
 
 TEST(LlamaParity, TiedEmbeddings) {

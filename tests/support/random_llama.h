@@ -37,6 +37,10 @@ inline Weights random_weights(const LlamaConfig& c, uint64_t seed) {
     w[p + "input_layernorm.weight"] = 1 + normal({c.hidden_size}, 0.1);
     w[p + "post_attention_layernorm.weight"] = 1 + normal({c.hidden_size}, 0.1);
     for (const nn::DecoderLinear& linear : nn::decoder_linears(c)) w[p + linear.name + ".weight"] = normal({linear.out, linear.in}, 0.1);
+    if (c.gemma) {
+      w[p + "pre_feedforward_layernorm.weight"] = normal({c.hidden_size}, 0.1);  // Gemma's norms scale by 1 + weight
+      w[p + "post_feedforward_layernorm.weight"] = normal({c.hidden_size}, 0.1);
+    }
     if (c.qk_norm) {
       w[p + "self_attn.q_norm.weight"] = 1 + normal({c.head_dim}, 0.1);
       w[p + "self_attn.k_norm.weight"] = 1 + normal({c.head_dim}, 0.1);

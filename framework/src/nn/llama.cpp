@@ -234,6 +234,13 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
   final_norm_ = to_model(require(weights, "model.norm.weight", {hidden}, label));
   rotary_ = rotary_frequencies(config);
   rotary_.inv_freq = rotary_.inv_freq.to(options.device);
+  if (config.local_rope_theta > 0) {
+    LlamaConfig local = config;
+    local.rope_theta = config.local_rope_theta;
+    local.rope_scaling.reset();  // Gemma 3 scales the global layers' RoPE only
+    local_rotary_ = rotary_frequencies(local);
+    local_rotary_.inv_freq = local_rotary_.inv_freq.to(options.device);
+  }
   lm_head_ = config.tie_word_embeddings
                  ? std::make_shared<DenseLinear>(embed_)
                  : std::make_shared<DenseLinear>(to_model(require(weights, "lm_head.weight", {config.vocab_size, hidden}, label)));
@@ -302,12 +309,19 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
       layer.q_norm = to_model(require(weights, prefix + "self_attn.q_norm.weight", {config.head_dim}, label));
       layer.k_norm = to_model(require(weights, prefix + "self_attn.k_norm.weight", {config.head_dim}, label));
     }
+    if (config.gemma) {
+      layer.pre_feedforward_norm = to_model(require(weights, prefix + "pre_feedforward_layernorm.weight", {hidden}, label));
+      layer.post_feedforward_norm = to_model(require(weights, prefix + "post_feedforward_layernorm.weight", {hidden}, label));
+    }
     layers_.push_back(std::move(layer));
   }
 }
 
 torch::Tensor LlamaModelImpl::rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const {
-  return nn::rms_norm(x, weight, config_.rms_norm_eps);
+  if (!config_.gemma) return nn::rms_norm(x, weight, config_.rms_norm_eps);
+  // Gemma3RMSNorm: normalize and scale by (1 + weight) in float32, then cast.
+  const torch::Tensor x32 = x.to(torch::kFloat32);
+  return (x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + config_.rms_norm_eps) * (1 + weight.to(torch::kFloat32))).to(x.scalar_type());
 }
 
 std::array<torch::Tensor, 3> LlamaModelImpl::project_qkv(Layer& layer, const torch::Tensor& x) {
@@ -318,6 +332,9 @@ std::array<torch::Tensor, 3> LlamaModelImpl::project_qkv(Layer& layer, const tor
 }
 
 torch::Tensor LlamaModelImpl::mlp(Layer& layer, const torch::Tensor& x) {
+  if (config_.gemma) {  // Gemma3MLP: gelu_pytorch_tanh(gate) * up
+    return layer.linears[6]->forward(torch::gelu(layer.linears[4]->forward(x), "tanh") * layer.linears[5]->forward(x));
+  }
   if (!config_.fused_projections) {
     return layer.linears[6]->forward(swiglu(layer.linears[4]->forward(x), layer.linears[5]->forward(x)));
   }
@@ -347,6 +364,10 @@ torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, co
     return norm.defined() ? rms_norm(projected.view({batch, seq, count, dim}), norm).view({batch, seq, count * dim}) : projected;
   };
   torch::Tensor q = rotate(head_normed(q_projected, layer.q_norm, heads), cos, sin, heads).view({batch, seq, heads, dim}).transpose(1, 2);
+  // Attention scales scores by head_dim^-1/2; Gemma 3 by query_pre_attn_scalar^-1/2.
+  if (config_.query_pre_attn_scalar > 0 && config_.query_pre_attn_scalar != dim) {
+    q = q * std::sqrt(static_cast<double>(dim) / config_.query_pre_attn_scalar);
+  }
   torch::Tensor k =
       rotate(head_normed(k_projected, layer.k_norm, kv_heads), cos, sin, kv_heads).view({batch, seq, kv_heads, dim}).transpose(1, 2);
   torch::Tensor v = v_projected.reshape({batch, seq, kv_heads, dim}).transpose(1, 2);
@@ -369,6 +390,11 @@ torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, co
 torch::Tensor LlamaModelImpl::layer_forward(size_t index, const torch::Tensor& h, const torch::Tensor& cos,
                                             const torch::Tensor& sin, const torch::Tensor& layout, KvCache* cache) {
   Layer& layer = layers_[index];
+  if (config_.gemma) {  // Gemma3DecoderLayer: each branch normed on the way in and on the way out
+    const torch::Tensor mid =
+        h + rms_norm(attention(layer, rms_norm(h, layer.input_norm), cos, sin, layout, cache, index), layer.post_attention_norm);
+    return mid + rms_norm(mlp(layer, rms_norm(mid, layer.pre_feedforward_norm)), layer.post_feedforward_norm);
+  }
   const torch::Tensor mid = h + attention(layer, rms_norm(h, layer.input_norm), cos, sin, layout, cache, index);
   return mid + mlp(layer, rms_norm(mid, layer.post_attention_norm));
 }
@@ -426,11 +452,18 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
     rotary = rotary_frequencies(config_, positions.max().item<int64_t>() + 1);
     rotary.inv_freq = rotary.inv_freq.to(device);
   }
-  const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(-1) * rotary.inv_freq.view({1, 1, -1});
   const auto dtype = options_.compute_dtype;
-  const torch::Tensor cos = (angles.cos() * rotary.attention_scaling).to(dtype), sin = (angles.sin() * rotary.attention_scaling).to(dtype);
+  const auto tables = [&](const RotaryFrequencies& frequencies) {
+    const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(-1) * frequencies.inv_freq.view({1, 1, -1});
+    return std::pair{(angles.cos() * frequencies.attention_scaling).to(dtype), (angles.sin() * frequencies.attention_scaling).to(dtype)};
+  };
+  const auto [cos, sin] = tables(rotary);
+  torch::Tensor local_cos, local_sin;
+  if (local_rotary_.inv_freq.defined()) std::tie(local_cos, local_sin) = tables(local_rotary_);
 
   torch::Tensor h = torch::embedding(embed_, ids);
+  // Gemma3TextScaledWordEmbedding: times sqrt(hidden_size), rounded to the weights' dtype first.
+  if (config_.gemma) h = h * torch::tensor(std::sqrt(static_cast<double>(config_.hidden_size))).to(h.scalar_type());
   if (sharded_) sharded_->begin_forward(is_training() && torch::GradMode::is_enabled() && !options.cache);
   const bool checkpoint = options_.activation_checkpointing && is_training() && torch::GradMode::is_enabled() && !options.cache;
   // The layers' input must take part in autograd for the recomputation to reach the adapters
@@ -439,8 +472,11 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   for (size_t index = 0; index < layers_.size(); ++index) {
     const bool in_window = window_binds && config_.layer_uses_window(static_cast<int64_t>(index));
     const torch::Tensor& layout = in_window ? windowed : unwindowed;
-    h = checkpoint ? CheckpointedLayer::apply(h, this, static_cast<int64_t>(index), cos, sin, layout)
-                   : layer_forward(index, h, cos, sin, layout, options.cache);
+    const bool local = local_cos.defined() && config_.layer_uses_window(static_cast<int64_t>(index));
+    const torch::Tensor& layer_cos = local ? local_cos : cos;
+    const torch::Tensor& layer_sin = local ? local_sin : sin;
+    h = checkpoint ? CheckpointedLayer::apply(h, this, static_cast<int64_t>(index), layer_cos, layer_sin, layout)
+                   : layer_forward(index, h, layer_cos, layer_sin, layout, options.cache);
   }
   if (options.cache) options.cache->length += seq;
   return rms_norm(h, final_norm_);

@@ -177,26 +177,61 @@ const nlohmann::json& hf_defaults(const std::string& model_type, const std::stri
         {"num_attention_heads", 32}, {"max_position_embeddings", 4096}, {"original_max_position_embeddings", 4096},
         {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"tie_word_embeddings", false}, {"sliding_window", nullptr},
         {"resid_pdrop", 0.0}, {"embd_pdrop", 0.0}, {"partial_rotary_factor", 1.0}}},
+      // Gemma3ForCausalLM.
+      {"gemma3_text",
+       {{"vocab_size", 262208}, {"hidden_size", 2304}, {"intermediate_size", 9216}, {"num_hidden_layers", 26},
+        {"num_attention_heads", 8}, {"num_key_value_heads", 4}, {"head_dim", 256}, {"hidden_activation", "gelu_pytorch_tanh"},
+        {"max_position_embeddings", 131072}, {"rms_norm_eps", 1e-6}, {"tie_word_embeddings", true}, {"rope_theta", 1000000.0},
+        {"attention_bias", false}, {"query_pre_attn_scalar", 256}, {"sliding_window", 4096}, {"final_logit_softcapping", nullptr},
+        {"attn_logit_softcapping", nullptr}, {"rope_local_base_freq", 10000.0}, {"sliding_window_pattern", 6}}},
   };
   const auto it = defaults.find(model_type);
-  SHARDLORA_CHECK(it != defaults.end(), file, ": model_type '", model_type, "' is not supported (llama, mistral, qwen2, qwen3, phi3)");
+  SHARDLORA_CHECK(it != defaults.end(), file, ": model_type '", model_type,
+                  "' is not supported (llama, mistral, qwen2, qwen3, phi3, gemma3_text)");
   return it->second;
+}
+
+// layer_types ("sliding_attention" / "full_attention", one per layer) as windowed flags.
+std::vector<bool> layer_types_windowed(const nlohmann::json& json, const Fields& fields, int64_t layers) {
+  const nlohmann::json& types = json["layer_types"];
+  SHARDLORA_CHECK(types.is_array() && static_cast<int64_t>(types.size()) == layers, fields.file(),
+                  ": key 'layer_types' must list one type per layer (", layers, "), found ", types.dump());
+  std::vector<bool> windowed;
+  for (const auto& type : types) {
+    SHARDLORA_CHECK(type == "sliding_attention" || type == "full_attention", fields.file(), ": key 'layer_types' holds ",
+                    type.dump(), " (sliding_attention, full_attention)");
+    windowed.push_back(type == "sliding_attention");
+  }
+  return windowed;
+}
+
+// Gemma3TextConfig: the window on the "sliding_attention" layers (layer_types, or every
+// layer but each sliding_window_pattern-th), their RoPE base rope_local_base_freq; no
+// soft-capping in Gemma 3's configs (Gemma 2's is refused until it is computed).
+void parse_gemma3(const nlohmann::json& json, const Fields& fields, LlamaConfig* config) {
+  config->query_pre_attn_scalar = fields.positive_number("query_pre_attn_scalar", 256);
+  config->local_rope_theta = fields.positive_number("rope_local_base_freq", 10000.0);
+  for (const char* key : {"final_logit_softcapping", "attn_logit_softcapping"}) {
+    SHARDLORA_CHECK(!json.contains(key) || json.at(key).is_null(), fields.file(), ": key '", key, "' is ", json.value(key, nlohmann::json()).dump(),
+                    ": soft-capping is not supported (Gemma 3 leaves it off)");
+  }
+  if (!json.contains("sliding_window") || json.at("sliding_window").is_null()) return;
+  config->sliding_window = fields.positive_int("sliding_window");
+  if (json.contains("layer_types") && !json["layer_types"].is_null()) {
+    config->windowed_layers = layer_types_windowed(json, fields, config->num_hidden_layers);
+    return;
+  }
+  const int64_t pattern = fields.positive_int("sliding_window_pattern");
+  for (int64_t layer = 0; layer < config->num_hidden_layers; ++layer) config->windowed_layers.push_back((layer + 1) % pattern != 0);
 }
 
 // Qwen's windowed layers: layer_types when given ("sliding_attention" / "full_attention"),
 // else those from max_window_layers on.
 std::vector<bool> qwen_windowed_layers(const nlohmann::json& json, const Fields& fields, int64_t layers) {
-  std::vector<bool> windowed;
   if (const auto types = json.find("layer_types"); types != json.end() && !types->is_null()) {
-    SHARDLORA_CHECK(types->is_array() && static_cast<int64_t>(types->size()) == layers, fields.file(),
-                    ": key 'layer_types' must list one type per layer (", layers, "), found ", types->dump());
-    for (const auto& type : *types) {
-      SHARDLORA_CHECK(type == "sliding_attention" || type == "full_attention", fields.file(), ": key 'layer_types' holds ",
-                      type.dump(), " (sliding_attention, full_attention)");
-      windowed.push_back(type == "sliding_attention");
-    }
-    return windowed;
+    return layer_types_windowed(json, fields, layers);
   }
+  std::vector<bool> windowed;
   const int64_t first = fields.non_negative_int("max_window_layers", 0);
   for (int64_t layer = 0; layer < layers; ++layer) windowed.push_back(layer >= first);
   return windowed;
@@ -230,8 +265,12 @@ LlamaConfig parse_llama_config(const nlohmann::json& given, const std::string& f
   config.max_position_embeddings = fields.positive_int("max_position_embeddings");
   config.rms_norm_eps = fields.positive_number("rms_norm_eps", 1e-6);
   config.tie_word_embeddings = fields.boolean("tie_word_embeddings", false);
-  const std::string activation = fields.string("hidden_act", "silu");
-  SHARDLORA_CHECK(activation == "silu", file, ": hidden_act '", activation, "' is not supported (silu)");
+  config.gemma = config.model_type == "gemma3_text";
+  const char* activation_key = config.gemma ? "hidden_activation" : "hidden_act";
+  const std::string activation = fields.string(activation_key, config.gemma ? "gelu_pytorch_tanh" : "silu");
+  const char* expected_activation = config.gemma ? "gelu_pytorch_tanh" : "silu";
+  SHARDLORA_CHECK(activation == expected_activation, file, ": ", activation_key, " '", activation, "' is not supported (",
+                  expected_activation, ")");
   const bool qwen = config.model_type == "qwen2" || config.model_type == "qwen3";
   if (qwen) {
     // transformers: the window only with use_sliding_window, on the windowed layers.
@@ -256,7 +295,8 @@ LlamaConfig parse_llama_config(const nlohmann::json& given, const std::string& f
     config.qkv_bias = config.o_bias = fields.boolean("attention_bias", false);
     config.mlp_bias = config.model_type == "llama" && fields.boolean("mlp_bias", false);
   }
-  config.qk_norm = config.model_type == "qwen3";
+  config.qk_norm = config.model_type == "qwen3" || config.gemma;
+  if (config.gemma) parse_gemma3(json, fields, &config);
   parse_rope(json, fields, &config);
   return config;
 }

@@ -47,7 +47,7 @@ std::string join(const std::vector<std::string>& names, const char* separator) {
 }  // namespace
 
 const std::vector<std::string>& model_preset_names() {
-  static const std::vector<std::string> names = {"tiny", "demo", "small", "qwen3-tiny", "qwen3-0.6b", "phi3-tiny"};
+  static const std::vector<std::string> names = {"tiny", "demo", "small", "qwen3-tiny", "qwen3-0.6b", "phi3-tiny", "gemma3-tiny"};
   return names;
 }
 
@@ -65,6 +65,10 @@ RandomModelSpec model_preset(const std::string& name) {
     return {.vocab = 151936, .hidden = 1024, .intermediate = 3072, .layers = 28, .heads = 16, .kv_heads = 8,
             .max_positions = 40960, .model_type = "qwen3", .head_dim = 128, .tie_embeddings = true};
   }
+  if (name == "gemma3-tiny") {  // four norms a layer, GELU, local / global layers, tied embeddings
+    return {.hidden = 64, .intermediate = 128, .layers = 6, .heads = 4, .kv_heads = 2, .model_type = "gemma3_text", .head_dim = 32,
+            .tie_embeddings = true};
+  }
   if (name == "phi3-tiny") {  // fused qkv / gate_up, Phi-4-mini's partial rotary
     return {.hidden = 64, .intermediate = 128, .layers = 2, .heads = 4, .kv_heads = 2, .model_type = "phi3", .partial_rotary_factor = 0.75};
   }
@@ -75,15 +79,16 @@ std::map<std::string, torch::Tensor> write_random_hf_model(const std::string& di
   SHARDLORA_CHECK((spec.head_dim > 0 || spec.hidden % spec.heads == 0) && spec.heads % spec.kv_heads == 0, "random model: heads ",
                   spec.heads, " must divide hidden ", spec.hidden, " (or head_dim be given) and be a multiple of kv_heads ",
                   spec.kv_heads);
-  SHARDLORA_CHECK(spec.model_type == "llama" || spec.model_type == "qwen3" || spec.model_type == "phi3", "random model: model_type '",
-                  spec.model_type, "' (llama, qwen3, phi3)");
+  SHARDLORA_CHECK(spec.model_type == "llama" || spec.model_type == "qwen3" || spec.model_type == "phi3" || spec.model_type == "gemma3_text",
+                  "random model: model_type '", spec.model_type, "' (llama, qwen3, phi3, gemma3_text)");
   SHARDLORA_CHECK(!spec.tokenizer || spec.vocab >= kByteVocab + 3, "random model: a byte-level tokenizer needs a vocabulary of at least ",
                   kByteVocab + 3, " tokens, not ", spec.vocab);
   io::create_directories(dir);
-  const bool qwen3 = spec.model_type == "qwen3", phi3 = spec.model_type == "phi3";
+  const bool qwen3 = spec.model_type == "qwen3", phi3 = spec.model_type == "phi3", gemma3 = spec.model_type == "gemma3_text";
   const int64_t bos = kByteVocab, eos = kByteVocab + 1, pad = kByteVocab + 2;
   nlohmann::json config_json = {
-      {"architectures", {qwen3 ? "Qwen3ForCausalLM" : phi3 ? "Phi3ForCausalLM" : "LlamaForCausalLM"}}, {"model_type", spec.model_type},
+      {"architectures", {qwen3 ? "Qwen3ForCausalLM" : phi3 ? "Phi3ForCausalLM" : gemma3 ? "Gemma3ForCausalLM" : "LlamaForCausalLM"}},
+      {"model_type", spec.model_type},
       {"hidden_size", spec.hidden}, {"intermediate_size", spec.intermediate}, {"num_hidden_layers", spec.layers},
       {"num_attention_heads", spec.heads}, {"num_key_value_heads", spec.kv_heads},
       {"head_dim", spec.head_dim > 0 ? spec.head_dim : spec.hidden / spec.heads}, {"vocab_size", spec.vocab},
@@ -93,6 +98,12 @@ std::map<std::string, torch::Tensor> write_random_hf_model(const std::string& di
       {"torch_dtype", torch_dtype_name(spec.dtype)}};
   if (!phi3) config_json["attention_bias"] = false;
   if (qwen3) config_json.update({{"use_sliding_window", false}, {"sliding_window", nullptr}, {"max_window_layers", spec.layers}});
+  if (gemma3) {  // Gemma 3's pattern: 5 local layers (window 512 at this size) to 1 global
+    config_json.erase("hidden_act");
+    config_json.update({{"hidden_activation", "gelu_pytorch_tanh"}, {"query_pre_attn_scalar", config_json["head_dim"]},
+                        {"sliding_window", 512}, {"sliding_window_pattern", 6}, {"rope_local_base_freq", 10000.0},
+                        {"final_logit_softcapping", nullptr}, {"attn_logit_softcapping", nullptr}});
+  }
   if (phi3) {
     config_json.update({{"partial_rotary_factor", spec.partial_rotary_factor}, {"original_max_position_embeddings", spec.max_positions},
                         {"sliding_window", nullptr}, {"resid_pdrop", 0.0}, {"embd_pdrop", 0.0}, {"attention_dropout", 0.0}});
@@ -100,22 +111,27 @@ std::map<std::string, torch::Tensor> write_random_hf_model(const std::string& di
   const LlamaConfig config = parse_llama_config(config_json, dir + "/" + io::kConfigFile);
 
   torch::manual_seed(spec.seed);
-  // HF's initializer_range: N(0, 0.02); norms start at 1.
+  // HF's initializer_range: N(0, 0.02).
   const auto normal = [&](std::vector<int64_t> shape, double std = 0.02) { return (torch::randn(shape) * std).to(spec.dtype); };
-  const auto ones = [&](int64_t size) { return torch::ones({size}).to(spec.dtype); };
+  // Norms start as the identity: weight 1, or 0 for Gemma's, which scale by 1 + weight.
+  const auto norm = [&](int64_t size) { return (gemma3 ? torch::zeros({size}) : torch::ones({size})).to(spec.dtype); };
   std::map<std::string, torch::Tensor> tensors;
   tensors["model.embed_tokens.weight"] = normal({spec.vocab, spec.hidden});
   for (int64_t layer = 0; layer < spec.layers; ++layer) {
     const std::string prefix = "model.layers." + std::to_string(layer) + ".";
-    tensors[prefix + "input_layernorm.weight"] = ones(spec.hidden);
-    tensors[prefix + "post_attention_layernorm.weight"] = ones(spec.hidden);
+    tensors[prefix + "input_layernorm.weight"] = norm(spec.hidden);
+    tensors[prefix + "post_attention_layernorm.weight"] = norm(spec.hidden);
     for (const DecoderLinear& linear : decoder_linears(config)) tensors[prefix + linear.name + ".weight"] = normal({linear.out, linear.in});
     if (config.qk_norm) {
-      tensors[prefix + "self_attn.q_norm.weight"] = ones(config.head_dim);
-      tensors[prefix + "self_attn.k_norm.weight"] = ones(config.head_dim);
+      tensors[prefix + "self_attn.q_norm.weight"] = norm(config.head_dim);
+      tensors[prefix + "self_attn.k_norm.weight"] = norm(config.head_dim);
+    }
+    if (gemma3) {
+      tensors[prefix + "pre_feedforward_layernorm.weight"] = norm(spec.hidden);
+      tensors[prefix + "post_feedforward_layernorm.weight"] = norm(spec.hidden);
     }
   }
-  tensors["model.norm.weight"] = ones(spec.hidden);
+  tensors["model.norm.weight"] = norm(spec.hidden);
   if (!spec.tie_embeddings) tensors["lm_head.weight"] = normal({spec.vocab, spec.hidden}, spec.lm_head_std);
 
   // Sharded: layer 0 and the embeddings in the first file, the rest in the second.

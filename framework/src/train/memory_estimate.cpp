@@ -86,7 +86,7 @@ int64_t MemoryEstimate::row(const std::string& name, bool device) const {
 }
 
 int64_t parameter_count(const nn::LlamaConfig& c) {
-  return c.vocab_size * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) + (2 * c.num_hidden_layers + 1) * c.hidden_size +
+  return c.vocab_size * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) + ((c.gemma ? 4 : 2) * c.num_hidden_layers + 1) * c.hidden_size +
          (c.qk_norm ? 2 * c.num_hidden_layers * c.head_dim : 0) + c.num_hidden_layers * linear_parameters_per_layer(c);
 }
 

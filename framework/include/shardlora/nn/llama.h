@@ -95,6 +95,7 @@ class LlamaModelImpl : public torch::nn::Module {
     torch::Tensor input_norm, post_attention_norm;
     std::vector<AdaptedLinear> linears;  // decoder_linears(config) order
     torch::Tensor q_norm, k_norm;        // [head_dim] with LlamaConfig::qk_norm, else undefined
+    torch::Tensor pre_feedforward_norm, post_feedforward_norm;  // Gemma 3's, else undefined
   };
   // q, k, v [batch, seq, heads * head_dim] as projected (split from qkv_proj where fused).
   std::array<torch::Tensor, 3> project_qkv(Layer& layer, const torch::Tensor& x);
@@ -109,6 +110,7 @@ class LlamaModelImpl : public torch::nn::Module {
   ModelOptions options_;
   torch::Tensor embed_, final_norm_;
   RotaryFrequencies rotary_;  // at length 0; dynamic and longrope recompute per forward
+  RotaryFrequencies local_rotary_;  // Gemma 3's windowed layers (rope_local_base_freq); else undefined
   std::shared_ptr<DenseLinear> lm_head_;
   std::vector<Layer> layers_;
   std::vector<std::pair<std::string, AdaptedLinear>> linears_;

@@ -35,7 +35,7 @@ struct RopeScaling {
 };
 
 struct LlamaConfig {
-  std::string model_type;  // llama, mistral, qwen2, qwen3 or phi3
+  std::string model_type;  // llama, mistral, qwen2, qwen3, phi3 or gemma3_text
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -53,6 +53,12 @@ struct LlamaConfig {
   bool mlp_bias = false;  // Llama mlp_bias
   bool qk_norm = false;   // Qwen3: RMSNorm over each head of q and of k, before RoPE
   bool fused_projections = false;     // Phi-3 / Phi-4: qkv_proj and gate_up_proj, one Linear each
+  // Gemma 3: RMSNorm scales by (1 + weight) in float32 before the cast, four norms a layer
+  // (after attention and around the MLP), embeddings times sqrt(hidden_size), GELU-tanh
+  // MLP, scores scaled by query_pre_attn_scalar^-1/2, and the windowed layers' own RoPE base.
+  bool gemma = false;
+  double query_pre_attn_scalar = 0;  // 0: head_dim
+  double local_rope_theta = 0;       // windowed layers' base (rope_local_base_freq), plain RoPE; 0: as the others
   double partial_rotary_factor = 1.0;  // RoPE on the first head_dim * factor dims of a head (Phi-4-mini 0.75)
   // Sliding-window attention (Mistral; Qwen2 / Qwen3 with use_sliding_window): the windowed
   // layers attend to the last `sliding_window` tokens only, themselves included.
