@@ -104,10 +104,12 @@ std::string replace_all(std::string text, const std::string& from, const std::st
 using AddedIndex = std::array<std::vector<size_t>, 256>;
 
 // Character classes as Rust's char methods (tokenizers' AddedVocabulary uses them).
-UChar32 char_before(const std::string& text, size_t at) {
+// The character ending at `at`; `start` is where it begins.
+UChar32 char_before(const std::string& text, size_t at, size_t* start) {
   int32_t offset = static_cast<int32_t>(at);
   UChar32 c;
   U8_PREV(reinterpret_cast<const uint8_t*>(text.data()), 0, offset, c);
+  *start = static_cast<size_t>(offset);
   return c;
 }
 
@@ -128,7 +130,10 @@ bool is_word_char(UChar32 c) {
          category == U_CONNECTOR_PUNCTUATION;
 }
 
-bool word_char_before(const std::string& text, size_t at) { return at > 0 && is_word_char(char_before(text, at)); }
+bool word_char_before(const std::string& text, size_t at) {
+  size_t start = 0;
+  return at > 0 && is_word_char(char_before(text, at, &start));
+}
 
 bool word_char_after(const std::string& text, size_t at) {
   size_t next = 0;
@@ -137,12 +142,7 @@ bool word_char_after(const std::string& text, size_t at) {
 
 // Where the run of whitespace ending at `at` begins.
 size_t whitespace_run_before(const std::string& text, size_t at) {
-  while (at > 0) {
-    int32_t offset = static_cast<int32_t>(at);
-    UChar32 c;
-    U8_PREV(reinterpret_cast<const uint8_t*>(text.data()), 0, offset, c);
-    if (!u_isUWhiteSpace(c)) break;
-    at = static_cast<size_t>(offset);
+  for (size_t before = at; at > 0 && u_isUWhiteSpace(char_before(text, at, &before)); at = before) {
   }
   return at;
 }

@@ -200,7 +200,7 @@ RotaryFrequencies rotary_frequencies(const LlamaConfig& config, int64_t seq_len)
     low = std::max(low, 0.0);
     high = std::min(high, static_cast<double>(dim - 1));
     if (low == high) high += 0.001;
-    const torch::Tensor pos_freqs = torch::pow(base, torch::arange(0, dim, 2).to(torch::kFloat32) / static_cast<double>(dim));
+    const torch::Tensor pos_freqs = torch::pow(base, exponents);
     const torch::Tensor ramp = ((torch::arange(dim / 2, torch::kFloat32) - low) / (high - low)).clamp(0, 1);
     const torch::Tensor extrapolation = 1 - ramp;
     return {(1.0 / (s.factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation, s.attention_factor};
@@ -221,11 +221,15 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
                                const std::string& label)
     : config_(config), options_(options) {
   const std::vector<DecoderLinear> shapes = decoder_linears(config);
-  std::string known_targets;
-  for (const DecoderLinear& linear : shapes) known_targets += linear.name.substr(linear.name.find('.') + 1) + ", ";
+  std::vector<std::string> modules;  // PEFT's names: the last part of each path
+  std::string listed;
+  for (const DecoderLinear& linear : shapes) {
+    modules.push_back(linear.name.substr(linear.name.find('.') + 1));
+    listed += modules.back() + ", ";
+  }
   for (const auto& target : options.target_modules) {
-    const bool known = target == "all-linear" || known_targets.find(target + ", ") == 0 || known_targets.find(", " + target + ", ") != std::string::npos;
-    SHARDLORA_CHECK(known, "unknown LoRA target module '", target, "' for ", config.model_type, " (", known_targets, "all-linear)");
+    const bool known = target == "all-linear" || std::find(modules.begin(), modules.end(), target) != modules.end();
+    SHARDLORA_CHECK(known, "unknown LoRA target module '", target, "' for ", config.model_type, " (", listed, "all-linear)");
   }
   const auto dtype = options.compute_dtype;
   const auto to_model = [&](const torch::Tensor& t) { return t.to(options.device, dtype); };
