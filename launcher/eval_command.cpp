@@ -78,7 +78,7 @@ int run_eval(const EvalArgs& args) {
 
   const std::string model_dir = recipe.get_string("model.path");
   const auto tokenizer = data::load_tokenizer(model_dir);
-  const data::ChatTemplate chat_template = train::chat_template_from(recipe);
+  const data::ChatTemplate chat_template = train::chat_template_from(recipe, model_dir, *tokenizer);
   nn::ModelOptions options = train::model_options_from(recipe);
   options.activation_checkpointing = false;
   options.lora.r = 0;

@@ -81,22 +81,24 @@ std::vector<int64_t> chat_prompt(const data::ChatTemplate& chat_template, const 
 
 int run_generate(GenerateArgs args, bool dtype_given, bool quant_given) {
   std::optional<data::ChatTemplate> chat_template;
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  if (!args.prompt_text.empty()) tokenizer = data::load_tokenizer(args.model_dir);
   if (!args.recipe_path.empty()) {
     const train::Recipe recipe = train::Recipe::load(args.recipe_path);
-    chat_template = train::chat_template_from(recipe);
     if (!dtype_given) args.dtype = recipe.get_string("model.dtype");
     if (!quant_given) args.quant = recipe.get_string("model.quantization.type");
-  } else if (!args.template_name.empty()) {
-    chat_template = data::builtin_chat_template(args.template_name);
+    // data.template auto: the template of the model being run.
+    if (tokenizer) chat_template = train::chat_template_from(recipe, args.model_dir, *tokenizer);
+  } else if (!args.template_name.empty() && tokenizer) {
+    chat_template = data::resolve_chat_template(args.template_name, args.model_dir, *tokenizer);
   }
-  SHARDLORA_CHECK(args.system.empty() || chat_template, "--system needs a chat template (--template or --recipe)");
-  std::unique_ptr<data::Tokenizer> tokenizer;
+  SHARDLORA_CHECK(args.system.empty() || chat_template || args.prompt_text.empty(), "--system needs a chat template (--template or --recipe)");
   std::vector<int64_t> prompt;
   if (!args.prompt_text.empty()) {
-    tokenizer = data::load_tokenizer(args.model_dir);
     prompt = chat_template ? chat_prompt(*chat_template, *tokenizer, args) : tokenizer->encode(args.prompt_text, /*add_special_tokens=*/true);
   } else {
-    SHARDLORA_CHECK(!chat_template, "--template and --recipe format a --prompt text, not --prompt-ids");
+    SHARDLORA_CHECK(args.template_name.empty() && args.recipe_path.empty() && args.system.empty(),
+                    "--template, --recipe and --system format a --prompt text, not --prompt-ids");
     prompt = parse_ids(args.prompt_ids);
   }
   nn::ModelOptions options;
@@ -178,7 +180,7 @@ Subcommand add_generate_command(CLI::App& root) {
       ->capture_default_str();
   auto* dtype = app->add_option("--dtype", args->dtype, "Compute dtype")->check(CLI::IsMember({"bf16", "fp32"}))->capture_default_str();
   auto* chat = app->add_option("--template", args->template_name, "Format --prompt as a user message of this chat template")
-                   ->check(CLI::IsMember({"llama-3", "chatml", "mistral", "llama-2", "alpaca"}));
+                   ->check(CLI::IsMember({"auto", "llama-3", "chatml", "mistral", "llama-2", "alpaca"}));
   app->add_option("--recipe", args->recipe_path,
                   "Format --prompt with the recipe's data.template (custom too); its model.dtype and quantization "
                   "are the defaults of --dtype and --quant")

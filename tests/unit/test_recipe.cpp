@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include "shardlora/kernels/check.h"
-#include "shardlora/train/from_recipe.h"
 #include "shardlora/train/recipe.h"
 
 using namespace shardlora;
@@ -111,19 +110,8 @@ TEST(Recipe, RulesAcrossKeysNameTheKey) {
   EXPECT_NE(error_of(kMinimal, {"data.val=v.jsonl", "data.val_fraction=0.1"}).find("override: key 'data.val_fraction' holds data out"),
             std::string::npos)
       << error_of(kMinimal, {"data.val=v.jsonl", "data.val_fraction=0.1"});
-  EXPECT_NE(error_of(kMinimal, {"data.custom_template.user_prefix=Q-"}).find("data.template is 'chatml', not custom"),
+  EXPECT_NE(error_of(kMinimal, {"data.custom_template.user_prefix=Q-"}).find("data.template is 'auto', not custom"),
             std::string::npos);
-}
-
-TEST(Recipe, CustomTemplateComesFromItsKeys) {
-  const Recipe recipe = Recipe::parse(std::string(kMinimal) +
-                                          "  template: custom\n  custom_template:\n    user_prefix: \"Q: \"\n"
-                                          "    user_suffix: \"\\n\"\n    assistant_prefix: \"A: \"\n    assistant_suffix: \"</s>\"\n",
-                                      "recipe.yaml");
-  const data::ChatTemplate chat = chat_template_from(recipe);
-  std::string text;
-  for (const auto& segment : data::render_chat(chat, {{"user", "2+2?"}, {"assistant", "4"}})) text += segment.text;
-  EXPECT_EQ(text, "Q: 2+2?\nA: 4</s>");
 }
 
 TEST(Recipe, ASecondDocumentOrAStructuredKeyIsAnErrorNotIgnored) {

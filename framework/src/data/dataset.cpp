@@ -18,7 +18,7 @@ namespace shardlora::data {
 namespace {
 
 namespace fs = std::filesystem;
-using Json = nlohmann::json;
+using Json = nlohmann::ordered_json;  // key order kept: a template's tojson writes the tools as given
 
 constexpr char kIndexMagic[8] = {'S', 'L', 'I', 'D', 'X', '0', '0', '1'};
 
@@ -314,7 +314,7 @@ std::string Dataset::record(int64_t index) const {
   return bytes;
 }
 
-std::vector<Message> Dataset::conversation(const nlohmann::json& json, const std::string& where,
+std::vector<Message> Dataset::conversation(const Json& json, const std::string& where,
                                            const ChatTemplate& chat_template) const {
   const FieldMap& f = options_.fields;
   if (options_.format == DatasetFormat::Alpaca) {
@@ -377,7 +377,11 @@ Example Dataset::example(int64_t index, const Tokenizer& tokenizer, const Prompt
                       " format needs a chat template");
       const std::vector<Message> messages = conversation(json, where, *prompt.chat_template);
       try {
-        example = tokenize_segments(tokenizer, render_chat(*prompt.chat_template, messages), prompt.train_on_prompt, prompt.max_tokens);
+        // A record's "tools" list is the template's `tools` (function definitions, as in HF datasets).
+        const auto tools = json.find("tools");
+        const Json* tool_list = tools != json.end() && tools->is_array() ? &*tools : nullptr;
+        example = tokenize_segments(tokenizer, render_chat(*prompt.chat_template, messages, true, tool_list), prompt.train_on_prompt,
+                                    prompt.max_tokens);
       } catch (const Error& error) {
         throw Error(where + ": " + error.what());
       }

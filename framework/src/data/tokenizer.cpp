@@ -11,16 +11,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A special token in tokenizer_config.json: "<s>", or {"content": "<s>", ...} (AddedToken).
-std::optional<std::string> token_text(const nlohmann::json& config, const char* key, const std::string& file) {
-  const auto it = config.find(key);
-  if (it == config.end() || it->is_null()) return std::nullopt;
-  if (it->is_string()) return it->get<std::string>();
-  SHARDLORA_CHECK(it->is_object() && it->contains("content") && (*it)["content"].is_string(), file, ": key '", key,
-                  "' must be a token string or an object with a string 'content'");
-  return (*it)["content"].get<std::string>();
-}
-
 // tokenizer_config.json names bos / eos / pad by text and may set add_bos_token;
 // generation_config.json may add eos ids (Llama 3 stops on <|eot_id|> too).
 void read_special_tokens(const std::string& dir, const Tokenizer& tokenizer, SpecialTokens* special) {
@@ -28,7 +18,7 @@ void read_special_tokens(const std::string& dir, const Tokenizer& tokenizer, Spe
   if (fs::exists(config_path)) {
     const nlohmann::json config = io::read_json_file(config_path);
     const auto resolve = [&](const char* key, std::optional<int64_t>* id) {
-      const auto text = token_text(config, key, config_path);
+      const auto text = special_token_text(config, key, config_path);
       if (!text) return;
       const auto found = tokenizer.token_id(*text);
       SHARDLORA_CHECK(found, config_path, ": ", key, " '", *text, "' is not in the tokenizer's vocabulary");
@@ -50,6 +40,15 @@ void read_special_tokens(const std::string& dir, const Tokenizer& tokenizer, Spe
 }
 
 }  // namespace
+
+std::optional<std::string> special_token_text(const nlohmann::json& config, const char* key, const std::string& file) {
+  const auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return std::nullopt;
+  if (it->is_string()) return it->get<std::string>();
+  SHARDLORA_CHECK(it->is_object() && it->contains("content") && (*it)["content"].is_string(), file, ": key '", key,
+                  "' must be a token string or an object with a string 'content'");
+  return (*it)["content"].get<std::string>();
+}
 
 std::vector<int64_t> Tokenizer::encode_prefix(const std::string& text, size_t max_tokens) const {
   std::vector<int64_t> ids = encode(text);

@@ -4,9 +4,9 @@
 
 namespace shardlora::train {
 
-data::ChatTemplate chat_template_from(const Recipe& recipe) {
+data::ChatTemplate chat_template_from(const Recipe& recipe, const std::string& model_dir, const data::Tokenizer& tokenizer) {
   const std::string name = recipe.get_string("data.template");
-  if (name != "custom") return data::builtin_chat_template(name);
+  if (name != "custom") return data::resolve_chat_template(name, model_dir, tokenizer);
   const auto text = [&](const char* key) { return recipe.get_string(std::string("data.custom_template.") + key); };
   data::ChatTemplate custom;
   custom.name = "custom";

@@ -202,8 +202,9 @@ const std::vector<KeySpec>& recipe_schema() {
         text("data.fields.text", "text", "text: text field"),
         text("data.fields.input_ids", "input_ids", "tokenized: ids field"),
         text("data.fields.labels", "labels", "tokenized: labels field (optional in records)"),
-        choice("data.template", "chatml", {"llama-3", "chatml", "mistral", "llama-2", "alpaca", "custom"},
-               "chat template (custom: the data.custom_template strings)"),
+        choice("data.template", "auto", {"auto", "llama-3", "chatml", "mistral", "llama-2", "alpaca", "custom"},
+               "chat template (auto: the model's own Jinja chat_template, chatml if it has none; custom: the "
+               "data.custom_template strings)"),
         text("data.custom_template.begin", "", "custom template: text once before the first message"),
         text("data.custom_template.system_prefix", "", "custom template: text before a system message"),
         text("data.custom_template.system_suffix", "", "custom template: text after a system message"),

@@ -304,7 +304,7 @@ Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm, torch::Device d
   if (const std::string val = recipe.get_string("data.val"); !val.empty()) {
     s.val_dataset = std::make_unique<data::Dataset>(dataset_options_from(recipe, val));
   }
-  s.chat_template = chat_template_from(recipe);
+  s.chat_template = chat_template_from(recipe, model_dir, *s.tokenizer);
   s.split_dataset();
   const uint64_t seed = static_cast<uint64_t>(recipe.get_int("training.seed"));
   const data::LoaderOptions loader_options = loader_options_from(recipe, &s.chat_template);

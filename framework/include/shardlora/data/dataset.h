@@ -72,8 +72,8 @@ class Dataset {
   std::vector<Message> messages(int64_t index, const ChatTemplate& chat_template) const;
 
  private:
-  nlohmann::json parsed_record(int64_t index) const;
-  std::vector<Message> conversation(const nlohmann::json& record, const std::string& where, const ChatTemplate& chat_template) const;
+  nlohmann::ordered_json parsed_record(int64_t index) const;
+  std::vector<Message> conversation(const nlohmann::ordered_json& record, const std::string& where, const ChatTemplate& chat_template) const;
 
   struct Source;
   DatasetOptions options_;

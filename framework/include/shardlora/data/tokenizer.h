@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 namespace shardlora::data {
 
 struct SpecialTokens {
@@ -43,6 +45,10 @@ class Tokenizer {
   SpecialTokens special_;
   friend std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir);
 };
+
+// A special token named in tokenizer_config.json: "<s>", or {"content": "<s>", ...}
+// (AddedToken); nullopt when the key is absent or null. Errors name `file` and the key.
+std::optional<std::string> special_token_text(const nlohmann::json& config, const char* key, const std::string& file);
 
 // tokenizer.json if present, else tokenizer.model; errors name the file and key.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir);

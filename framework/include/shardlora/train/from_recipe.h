@@ -14,8 +14,9 @@
 
 namespace shardlora::train {
 
-// data.template: a built-in, or custom from the data.custom_template strings.
-data::ChatTemplate chat_template_from(const Recipe& recipe);
+// data.template: auto (the own template of the model in `model_dir`), a built-in, or custom
+// from the data.custom_template strings.
+data::ChatTemplate chat_template_from(const Recipe& recipe, const std::string& model_dir, const data::Tokenizer& tokenizer);
 
 // The dataset at `path` with data.format and data.fields.
 data::DatasetOptions dataset_options_from(const Recipe& recipe, const std::string& path);
