@@ -6,7 +6,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
+#include "shardlora/data/tokenizer.h"
 #include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/io/tensor_file.h"
 #include "shardlora_paths.h"
@@ -97,6 +99,35 @@ INSTANTIATE_TEST_SUITE_P(Families, EveryCommand,
                            const std::string& preset = info.param.preset;
                            return preset == "qwen3-tiny" ? std::string("Qwen3") : preset == "phi3-tiny" ? std::string("Phi3") : std::string("Gemma3");
                          });
+
+// data.template left out (auto): training and `generate --template auto` format with the
+// chat_template.jinja the model ships.
+TEST_F(ModelFamilies, TrainAndGenerateUseTheModelsOwnChatTemplate) {
+  ASSERT_EQ(shardlora({"init-model", path("model"), "--preset", "qwen3-tiny", "--dtype", "fp32"}).exit_code, 0);
+  std::ofstream(path("model/chat_template.jinja"))
+      << "{%- for message in messages %}\n    {{- '<|turn|>' + message.role + ': ' + message.content | trim + '</s>\\n' }}\n"
+         "{%- endfor %}\n{%- if add_generation_prompt %}\n    {{- '<|turn|>assistant: ' }}\n{%- endif %}\n";
+  std::ofstream data(path("chat.jsonl"));
+  for (int i = 0; i < 8; ++i) data << R"({"messages": [{"role": "user", "content": "say )" << i << R"("}, {"role": "assistant", "content": " )" << i << R"("}]})" << "\n";
+  data.close();
+  std::ofstream(path("recipe.yaml")) << "model:\n  path: " << path("model") << "\n  dtype: fp32\n"
+                                     << "data:\n  train: " << path("chat.jsonl") << "\n  max_seq_len: 64\n"
+                                     << "lora:\n  r: 4\ntraining:\n  max_steps: 2\n  log_every: 1\n"
+                                     << "output:\n  dir: " << path("run") << "\n";
+  const auto trained = shardlora({"train", path("recipe.yaml")});
+  ASSERT_EQ(trained.exit_code, 0) << trained.err;
+  for (const std::string& how : {std::string("--template=auto"), "--recipe=" + path("recipe.yaml")}) {
+    const auto generated = shardlora({"generate", path("model"), how, "--prompt", "say 3", "--max-new-tokens", "2", "--json"});
+    ASSERT_EQ(generated.exit_code, 0) << generated.err;
+    const auto ids = nlohmann::json::parse(generated.out)["prompt_ids"].get<std::vector<int64_t>>();
+    EXPECT_EQ(data::load_tokenizer(path("model"))->decode(ids), "<|turn|>user: say 3</s>\n<|turn|>assistant: ") << how;
+  }
+  // A template error names the file, line and column.
+  std::ofstream(path("model/chat_template.jinja")) << "{% for message in messages %}\n{{ message.content }\n";
+  const auto broken = shardlora({"train", path("recipe.yaml"), "output.dir=" + path("run2")});
+  EXPECT_NE(broken.exit_code, 0);
+  EXPECT_NE(broken.err.find("model/chat_template.jinja:2:1: the tag is not closed (no '}}')"), std::string::npos) << broken.err;
+}
 
 TEST_F(ModelFamilies, PresetsWriteTheFamiliesConfigs) {
   ASSERT_EQ(shardlora({"init-model", path("qwen3"), "--preset", "qwen3-tiny"}).exit_code, 0);
