@@ -57,6 +57,14 @@ const std::map<std::string, nlohmann::json>& published_configs() {
         {"rope_local_base_freq", 10000.0}, {"rope_scaling", nullptr}, {"sliding_window", 512}, {"sliding_window_pattern", 6},
         {"query_pre_attn_scalar", 256}, {"hidden_activation", "gelu_pytorch_tanh"}, {"final_logit_softcapping", nullptr},
         {"attn_logit_softcapping", nullptr}, {"attention_bias", false}, {"tie_word_embeddings", true}}},
+      // google/gemma-3-12b-it's config.json (Gemma3ForConditionalGeneration: the text model in
+      // text_config, transformers' defaults for the rest).
+      {"gemma-3-12b",
+       {{"model_type", "gemma3"}, {"architectures", {"Gemma3ForConditionalGeneration"}}, {"mm_tokens_per_image", 256},
+        {"text_config", {{"model_type", "gemma3_text"}, {"hidden_size", 3840}, {"intermediate_size", 15360}, {"num_attention_heads", 16},
+                         {"num_hidden_layers", 48}, {"num_key_value_heads", 8}, {"sliding_window", 1024},
+                         {"rope_scaling", {{"factor", 8.0}, {"rope_type", "linear"}}}}},
+        {"vision_config", {{"model_type", "siglip_vision_model"}, {"hidden_size", 1152}, {"num_hidden_layers", 27}}}}},
       // microsoft/phi-4's config.json.
       {"phi-4",
        {{"model_type", "phi3"}, {"architectures", {"Phi3ForCausalLM"}}, {"vocab_size", 100352}, {"hidden_size", 5120},
@@ -106,7 +114,7 @@ TEST_F(Estimate, EveryRecipeParsesValidatesAndEstimates) {
       const std::string model = name.substr(0, name.size() - std::string("-qlora.yaml").size());
       args.push_back("model.path=" + config_dir(model));
       args.push_back("--world-size");
-      args.push_back(model == "llama-3.1-70b" ? "16" : model == "llama-3.1-8b" ? "8" : "1");  // qwen3-8b, phi-4, gemma-3-1b: one GPU
+      args.push_back(model == "llama-3.1-70b" ? "16" : model == "llama-3.1-8b" ? "8" : "1");  // qwen3-8b, phi-4, gemma-3: one GPU
     }
     const auto result = run_process(args);
     ASSERT_EQ(result.exit_code, 0) << name << ": " << result.err;
@@ -117,7 +125,7 @@ TEST_F(Estimate, EveryRecipeParsesValidatesAndEstimates) {
       EXPECT_GT(table["methods"]["full"]["device_total_bytes"].get<int64_t>(), table["methods"]["qlora"]["device_total_bytes"].get<int64_t>());
     }
   }
-  EXPECT_EQ(recipes, 7u) << "demo, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b, qwen3-8b, phi-4, gemma-3-1b";
+  EXPECT_EQ(recipes, 8u) << "demo, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b, qwen3-8b, phi-4, gemma-3-1b, gemma-3-12b";
 }
 
 TEST_F(Estimate, Llama31_8bHasThePublishedShape) {
@@ -164,6 +172,21 @@ TEST_F(Estimate, Gemma3_1bHasThePublishedShape) {
   ASSERT_TRUE(config.gemma);
   EXPECT_EQ(std::count(config.windowed_layers.begin(), config.windowed_layers.end(), false), 4) << "layers 5, 11, 17, 23 global";
   EXPECT_NEAR(static_cast<double>(train::parameter_count(config)) / 1e9, 1.00, 0.005) << "the model card's 1B";
+}
+
+TEST_F(Estimate, Gemma3_12bLanguageModelHasThePublishedShape) {
+  const nn::LlamaConfig config = nn::parse_llama_config(published_configs().at("gemma-3-12b"), "gemma-3-12b");
+  ASSERT_TRUE(config.multimodal && config.gemma && config.tie_word_embeddings);
+  ASSERT_TRUE(config.rope_scaling) << "linear x8 on the global layers";
+  EXPECT_EQ(config.sliding_window, 1024);
+  EXPECT_EQ(std::count(config.windowed_layers.begin(), config.windowed_layers.end(), false), 8) << "every sixth of 48 layers global";
+  // The Gemma 3 report: 1,012M embedding and 10,759M other language-model parameters (the
+  // 417M of the vision encoder are not trained and not counted).
+  const int64_t params = train::parameter_count(config);
+  EXPECT_NEAR(static_cast<double>(config.vocab_size * config.hidden_size) / 1e6, 1006.9, 0.1);
+  EXPECT_NEAR(static_cast<double>(params - config.vocab_size * config.hidden_size) / 1e6, 10759, 5);
+  const auto qlora = estimate("gemma-3-12b-qlora.yaml", config_dir("gemma-3-12b"), 1)[2];
+  EXPECT_LT(qlora.device_total(), 24LL << 30) << "Gemma-3-12B QLoRA fits a 24 GiB GPU with checkpointing";
 }
 
 TEST_F(Estimate, ShardingDividesTheBaseByTheWorldSize) {

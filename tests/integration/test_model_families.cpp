@@ -100,6 +100,76 @@ INSTANTIATE_TEST_SUITE_P(Families, EveryCommand,
                            return preset == "qwen3-tiny" ? std::string("Qwen3") : preset == "phi3-tiny" ? std::string("Phi3") : std::string("Gemma3");
                          });
 
+// A Gemma3ForConditionalGeneration checkpoint: config in text_config, the language model's
+// tensors under "language_model.model." as Gemma 3 was published (or "model.language_model."
+// as transformers >= 4.52 saves them), a vision tower beside it. Its language model computes
+// what the text-only layout does, is quantized while the vision tensors stay float, trains
+// with adapters under the names PEFT gives them there, and merges back into the same layout.
+TEST_F(ModelFamilies, Gemma3MultimodalCheckpointTrainsItsLanguageModel) {
+  ASSERT_EQ(shardlora({"init-model", path("text"), "--preset", "gemma3-tiny", "--dtype", "fp32"}).exit_code, 0);
+  nlohmann::json text_config = io::read_json_file(path("text/config.json"));
+  text_config.erase("architectures");
+  const int64_t hidden = text_config["hidden_size"].get<int64_t>();
+  const auto write_multimodal = [&](const std::string& dir, const std::string& decoder, const std::string& lm_head) {
+    fs::create_directories(dir);
+    std::ofstream(dir + "/config.json") << nlohmann::json({{"architectures", {"Gemma3ForConditionalGeneration"}},
+                                                           {"model_type", "gemma3"},
+                                                           {"text_config", text_config},
+                                                           {"vision_config", {{"model_type", "siglip_vision_model"}, {"hidden_size", 8}}},
+                                                           {"mm_tokens_per_image", 4}})
+                                               .dump(2);
+    std::map<std::string, torch::Tensor> tensors;
+    for (auto& [name, tensor] : io::read_tensor_file(path("text/model.safetensors"))) {
+      tensors[name.rfind("model.", 0) == 0 ? decoder + name.substr(6) : lm_head + name] = tensor;
+    }
+    tensors["vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight"] = torch::randn({8, 8});
+    tensors["multi_modal_projector.mm_input_projection_weight"] = torch::randn({8, hidden});
+    io::write_tensor_file(dir + "/model.safetensors", tensors);
+    for (const char* file : {"tokenizer.json", "tokenizer_config.json"}) fs::copy_file(path("text/") + file, dir + "/" + file);
+  };
+  write_multimodal(path("published"), "language_model.model.", "language_model.");
+  write_multimodal(path("saved"), "model.language_model.", "");
+  const torch::Tensor text_logits = logits(path("text"), "");
+  EXPECT_TRUE(torch::equal(logits(path("published"), ""), text_logits));
+  EXPECT_TRUE(torch::equal(logits(path("saved"), ""), text_logits));
+
+  const auto quantized = shardlora({"quantize", path("published"), path("nf4")});
+  ASSERT_EQ(quantized.exit_code, 0) << quantized.err;
+  const auto nf4 = io::read_tensor_file(path("nf4/model.safetensors"));
+  EXPECT_EQ(nf4.at("language_model.model.layers.0.self_attn.o_proj.weight").scalar_type(), torch::kUInt8);
+  EXPECT_TRUE(nf4.at("vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight").is_floating_point()) << "not quantized";
+
+  std::ofstream data(path("chat.jsonl"));
+  for (int i = 0; i < 8; ++i) data << R"({"messages": [{"role": "user", "content": "say )" << i << R"("}, {"role": "assistant", "content": ")" << i << R"("}]})" << "\n";
+  data.close();
+  std::ofstream(path("recipe.yaml")) << "model:\n  path: " << path("nf4") << "\n  dtype: fp32\n"
+                                     << "data:\n  train: " << path("chat.jsonl") << "\n  max_seq_len: 64\n"
+                                     << "lora:\n  r: 4\noptimizer:\n  lr: 5.0e-2\ntraining:\n  max_steps: 3\n"
+                                     << "output:\n  dir: " << path("run") << "\n";
+  const auto trained = shardlora({"train", path("recipe.yaml")});
+  ASSERT_EQ(trained.exit_code, 0) << trained.err;
+  const auto adapter = io::read_tensor_file(path("run/adapter/adapter_model.safetensors"));
+  EXPECT_TRUE(adapter.count("base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight"));
+  for (const auto& [name, tensor] : adapter) EXPECT_EQ(name.rfind("base_model.model.model.language_model.layers.", 0), 0u) << name;
+
+  const auto merged = shardlora({"merge", path("nf4"), path("run/adapter"), path("merged"), "--dtype", "fp32"});
+  ASSERT_EQ(merged.exit_code, 0) << merged.err;
+  const auto merged_tensors = io::read_tensor_file(path("merged/model.safetensors"));
+  EXPECT_EQ(merged_tensors.at("language_model.model.layers.0.self_attn.q_proj.weight").scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(merged_tensors.count("multi_modal_projector.mm_input_projection_weight"));
+  const torch::Tensor adapted = logits(path("nf4"), path("run/adapter"));
+  EXPECT_TRUE(torch::allclose(logits(path("merged"), ""), adapted, 1e-4, 1e-4));
+  EXPECT_FALSE(torch::allclose(adapted, logits(path("nf4"), ""), 1e-3, 1e-3)) << "the adapter changed nothing";
+
+  // An adapter PEFT saved with transformers < 4.52 names the modules as published.
+  fs::create_directories(path("legacy"));
+  fs::copy_file(path("run/adapter/adapter_config.json"), path("legacy/adapter_config.json"));
+  std::map<std::string, torch::Tensor> legacy;
+  for (const auto& [name, tensor] : adapter) legacy["base_model.model.language_model.model." + name.substr(38)] = tensor;
+  io::write_tensor_file(path("legacy/adapter_model.safetensors"), legacy);
+  EXPECT_TRUE(torch::equal(logits(path("nf4"), path("legacy")), adapted));
+}
+
 // data.template left out (auto): training and `generate --template auto` format with the
 // chat_template.jinja the model ships.
 TEST_F(ModelFamilies, TrainAndGenerateUseTheModelsOwnChatTemplate) {

@@ -21,7 +21,8 @@ class ShardedWeights {
  public:
   // `shapes_only`: tensors larger than a quant state's bookkeeping come back as meta tensors
   // of their shape and dtype (a model built from them checks names and shapes, reads no data).
-  ShardedWeights(const io::HfCheckpoint& checkpoint, bool shapes_only) : shapes_only_(shapes_only) {
+  ShardedWeights(const io::HfCheckpoint& checkpoint, const LlamaConfig& config, bool shapes_only)
+      : config_(config), shapes_only_(shapes_only) {
     for (const auto& shard : checkpoint.shards) {
       auto file = std::make_shared<io::SafetensorsFile>(checkpoint.path(shard));
       for (const auto& tensor : file->header().tensors) {
@@ -32,7 +33,10 @@ class ShardedWeights {
     }
   }
 
-  std::optional<torch::Tensor> find(const std::string& name) {
+  // A multimodal checkpoint may hold the module's tensor under its published name.
+  std::optional<torch::Tensor> find(const std::string& module_name) {
+    std::string name = module_name;
+    if (config_.multimodal && !index_.count(name)) name = published_multimodal_name(name).value_or(name);
     const auto it = index_.find(name);
     if (it == index_.end()) return std::nullopt;
     used_.insert(name);
@@ -50,12 +54,14 @@ class ShardedWeights {
     return tensor;
   }
 
-  // Names present in the checkpoint and never asked for, besides buffers HF also ignores.
-  std::vector<std::string> unused(const LlamaConfig& config) const {
+  // Names present in the checkpoint and never asked for, besides buffers HF also ignores
+  // (and a multimodal model's vision tower: only its language model is trained).
+  std::vector<std::string> unused() const {
     std::vector<std::string> names;
     for (const auto& [name, entry] : index_) {
       const bool ignorable = name.find("rotary_emb.inv_freq") != std::string::npos ||
-                             (config.tie_word_embeddings && name == "lm_head.weight");
+                             (config_.tie_word_embeddings && module_name_of(name) == "lm_head.weight") ||
+                             (config_.multimodal && is_vision_tensor(name));
       if (!used_.count(name) && !ignorable) names.push_back(name);
     }
     return names;
@@ -63,6 +69,7 @@ class ShardedWeights {
 
  private:
   std::map<std::string, std::pair<std::shared_ptr<io::SafetensorsFile>, const io::TensorInfo*>> index_;
+  const LlamaConfig& config_;
   static constexpr uint64_t kReadWhenCheckingBytes = 4096;  // bnb quant-state JSON, code tables
   bool shapes_only_;
   std::set<std::string> used_;
@@ -71,9 +78,9 @@ class ShardedWeights {
 LlamaModel build_model(const std::string& dir, const ModelOptions& options, bool shapes_only) {
   const io::HfCheckpoint checkpoint = io::open_hf_checkpoint(dir);
   const LlamaConfig config = parse_llama_config(checkpoint.config, checkpoint.path(io::kConfigFile));
-  ShardedWeights weights(checkpoint, shapes_only);
+  ShardedWeights weights(checkpoint, config, shapes_only);
   LlamaModel model(config, [&weights](const std::string& name) { return weights.find(name); }, options, dir);
-  const auto extra = weights.unused(config);
+  const auto extra = weights.unused();
   SHARDLORA_CHECK(extra.empty(), dir, ": ", extra.size(), " tensor(s) the ", config.model_type, " model does not use, e.g. '",
                   extra.empty() ? "" : extra.front(), "'");
   return model;

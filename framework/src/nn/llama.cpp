@@ -234,8 +234,9 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
   const auto dtype = options.compute_dtype;
   const auto to_model = [&](const torch::Tensor& t) { return t.to(options.device, dtype); };
   const int64_t hidden = config.hidden_size;
-  embed_ = to_model(require(weights, "model.embed_tokens.weight", {config.vocab_size, hidden}, label));
-  final_norm_ = to_model(require(weights, "model.norm.weight", {hidden}, label));
+  const std::string decoder = decoder_prefix(config);
+  embed_ = to_model(require(weights, decoder + "embed_tokens.weight", {config.vocab_size, hidden}, label));
+  final_norm_ = to_model(require(weights, decoder + "norm.weight", {hidden}, label));
   rotary_ = rotary_frequencies(config);
   rotary_.inv_freq = rotary_.inv_freq.to(options.device);
   if (config.local_rope_theta > 0) {
@@ -297,7 +298,7 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
     sharded_ = std::make_unique<ShardedBase>(*options.shard_over, options.quant, options.device, config.num_hidden_layers);
   }
   for (int64_t index = 0; index < config.num_hidden_layers; ++index) {
-    const std::string prefix = "model.layers." + std::to_string(index) + ".";
+    const std::string prefix = decoder + "layers." + std::to_string(index) + ".";
     std::vector<LayerWeight> layer_weights;
     for (const DecoderLinear& linear : shapes) layer_weights.push_back(read_weight(prefix, linear.name, linear.out, linear.in, linear.bias));
     std::vector<std::shared_ptr<FrozenLinear>> bases;

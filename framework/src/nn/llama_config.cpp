@@ -187,7 +187,7 @@ const nlohmann::json& hf_defaults(const std::string& model_type, const std::stri
   };
   const auto it = defaults.find(model_type);
   SHARDLORA_CHECK(it != defaults.end(), file, ": model_type '", model_type,
-                  "' is not supported (llama, mistral, qwen2, qwen3, phi3, gemma3_text)");
+                  "' is not supported (llama, mistral, qwen2, qwen3, phi3, gemma3_text, gemma3)");
   return it->second;
 }
 
@@ -239,8 +239,45 @@ std::vector<bool> qwen_windowed_layers(const nlohmann::json& json, const Fields&
 
 }  // namespace
 
+namespace {
+
+bool starts_with(const std::string& text, const std::string& prefix) { return text.compare(0, prefix.size(), prefix) == 0; }
+
+}  // namespace
+
+std::string decoder_prefix(const LlamaConfig& config) { return config.multimodal ? "model.language_model." : "model."; }
+
+std::optional<std::string> published_multimodal_name(const std::string& module_name) {
+  if (starts_with(module_name, "model.language_model.")) return "language_model.model." + module_name.substr(21);
+  if (starts_with(module_name, "lm_head.")) return "language_model." + module_name;
+  return std::nullopt;
+}
+
+std::string module_name_of(const std::string& checkpoint_name) {
+  if (starts_with(checkpoint_name, "language_model.model.")) return "model.language_model." + checkpoint_name.substr(21);
+  if (starts_with(checkpoint_name, "language_model.lm_head.")) return checkpoint_name.substr(15);
+  return checkpoint_name;
+}
+
+bool is_vision_tensor(const std::string& name) {
+  for (const char* prefix : {"vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector."}) {
+    if (starts_with(name, prefix)) return true;
+  }
+  return false;
+}
+
 LlamaConfig parse_llama_config(const nlohmann::json& given, const std::string& file) {
   SHARDLORA_CHECK(given.is_object(), file, ": not a JSON object");
+  if (given.contains("model_type") && given["model_type"] == "gemma3") {
+    // Gemma3ForConditionalGeneration: a Gemma3TextConfig in text_config (its defaults for what it leaves out).
+    SHARDLORA_CHECK(given.contains("text_config") && given["text_config"].is_object(), file,
+                    ": a gemma3 (multimodal) config needs a text_config object");
+    nlohmann::json text = given["text_config"];
+    text["model_type"] = "gemma3_text";
+    LlamaConfig config = parse_llama_config(text, file + " (text_config)");
+    config.multimodal = true;
+    return config;
+  }
   LlamaConfig config;
   config.model_type = Fields(given, file).string("model_type");
   nlohmann::json json = hf_defaults(config.model_type, file);

@@ -57,7 +57,7 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
     } else {
       base = std::make_shared<DenseLinear>(view.to(torch::kFloat32));
     }
-    const std::string module_path = tensor.name.substr(0, tensor.name.size() - std::string(".weight").size());
+    const std::string module_path = module_name_of(tensor.name.substr(0, tensor.name.size() - std::string(".weight").size()));
     const std::string short_name = module_path.substr(module_path.rfind('.') + 1);
     if (!is_lora_target(adapter.target_modules, short_name)) return {{tensor.name, base->dense_weight(options.dtype)}};
     AdaptedLinear linear(base, adapter.lora);

@@ -7,6 +7,7 @@
 #include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/io/tensor_file.h"
 #include "shardlora/kernels/check.h"
+#include "shardlora/nn/llama_config.h"
 #include "shardlora/tensor/dtypes.h"
 
 namespace shardlora::nn {
@@ -110,7 +111,12 @@ PeftAdapter read_peft_adapter(const std::string& dir) {
   for (auto& [name, tensor] : io::read_tensor_file(weights_path)) {
     SHARDLORA_CHECK(is_float_type(tensor.scalar_type()), weights_path, ": tensor '", name, "' has dtype ",
                     safetensors_dtype_name(tensor.scalar_type()));
-    adapter.tensors[name] = tensor.to(torch::kFloat32);
+    // An adapter of a multimodal model saved by transformers < 4.52 names its modules as
+    // Gemma 3 was published ("language_model.model.layers..."): keyed by module name here.
+    const std::string prefix = "base_model.model.";
+    const std::string key = name.rfind(prefix, 0) == 0 ? prefix + module_name_of(name.substr(prefix.size())) : name;
+    SHARDLORA_CHECK(!adapter.tensors.count(key), weights_path, ": tensor '", name, "' is there under two names");
+    adapter.tensors[key] = tensor.to(torch::kFloat32);
   }
   return adapter;
 }

@@ -13,7 +13,8 @@ namespace shardlora::quant {
 namespace {
 
 const std::regex& decoder_weight_pattern() {
-  static const std::regex pattern(R"(^model\.layers\.(\d+)\..+\.weight$)");
+  // A causal LM's, or a multimodal model's language model in either naming (llama_config.h).
+  static const std::regex pattern(R"(^(?:model\.|model\.language_model\.|language_model\.model\.)layers\.(\d+)\..+\.weight$)");
   return pattern;
 }
 
@@ -49,7 +50,15 @@ CheckpointQuantizeReport quantize_checkpoint(const std::string& in_dir, const st
                                              const CheckpointQuantizeOptions& options) {
   const io::HfCheckpoint checkpoint = io::open_hf_checkpoint(in_dir);
   config_string(checkpoint, "model_type");
-  const int64_t layers = io::config_positive_int(checkpoint, "num_hidden_layers");
+  int64_t layers = 0;
+  if (const auto text = checkpoint.config.find("text_config"); text != checkpoint.config.end()) {  // a multimodal model's language model
+    const auto count = text->is_object() ? text->find("num_hidden_layers") : text->end();
+    SHARDLORA_CHECK(text->is_object() && count != text->end() && count->is_number_integer() && count->get<int64_t>() > 0,
+                    checkpoint.path(io::kConfigFile), ": text_config.num_hidden_layers must be a positive integer");
+    layers = count->get<int64_t>();
+  } else {
+    layers = io::config_positive_int(checkpoint, "num_hidden_layers");
+  }
   SHARDLORA_CHECK(!checkpoint.config.contains("quantization_config"), checkpoint.path(io::kConfigFile),
                   ": already has a quantization_config (the checkpoint is quantized)");
   SHARDLORA_CHECK(is_float_type(options.compute_dtype), "compute dtype must be float32, float16 or bfloat16");

@@ -64,6 +64,10 @@ struct LlamaConfig {
   // layers attend to the last `sliding_window` tokens only, themselves included.
   std::optional<int64_t> sliding_window;
   std::vector<bool> windowed_layers;  // by layer (Qwen's layer_types); empty: every layer
+  // The language model of a Gemma3ForConditionalGeneration checkpoint (model_type gemma3, the
+  // text model's config in text_config): its modules are "model.language_model.*", and the
+  // vision tower and projector are left unread.
+  bool multimodal = false;
 
   int64_t rotary_dim() const { return static_cast<int64_t>(static_cast<double>(head_dim) * partial_rotary_factor); }
   int64_t q_size() const { return num_attention_heads * head_dim; }
@@ -75,6 +79,19 @@ struct LlamaConfig {
 
 // `file` names config.json in errors.
 LlamaConfig parse_llama_config(const nlohmann::json& config, const std::string& file);
+
+// Where the decoder's modules are, as transformers (>= 4.52) names them and PEFT keys its
+// adapters: "model." for a causal LM, "model.language_model." inside a multimodal model.
+std::string decoder_prefix(const LlamaConfig& config);
+
+// A multimodal checkpoint's tensors are named either way: "model.language_model.X" and
+// "lm_head.weight" as transformers >= 4.52 saves them, or "language_model.model.X" and
+// "language_model.lm_head.weight" as Gemma 3 was published. The published name of a module
+// name (nullopt if it has none), and the module name of either.
+std::optional<std::string> published_multimodal_name(const std::string& module_name);
+std::string module_name_of(const std::string& checkpoint_name);
+// The vision tower's and the projector's tensors, in either naming.
+bool is_vision_tensor(const std::string& checkpoint_name);
 
 // A Linear of a decoder layer: its module path inside the layer, as transformers (and PEFT's
 // target_modules, by the last part) name it, and its shape.
