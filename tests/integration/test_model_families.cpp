@@ -30,6 +30,19 @@ class ModelFamilies : public TempDirTest {
   }
 
   torch::Tensor logits(const std::string& dir, const std::string& adapter_dir) { return model_logits(dir, adapter_dir, 259); }
+
+  // chat.jsonl and recipe.yaml (data.template left at auto) training `model_dir` into run/.
+  void write_chat_recipe(const std::string& model_dir, int steps) {
+    std::ofstream data(path("chat.jsonl"));
+    for (int i = 0; i < 8; ++i) {
+      data << R"({"messages": [{"role": "user", "content": "say )" << i << R"("}, {"role": "assistant", "content": ")" << i << R"("}]})"
+           << "\n";
+    }
+    std::ofstream(path("recipe.yaml")) << "model:\n  path: " << model_dir << "\n  dtype: fp32\n"
+                                       << "data:\n  train: " << path("chat.jsonl") << "\n  max_seq_len: 64\n"
+                                       << "lora:\n  r: 4\noptimizer:\n  lr: 5.0e-2\ntraining:\n  max_steps: " << steps << "\n"
+                                       << "output:\n  dir: " << path("run") << "\n";
+  }
 };
 
 }  // namespace
@@ -139,13 +152,7 @@ TEST_F(ModelFamilies, Gemma3MultimodalCheckpointTrainsItsLanguageModel) {
   EXPECT_EQ(nf4.at("language_model.model.layers.0.self_attn.o_proj.weight").scalar_type(), torch::kUInt8);
   EXPECT_TRUE(nf4.at("vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight").is_floating_point()) << "not quantized";
 
-  std::ofstream data(path("chat.jsonl"));
-  for (int i = 0; i < 8; ++i) data << R"({"messages": [{"role": "user", "content": "say )" << i << R"("}, {"role": "assistant", "content": ")" << i << R"("}]})" << "\n";
-  data.close();
-  std::ofstream(path("recipe.yaml")) << "model:\n  path: " << path("nf4") << "\n  dtype: fp32\n"
-                                     << "data:\n  train: " << path("chat.jsonl") << "\n  max_seq_len: 64\n"
-                                     << "lora:\n  r: 4\noptimizer:\n  lr: 5.0e-2\ntraining:\n  max_steps: 3\n"
-                                     << "output:\n  dir: " << path("run") << "\n";
+  write_chat_recipe(path("nf4"), 3);
   const auto trained = shardlora({"train", path("recipe.yaml")});
   ASSERT_EQ(trained.exit_code, 0) << trained.err;
   const auto adapter = io::read_tensor_file(path("run/adapter/adapter_model.safetensors"));
@@ -177,13 +184,7 @@ TEST_F(ModelFamilies, TrainAndGenerateUseTheModelsOwnChatTemplate) {
   std::ofstream(path("model/chat_template.jinja"))
       << "{%- for message in messages %}\n    {{- '<|turn|>' + message.role + ': ' + message.content | trim + '</s>\\n' }}\n"
          "{%- endfor %}\n{%- if add_generation_prompt %}\n    {{- '<|turn|>assistant: ' }}\n{%- endif %}\n";
-  std::ofstream data(path("chat.jsonl"));
-  for (int i = 0; i < 8; ++i) data << R"({"messages": [{"role": "user", "content": "say )" << i << R"("}, {"role": "assistant", "content": " )" << i << R"("}]})" << "\n";
-  data.close();
-  std::ofstream(path("recipe.yaml")) << "model:\n  path: " << path("model") << "\n  dtype: fp32\n"
-                                     << "data:\n  train: " << path("chat.jsonl") << "\n  max_seq_len: 64\n"
-                                     << "lora:\n  r: 4\ntraining:\n  max_steps: 2\n  log_every: 1\n"
-                                     << "output:\n  dir: " << path("run") << "\n";
+  write_chat_recipe(path("model"), 2);
   const auto trained = shardlora({"train", path("recipe.yaml")});
   ASSERT_EQ(trained.exit_code, 0) << trained.err;
   for (const std::string& how : {std::string("--template=auto"), "--recipe=" + path("recipe.yaml")}) {

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "shardlora/data/chat_template.h"
+#include "shardlora/data/dataset.h"
 #include "shardlora/data/example.h"
 #include "shardlora/data/tokenizer.h"
 #include "shardlora/kernels/check.h"
@@ -125,6 +126,37 @@ TEST_F(ChatTemplates, TemplatesWhoseTurnsCannotBeFoundAreRefusedByName) {
   EXPECT_NE(error_of([&] { render_auto({{"user", "only a question"}}); }).find("no assistant message to train on"), std::string::npos);
   EXPECT_NE(error_of([&] { resolve_chat_template("vicuna", path("model"), *tokenizer_); }).find("unknown chat template 'vicuna' (auto, "),
             std::string::npos);
+}
+
+// A record's tools and a message's other keys (tool_calls, reasoning_content) reach the
+// template as transformers passes them; a turn of calls only (content null) is trained on.
+TEST_F(ChatTemplates, ToolsAndToolCallsReachTheTemplateFromTheDataset) {
+  set_config_template(
+      "{% if tools %}[tools: {{ tools | map(attribute='function.name') | join(',') }}]{% endif %}"
+      "{% for m in messages %}<{{ m.role }}>{% if m.content is not none %}{{ m.content }}{% endif %}"
+      "{% for call in m.tool_calls | default([]) %}<call>{{ call.function.name }}({{ call.function.arguments | tojson }})</call>{% endfor %}"
+      "{% if m.reasoning_content is defined %}(thought: {{ m.reasoning_content }}){% endif %}</s>{% endfor %}");
+  std::ofstream(path("tools.jsonl"))
+      << R"({"tools": [{"type": "function", "function": {"name": "get_weather"}}], "messages": [)"
+      << R"({"role": "user", "content": "Oslo?"},)"
+      << R"({"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}}]},)"
+      << R"({"role": "tool", "content": "21"},)"
+      << R"({"role": "assistant", "content": "21 C.", "reasoning_content": "read it"}]})" << "\n";
+  DatasetOptions options;
+  options.path = path("tools.jsonl");
+  const Dataset dataset(options);
+  const ChatTemplate chat = resolve_chat_template("auto", path("model"), *tokenizer_);
+  const Example example = dataset.example(0, *tokenizer_, {&chat, false, SIZE_MAX});
+  EXPECT_EQ(tokenizer_->decode(example.input_ids),
+            "[tools: get_weather]<user>Oslo?</s><assistant><call>get_weather({\"city\": \"Oslo\", \"unit\": \"c\"})</call></s>"
+            "<tool>21</s><assistant>21 C.(thought: read it)</s>");
+  std::vector<int64_t> trained;
+  for (const int64_t label : example.labels) {
+    if (label != kIgnoreIndex) trained.push_back(label);
+  }
+  // The template has no generation prompt: the model writes the <assistant> header itself.
+  EXPECT_EQ(tokenizer_->decode(trained),
+            "<assistant><call>get_weather({\"city\": \"Oslo\", \"unit\": \"c\"})</call></s><assistant>21 C.(thought: read it)</s>");
 }
 
 TEST_F(ChatTemplates, CustomTemplateComesFromTheRecipesKeys) {

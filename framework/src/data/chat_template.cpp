@@ -58,7 +58,12 @@ class JinjaChat {
     OrderedJson list = OrderedJson::array();
     for (size_t i = 0; i < count; ++i) {
       const Message& m = messages_[i];
-      list.push_back({{"role", m.role}, {"content", marked == i ? with_end_marker(m.content) : m.content}});
+      OrderedJson message = {{"role", m.role}, {"content", marked == i ? with_end_marker(m.content) : m.content}};
+      if (m.null_content && marked != i) message["content"] = nullptr;
+      if (m.extra) {
+        for (const auto& [key, value] : m.extra->items()) message[key] = value;
+      }
+      list.push_back(std::move(message));
     }
     context["messages"] = std::move(list);
     context["add_generation_prompt"] = add_generation_prompt;
@@ -108,11 +113,23 @@ class JinjaChat {
         refuse(k, "the messages before it, with the generation prompt, do not render as the start of the whole conversation");
       }
       if (!spans.empty() && prompt.size() < spans.back().end) refuse(k, "its prompt overlaps the previous assistant turn");
+      if (messages_[k].null_content || messages_[k].content.empty()) {
+        // Tool calls only (templates branch on an empty content, so none is marked): the turn
+        // runs to the first stop text after its prompt.
+        size_t end = std::string::npos;
+        for (const std::string& stop : t_.stop_texts) {
+          const size_t found = stop.empty() ? std::string::npos : full.find(stop, prompt.size());
+          if (found != std::string::npos) end = std::min(end, found + stop.size());
+        }
+        if (end == std::string::npos) refuse(k, "no stop text follows it, so the model would never learn to stop");
+        spans.push_back({prompt.size(), end});
+        continue;
+      }
       const std::string marked = render(messages_.size(), false, k);
       const size_t content_end = marked.find(marker);
       if (content_end == std::string::npos || marked.find(marker, content_end + 1) != std::string::npos ||
-          marked.compare(0, content_end, full, 0, content_end) != 0 || marked.compare(content_end + marker.size(), std::string::npos, full, content_end) != 0 ||
-          content_end < prompt.size()) {
+          marked.compare(0, content_end, full, 0, content_end) != 0 ||
+          marked.compare(content_end + marker.size(), std::string::npos, full, content_end) != 0 || content_end < prompt.size()) {
         refuse(k, "the template does not write the message's content as given");
       }
       const std::string alone = render(k + 1, false, k);

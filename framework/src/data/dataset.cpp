@@ -330,7 +330,18 @@ std::vector<Message> Dataset::conversation(const Json& json, const std::string& 
   for (size_t m = 0; m < list.size(); ++m) {
     const std::string at = where + ": " + f.messages + "[" + std::to_string(m) + "]";
     SHARDLORA_CHECK(list[m].is_object(), at, " must be an object");
-    messages.push_back({require_string(list[m], f.role, at), require_string(list[m], f.content, at)});
+    Message message;
+    message.role = require_string(list[m], f.role, at);
+    // A turn of tool calls may have a null content (OpenAI's and HF datasets' convention).
+    const auto content = list[m].find(f.content);
+    message.null_content = content != list[m].end() && content->is_null() && list[m].contains("tool_calls");
+    if (!message.null_content) message.content = require_string(list[m], f.content, at);
+    Json extra = Json::object();
+    for (const auto& [key, value] : list[m].items()) {
+      if (key != f.role && key != f.content) extra[key] = value;
+    }
+    if (!extra.empty()) message.extra = std::make_shared<const Json>(std::move(extra));
+    messages.push_back(std::move(message));
   }
   return messages;
 }

@@ -28,6 +28,11 @@ class Tokenizer;
 struct Message {
   std::string role;  // system, user or assistant (a Jinja template may know others: tool, ...)
   std::string content;
+  // The dataset message's other keys (tool_calls, reasoning_content, name, ...), which a Jinja
+  // template sees as the message's; and whether its content was null (an assistant turn
+  // holding only tool calls), which a Jinja template sees as None.
+  std::shared_ptr<const nlohmann::ordered_json> extra;
+  bool null_content = false;
 };
 
 struct Segment {
