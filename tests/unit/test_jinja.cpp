@@ -145,4 +145,16 @@ TEST(Jinja, ErrorsNameTheTemplateLineAndColumn) {
   expect_error("{{ 'unterminated }}", "t.jinja:1:4: the string is not closed");
   expect_error("{% frobnicate %}", "t.jinja:1:4: unknown statement 'frobnicate'");
   expect_error("{# open comment", "t.jinja:1:1: the comment is not closed");
+  // What would exhaust the stack or the memory is refused.
+  expect_error("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}", "nested more than 200 levels deep");
+  expect_error(std::string(3000, '-').insert(0, "{{ ") + "1 }}", "nested more than 200 levels deep");
+  std::string ifs;
+  for (int i = 0; i < 300; ++i) ifs += "{% if true %}";
+  expect_error(ifs, "nested more than 200 levels deep");
+  expect_error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "macro calls nested 100 deep");
+  expect_error("{{ 99999999999999999999 }}", "t.jinja:1:4: the number 99999999999999999999 is out of range");
+  expect_error("{{ 'ab' * 1000000000000 }}", "t.jinja:1:9: repeating a str 1000000000000 times is too large");
+  // Exact powers while an int64 holds them; beyond, a float where Python has a big int.
+  EXPECT_EQ(render("{{ 3 ** 39 }}|{{ 2 ** 0 }}|{{ 2 ** 100 }}|{{ 2 ** -1 }}"), "4052555153018976267|1|1.2676506002282294e+30|0.5");
+  expect_error("{% for i in range(1000000000000) %}{% endfor %}", "t.jinja:1:18: range of 1000000000000 items: the sandbox allows 100000");
 }

@@ -238,6 +238,9 @@ class Lexer {
 
 class Parser {
  public:
+  // Deeper nesting than any real template has is refused, not a stack overflow.
+  static constexpr int kMaxNesting = 200;
+
   Parser(std::vector<Token> tokens, const std::string& name) : tokens_(std::move(tokens)), name_(name) {}
 
   Program program() {
@@ -328,6 +331,7 @@ class Parser {
 
   Statement statement() {
     const Position at = peek().position;
+    const Nesting nesting(this, at);
     const std::string keyword = expect_name();
     Statement s{Statement::Kind::Text, at};
     if (keyword == "if") {
@@ -466,7 +470,10 @@ class Parser {
     return tuple;
   }
 
-  NodePtr expression() { return conditional(true); }
+  NodePtr expression() {
+    const Nesting nesting(this, peek().position);
+    return conditional(true);
+  }
 
   NodePtr conditional(bool allow_condition) {
     NodePtr value = or_expression();
@@ -507,6 +514,7 @@ class Parser {
   }
 
   NodePtr not_expression() {
+    const Nesting nesting(this, peek().position);
     if (at_name("not")) {
       const Position at = next().position;
       NodePtr node = make(Node::Kind::Unary, at, "not");
@@ -558,6 +566,7 @@ class Parser {
   // Jinja's parse_unary: a sign applies to the operand with its attributes and subscripts,
   // and filters and tests then apply to the signed value (-3|abs is 3).
   NodePtr unary(bool with_filters = true) {
+    const Nesting nesting(this, peek().position);
     NodePtr node;
     if (at_operator("-") || at_operator("+")) {
       const Token& op = next();
@@ -689,10 +698,12 @@ class Parser {
         return node;
       }
       case Type::Integer:
-        node->value = Value::of(static_cast<int64_t>(std::stoll(token.text)));
-        return node;
       case Type::Float:
-        node->value = Value::of(std::stod(token.text));
+        try {
+          node->value = token.type == Type::Integer ? Value::of(static_cast<int64_t>(std::stoll(token.text))) : Value::of(std::stod(token.text));
+        } catch (const std::out_of_range&) {
+          fail(name_, at, "the number " + token.text + " is out of range");
+        }
         return node;
       case Type::Name:
         if (token.text == "true" || token.text == "True") {
@@ -747,9 +758,22 @@ class Parser {
     return tuple;
   }
 
+  // One level of nested statements or expressions, for the duration of its parse.
+  class Nesting {
+   public:
+    Nesting(Parser* parser, Position at) : parser_(parser) {
+      if (++parser_->depth_ > kMaxNesting) fail(parser_->name_, at, "nested more than " + std::to_string(kMaxNesting) + " levels deep");
+    }
+    ~Nesting() { --parser_->depth_; }
+
+   private:
+    Parser* parser_;
+  };
+
   std::vector<Token> tokens_;
   const std::string& name_;
   size_t index_ = 0;
+  int depth_ = 0;
   bool has_generation_ = false;
 };
 

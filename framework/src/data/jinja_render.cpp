@@ -503,6 +503,12 @@ class Renderer {
         if (args.positional.size() > 2) step = integer(args.positional[2]);
       }
       if (step == 0) throw Error("range() step cannot be zero");
+      // Jinja2's sandbox (transformers renders in one) refuses ranges above MAX_RANGE.
+      constexpr int64_t kMaxRange = 100000;
+      const double count = std::ceil((static_cast<double>(stop) - static_cast<double>(start)) / static_cast<double>(step));
+      if (count > kMaxRange) {
+        throw Error("range of " + std::to_string(static_cast<int64_t>(count)) + " items: the sandbox allows " + std::to_string(kMaxRange));
+      }
       Array out;
       for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) out.push_back(Value::of(i));
       return Value::of(std::move(out));
@@ -676,6 +682,14 @@ class Renderer {
   Value make_macro(const Statement& s) {
     const Statement* macro = &s;
     return Value::of(Function([this, macro](CallArgs& args) {
+      if (macro_depth_ >= kMaxMacroDepth) {
+        throw Error("macro calls nested " + std::to_string(kMaxMacroDepth) + " deep (a macro calling itself without end?)");
+      }
+      const struct Depth {
+        int& depth;
+        explicit Depth(int& d) : depth(++d) {}
+        ~Depth() { --depth; }
+      } depth(macro_depth_);
       Scope locals;
       for (size_t p = 0; p < macro->parameters.size(); ++p) {
         const auto& [parameter, default_value] = macro->parameters[p];
@@ -832,7 +846,7 @@ class Renderer {
     if (target.is(Type::String)) {
       if (Value method = string_method(target.string, name); !method.is(Type::Undefined)) return method;
     }
-    if (std::all_of(name.begin(), name.end(), ::isdigit) && target.is(Type::Array)) {
+    if (!name.empty() && name.size() < 18 && std::all_of(name.begin(), name.end(), ::isdigit) && target.is(Type::Array)) {
       return item(target, Value::of(static_cast<int64_t>(std::stoll(name))), at);
     }
     return Value::undefined(name);
@@ -976,6 +990,8 @@ class Renderer {
       const Value& count = &sequence == &a ? b : a;
       if (integral(count)) {
         const int64_t n = std::max<int64_t>(0, integer(count));
+        const double size = static_cast<double>(n) * static_cast<double>(sequence.is(Type::String) ? sequence.string.size() : sequence.array->size());
+        if (size > kMaxRepeated) error(at, "repeating a " + std::string(type_name(sequence)) + " " + std::to_string(n) + " times is too large");
         if (sequence.is(Type::String)) {
           std::string out;
           for (int64_t i = 0; i < n; ++i) out += sequence.string;
@@ -1006,9 +1022,14 @@ class Renderer {
       return Value::of(u - w * std::floor(u / w));
     }
     if (op == "**") {
-      if (ints && y >= 0) {
-        int64_t r = 1;
-        for (int64_t i = 0; i < y; ++i) r *= x;
+      // Exact while an int64 holds it (Python's ints are unbounded: beyond that, a float).
+      if (ints && y >= 0 && std::fabs(std::pow(u, w)) < 9.0e18) {
+        int64_t r = 1, base = x;  // squares stay below the result's magnitude
+        for (int64_t e = y; e > 0;) {
+          if (e & 1) r *= base;
+          e >>= 1;
+          if (e > 0) base *= base;
+        }
         return Value::of(r);
       }
       return Value::of(std::pow(u, w));
@@ -1328,6 +1349,9 @@ class Renderer {
   std::vector<OutputSpan>* generation_;
   std::vector<Scope> scopes_;
   Position call_position_;
+  static constexpr int kMaxMacroDepth = 100;
+  static constexpr double kMaxRepeated = 1 << 26;  // items or bytes a `*` may make
+  int macro_depth_ = 0;
 };
 
 }  // namespace
@@ -1344,7 +1368,13 @@ std::string Template::render(const nlohmann::ordered_json& context, std::vector<
   std::string out;
   Renderer renderer(name_, &out, generation);
   for (const auto& [key, value] : context.items()) renderer.set_variable(key, from_json(value));
-  renderer.run(program_->body);
+  try {
+    renderer.run(program_->body);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {  // e.g. out of memory: still an error naming the template
+    throw Error(name_ + ": rendering failed: " + e.what());
+  }
   return out;
 }
 
