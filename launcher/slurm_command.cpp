@@ -122,7 +122,7 @@ int run_slurm(const SlurmArgs& args) {
   recipe.require_paths({"model.path", "data.train", "data.val"});
   // With a step count the schedule is checked now; counting the steps of epochs takes the
   // pass over the data each rank makes.
-  if (recipe.get_int("training.max_steps") > 0) train::adamw_options_from(recipe, recipe.get_int("training.max_steps")).schedule.validate();
+  if (recipe.get_int("training.max_steps") > 0) train::lr_schedule_from(recipe, recipe.get_int("training.max_steps")).validate();
   const fs::path run_dir = fs::absolute(recipe.get_string("output.dir")).lexically_normal();
   train::check_run_directory(run_dir.string(), args.resume ? train::StartMode::Resume : train::StartMode::Fresh);
 

@@ -128,6 +128,45 @@ TEST(AdamW, MatchesTorchAdamWForEverySchedule) {
   }
 }
 
+// LoRA+'s rates: torch::optim::AdamW with one param group per rate (as PEFT's
+// create_loraplus_optimizer builds them) is the reference, on both placements.
+TEST(AdamW, LearningRateMultipliersActAsTorchParamGroups) {
+  AdamWOptions options;
+  options.lr = 2e-3;
+  options.weight_decay = 0.05;
+  options.schedule = {ScheduleType::Cosine, 5, 40};
+  options.lr_multipliers = {1.0, 16.0, 1.0, 16.0};
+  const std::vector<int64_t> sizes = {300, 257, 1000, 64};
+  for (const AdamWOptions& variant : {options, paged(options, 512, 2)}) {
+    auto reference = random_params(sizes, 3);
+    auto ours = clones(reference);
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(std::vector<torch::Tensor>{reference[0], reference[2]},
+                        std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(options.lr).weight_decay(options.weight_decay)));
+    groups.emplace_back(std::vector<torch::Tensor>{reference[1], reference[3]},
+                        std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(16 * options.lr).weight_decay(options.weight_decay)));
+    torch::optim::AdamW torch_adamw(groups);
+    AdamW adamw(ours, variant);
+    for (int64_t step = 0; step < 40; ++step) {
+      for (size_t g = 0; g < 2; ++g) {
+        static_cast<torch::optim::AdamWOptions&>(torch_adamw.param_groups()[g].options())
+            .lr((g == 0 ? 1 : 16) * options.lr * hf_multiplier(options.schedule, step));
+      }
+      set_gradients(reference, step);
+      set_gradients(ours, step);
+      torch_adamw.step();
+      EXPECT_NEAR(adamw.step().lr, options.lr * hf_multiplier(options.schedule, step), 1e-15) << "the base rate is reported";
+    }
+    for (size_t i = 0; i < ours.size(); ++i) {
+      const torch::Tensor error = (ours[i] - reference[i]).abs();
+      EXPECT_TRUE((error <= 1e-6 * reference[i].abs() + 1e-7).all().item<bool>())
+          << placement_name(variant.placement) << ", parameter " << i << ": max error " << error.max().item<double>();
+    }
+  }
+  options.lr_multipliers = {1.0};
+  EXPECT_THROW(AdamW(random_params(sizes, 3), options), Error);
+}
+
 TEST(AdamW, PagingThroughTwoStagingPagesEqualsTheUnpagedUpdate) {
   for (const int bits : {32, 8}) {
     AdamWOptions options;

@@ -95,3 +95,30 @@ TEST_F(TrainerRuns, AccumulationDoesNotChangeTheLoss) {
   EXPECT_NEAR(losses("one").at(0), losses("four").at(0), 1e-5 * losses("one").at(0));
   EXPECT_THROW(Trainer(recipe("none")).run(StartMode::Resume), Error) << "nothing to resume";
 }
+
+// LoRA+: after the first step (B starts at zero, so A's gradient is zero and only B moves),
+// the B matrices of a ratio-16 run are 16 times those of a plain run, the A matrices equal;
+// ratio 1 is the plain run bit for bit.
+TEST_F(TrainerRuns, LoraPlusScalesOnlyTheBMatricesRate) {
+  const auto adapter_after_one_step = [&](const std::string& run, const std::string& ratio) {
+    Trainer(recipe(run, {"training.max_steps=1", "training.gradient_accumulation_steps=1", "lora.dropout=0", "schedule.warmup_steps=0",
+                         "optimizer.loraplus_lr_ratio=" + ratio}))
+        .run(StartMode::Fresh);
+    return io::read_tensor_file(path(run + "/adapter/adapter_model.safetensors"));
+  };
+  const auto plain = adapter_after_one_step("plain", "0");
+  const auto one = adapter_after_one_step("one", "1");
+  const auto sixteen = adapter_after_one_step("sixteen", "16");
+  int b_matrices = 0;
+  for (const auto& [key, tensor] : plain) {
+    EXPECT_TRUE(torch::equal(one.at(key), tensor)) << key;
+    if (key.find("lora_B") != std::string::npos) {
+      ++b_matrices;
+      ASSERT_GT(tensor.abs().max().item<double>(), 0) << key << " did not move";
+      EXPECT_TRUE(torch::allclose(sixteen.at(key), 16 * tensor, 1e-5, 0)) << key;
+    } else {
+      EXPECT_TRUE(torch::equal(sixteen.at(key), tensor)) << key;
+    }
+  }
+  EXPECT_GT(b_matrices, 0);
+}

@@ -62,6 +62,7 @@ struct AdamW::ParamState {
   };
   torch::Tensor param;
   int64_t numel = 0;
+  double lr_multiplier = 1.0;
   bool eight_bit = false;
   std::vector<Array> arrays;     // exp_avg, exp_avg_sq (32-bit) or their codes and absmax (8-bit)
   torch::Tensor host_param, host_grad;  // cpu placement with parameters on a GPU
@@ -182,6 +183,8 @@ AdamW::AdamW(std::vector<torch::Tensor> params, const AdamWOptions& options) : o
   SHARDLORA_CHECK(options.state_bits == 32 || options.state_bits == 8, "AdamW: state bits must be 32 or 8, found ",
                   options.state_bits);
   SHARDLORA_CHECK(options.max_grad_norm >= 0, "AdamW: max_grad_norm must be non-negative, found ", options.max_grad_norm);
+  SHARDLORA_CHECK(options.lr_multipliers.empty() || options.lr_multipliers.size() == params.size(), "AdamW: ",
+                  options.lr_multipliers.size(), " learning-rate multipliers for ", params.size(), " parameters");
   options.schedule.validate();
   if (options.placement == Placement::Paged) {
     SHARDLORA_CHECK(options.page_elements > 0 && options.page_elements % kernels::kAdamW8bitBlocksize == 0,
@@ -207,6 +210,10 @@ AdamW::AdamW(std::vector<torch::Tensor> params, const AdamWOptions& options) : o
     ParamState state;
     state.param = param;
     state.numel = param.numel();
+    if (!options.lr_multipliers.empty()) {
+      state.lr_multiplier = options.lr_multipliers[i];
+      SHARDLORA_CHECK(state.lr_multiplier >= 0, "AdamW: parameter ", i, "'s learning-rate multiplier is negative");
+    }
     state.eight_bit = options.state_bits == 8 && state.numel >= options.min_8bit_size;
     if (state.eight_bit) {
       const int64_t blocks = kernels::adamw_8bit_blocks(state.numel);
@@ -254,8 +261,14 @@ StepReport AdamW::step(const SquaredNormReduce& reduce) {
   double grad_scale = 1.0;
   if (options_.max_grad_norm > 0) grad_scale = std::min(1.0, options_.max_grad_norm / (report.grad_norm + 1e-6));
   ++updates_;
-  const auto scalars = kernels::AdamWScalars::at_step(report.lr, options_.beta1, options_.beta2, options_.eps,
-                                                      options_.weight_decay, updates_, grad_scale);
+  // One set of scalars per rate, as torch steps each param group with its own lr.
+  std::map<double, kernels::AdamWScalars> scalars;
+  for (const ParamState& state : params_) {
+    if (!scalars.count(state.lr_multiplier)) {
+      scalars.emplace(state.lr_multiplier, kernels::AdamWScalars::at_step(report.lr * state.lr_multiplier, options_.beta1, options_.beta2,
+                                                                         options_.eps, options_.weight_decay, updates_, grad_scale));
+    }
+  }
   const bool on_gpu = params_.front().param.is_cuda();
   if (on_gpu) {
     for (ParamState& state : params_) {
@@ -263,7 +276,7 @@ StepReport AdamW::step(const SquaredNormReduce& reduce) {
     }
     kernels::cuda_synchronize();  // gradients complete (and on the host for the cpu placement)
   }
-  for (ParamState& state : params_) update(state, scalars);
+  for (ParamState& state : params_) update(state, scalars.at(state.lr_multiplier));
   if (on_gpu) kernels::cuda_synchronize();
   report.applied = true;
   return report;

@@ -1,5 +1,7 @@
 #include "shardlora/train/from_recipe.h"
 
+#include <set>
+
 #include "shardlora/kernels/check.h"
 
 namespace shardlora::train {
@@ -60,8 +62,18 @@ nn::ModelOptions model_options_from(const Recipe& recipe) {
   return options;
 }
 
-optim::AdamWOptions adamw_options_from(const Recipe& recipe, int64_t total_steps) {
+optim::AdamWOptions adamw_options_from(const Recipe& recipe, int64_t total_steps, const nn::LlamaModel& model) {
   optim::AdamWOptions adamw;
+  // LoRA+ (PEFT's create_loraplus_optimizer): the B matrices learn at ratio x the rate.
+  if (const double ratio = recipe.get_float("optimizer.loraplus_lr_ratio"); ratio > 0) {
+    std::set<const void*> b_matrices;
+    for (const auto& [path, linear] : model->linears()) {
+      if (linear->lora_B.defined()) b_matrices.insert(linear->lora_B.unsafeGetTensorImpl());
+    }
+    for (const torch::Tensor& param : model->parameters()) {
+      adamw.lr_multipliers.push_back(b_matrices.count(param.unsafeGetTensorImpl()) ? ratio : 1.0);
+    }
+  }
   adamw.lr = recipe.get_float("optimizer.lr");
   const auto betas = recipe.get_floats("optimizer.betas");
   adamw.beta1 = betas[0];
@@ -72,9 +84,12 @@ optim::AdamWOptions adamw_options_from(const Recipe& recipe, int64_t total_steps
   adamw.placement = *optim::placement_from_name(recipe.get_string("optimizer.placement"));
   adamw.staging_pages = recipe.get_int("optimizer.gpu_pages");
   adamw.max_grad_norm = recipe.get_float("training.grad_clip");
-  adamw.schedule = {*optim::schedule_type_from_name(recipe.get_string("schedule.type")), recipe.get_int("schedule.warmup_steps"),
-                    total_steps};
+  adamw.schedule = lr_schedule_from(recipe, total_steps);
   return adamw;
+}
+
+optim::LrSchedule lr_schedule_from(const Recipe& recipe, int64_t total_steps) {
+  return {*optim::schedule_type_from_name(recipe.get_string("schedule.type")), recipe.get_int("schedule.warmup_steps"), total_steps};
 }
 
 }  // namespace shardlora::train

@@ -222,6 +222,8 @@ const std::vector<KeySpec>& recipe_schema() {
         betas,
         number("optimizer.eps", "1e-8", 1e-30, 1, "AdamW epsilon"),
         number("optimizer.weight_decay", "0.0", 0, 10, "decoupled weight decay"),
+        number("optimizer.loraplus_lr_ratio", "0", 0, 1e4,
+               "LoRA+: the B matrices learn at this times optimizer.lr (PEFT's create_loraplus_optimizer; 16 is common); 0: off"),
         choice("optimizer.placement", "cpu", {"device", "cpu", "paged"},
                "where optimizer state lives: device memory, CPU memory, or CPU memory paged through gpu_pages device pages (paged_* names: cpu or paged)"),
         integer("optimizer.gpu_pages", "4", 1, 1 << 20, "paged: staging buffer size in pages"),

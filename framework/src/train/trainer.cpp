@@ -342,7 +342,7 @@ Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm, torch::Device d
     for (auto& parameter : s.model->parameters()) comm->broadcast(parameter.data(), 0);
     s.buckets = std::make_unique<dist::GradientBuckets>(s.model->parameters(), recipe.get_int("distributed.bucket_mb") << 20, *comm);
   }
-  s.optimizer = std::make_unique<optim::AdamW>(s.model->parameters(), adamw_options_from(recipe, s.total_steps));
+  s.optimizer = std::make_unique<optim::AdamW>(s.model->parameters(), adamw_options_from(recipe, s.total_steps, s.model));
 }
 
 Trainer::~Trainer() = default;

@@ -46,6 +46,9 @@ struct AdamWOptions {
   int64_t page_elements = 1 << 20;  // paged: state elements per page, a multiple of 256
   int64_t staging_pages = 4;        // paged: pages the staging buffer holds (optimizer.gpu_pages)
   double max_grad_norm = 0.0;       // 0: no clipping
+  // By parameter, the factor on the scheduled rate (a torch param group's lr): LoRA+ gives
+  // the B matrices its ratio. Empty: 1 for every parameter.
+  std::vector<double> lr_multipliers;
   LrSchedule schedule;
   int threads = 0;                  // CPU update threads; 0: OpenMP's default
 };

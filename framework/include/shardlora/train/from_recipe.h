@@ -27,6 +27,8 @@ data::LoaderOptions loader_options_from(const Recipe& recipe, const data::ChatTe
 nn::ModelOptions model_options_from(const Recipe& recipe);
 
 // The schedule runs over `total_steps`.
-optim::AdamWOptions adamw_options_from(const Recipe& recipe, int64_t total_steps);
+// The optimizer section for `model`'s parameters (in model->parameters() order: LoRA+ rates).
+optim::AdamWOptions adamw_options_from(const Recipe& recipe, int64_t total_steps, const nn::LlamaModel& model);
+optim::LrSchedule lr_schedule_from(const Recipe& recipe, int64_t total_steps);
 
 }  // namespace shardlora::train
