@@ -11,6 +11,7 @@
 
 #include "shardlora/io/tensor_file.h"
 #include "shardlora/kernels/check.h"
+#include "shardlora/nn/hf_loader.h"
 #include "shardlora/train/trainer.h"
 #include "tiny_training_run.h"
 
@@ -121,4 +122,50 @@ TEST_F(TrainerRuns, LoraPlusScalesOnlyTheBMatricesRate) {
     }
   }
   EXPECT_GT(b_matrices, 0);
+}
+
+// NEFTune's noise as transformers' hook draws it: uniform in +-alpha / sqrt(seq * hidden);
+// in training mode only (eval and generation see the plain embeddings).
+TEST_F(TrainerRuns, NeftuneNoiseIsUniformAtTrlsScaleInTrainingOnly) {
+  torch::manual_seed(0);
+  const torch::Tensor noise = nn::neftune_noise(torch::zeros({4, 64, 32}), 5.0);
+  const double bound = 5.0 / std::sqrt(64.0 * 32.0);
+  EXPECT_LE(noise.abs().max().item<double>(), bound);
+  EXPECT_GE(noise.abs().max().item<double>(), 0.99 * bound);
+  EXPECT_LT(std::abs(noise.mean().item<double>()), 0.02 * bound);
+  EXPECT_NEAR(noise.std().item<double>(), bound / std::sqrt(3.0), 0.02 * bound);
+
+  nn::ModelOptions options;
+  options.compute_dtype = torch::kFloat32;
+  options.quantize_base = false;
+  options.lora.r = 0;
+  nn::LlamaModel plain = nn::load_hf_model(path("model"), options);
+  options.neftune_alpha = 5.0;
+  nn::LlamaModel noisy = nn::load_hf_model(path("model"), options);
+  const torch::Tensor ids = torch::randint(0, 259, {2, 16});
+  torch::NoGradGuard no_grad;
+  plain->eval();
+  noisy->eval();
+  EXPECT_TRUE(torch::equal(noisy->forward(ids), plain->forward(ids))) << "no noise in eval mode";
+  noisy->train();
+  const torch::Tensor first = noisy->forward(ids), second = noisy->forward(ids);
+  EXPECT_FALSE(torch::allclose(first, second)) << "fresh noise each forward";
+  EXPECT_FALSE(torch::allclose(first, plain->forward(ids)));
+}
+
+// A NEFTune run changes the losses and resumes bit for bit (its noise comes from the
+// generators the checkpoint saves).
+TEST_F(TrainerRuns, NeftuneRunResumesBitForBit) {
+  const std::vector<std::string> neftune = {"training.neftune_alpha=5"};
+  Trainer(recipe("plain")).run(StartMode::Fresh);
+  Trainer(recipe("straight", neftune)).run(StartMode::Fresh);
+  const auto expected = losses("straight");
+  ASSERT_EQ(expected.size(), 6u);
+  EXPECT_NE(expected.front(), losses("plain").front()) << "the noise changes the first loss";
+  Trainer(recipe("resumed", neftune)).run(StartMode::Fresh, {.stop = [](int64_t step) { return step == 3; }});
+  Trainer(recipe("resumed", neftune)).run(StartMode::Resume);
+  EXPECT_EQ(losses("resumed"), expected);
+  const auto a = io::read_tensor_file(path("straight/adapter/adapter_model.safetensors"));
+  const auto b = io::read_tensor_file(path("resumed/adapter/adapter_model.safetensors"));
+  for (const auto& [key, tensor] : a) EXPECT_TRUE(torch::equal(tensor, b.at(key))) << key;
 }

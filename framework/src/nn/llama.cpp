@@ -158,6 +158,12 @@ std::pair<torch::Tensor, int64_t> document_segments(const torch::Tensor& documen
   return {torch::tensor(flat, torch::kInt64).view({-1, 3}), longest};
 }
 
+torch::Tensor neftune_noise(const torch::Tensor& embeddings, double alpha) {
+  SHARDLORA_CHECK(embeddings.dim() == 3, "neftune_noise: embeddings must be [batch, seq, hidden]");
+  const double magnitude = alpha / std::sqrt(static_cast<double>(embeddings.size(1) * embeddings.size(2)));
+  return torch::zeros_like(embeddings).uniform_(-magnitude, magnitude);
+}
+
 bool is_lora_target(const std::vector<std::string>& targets, const std::string& module) {
   return std::find(targets.begin(), targets.end(), "all-linear") != targets.end() ||
          std::find(targets.begin(), targets.end(), module) != targets.end();
@@ -469,6 +475,8 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   torch::Tensor h = torch::embedding(embed_, ids);
   // Gemma3TextScaledWordEmbedding: times sqrt(hidden_size), rounded to the weights' dtype first.
   if (config_.gemma) h = h * torch::tensor(std::sqrt(static_cast<double>(config_.hidden_size))).to(h.scalar_type());
+  // After Gemma's scaling, which transformers does inside the embedding module it hooks.
+  if (options_.neftune_alpha > 0 && is_training()) h = h + neftune_noise(h, options_.neftune_alpha);
   if (sharded_) sharded_->begin_forward(is_training() && torch::GradMode::is_enabled() && !options.cache);
   const bool checkpoint = options_.activation_checkpointing && is_training() && torch::GradMode::is_enabled() && !options.cache;
   // The layers' input must take part in autograd for the recomputation to reach the adapters

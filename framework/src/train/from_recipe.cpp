@@ -59,6 +59,7 @@ nn::ModelOptions model_options_from(const Recipe& recipe) {
                   .dropout = recipe.get_float("lora.dropout"), .use_rslora = recipe.get_bool("lora.rslora")};
   options.target_modules = recipe.get_strings("lora.target_modules");
   options.activation_checkpointing = recipe.get_bool("training.activation_checkpointing");
+  options.neftune_alpha = recipe.get_float("training.neftune_alpha");
   return options;
 }
 

@@ -238,6 +238,8 @@ const std::vector<KeySpec>& recipe_schema() {
         integer("training.epochs", "1", 1, 1 << 20, "epochs when max_steps is 0"),
         number("training.grad_clip", "1.0", 0, 1e6, "global gradient-norm clip (0: off)"),
         flag("training.activation_checkpointing", "true", "recompute decoder layers in backward"),
+        number("training.neftune_alpha", "0", 0, 1e6,
+               "NEFTune: uniform noise on the embeddings in training, scaled alpha / sqrt(seq_len * hidden) as TRL; 0: off"),
         integer("training.threads", "0", 0, 4096, "CPU threads of each rank (libtorch and the CPU kernels); 0: the CPUs the rank is given"),
         integer("training.eval_every", "0", 0, 1LL << 40, "steps between evaluations (0: never)"),
         integer("training.save_every", "0", 0, 1LL << 40, "steps between checkpoints (0: at the end only)"),

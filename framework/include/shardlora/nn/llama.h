@@ -36,6 +36,8 @@ struct ModelOptions {
   std::vector<std::string> target_modules = {"all-linear"};
   // Keep no activations inside decoder layers during training; backward recomputes them.
   bool activation_checkpointing = false;
+  // NEFTune: in training mode only, noise on the input embeddings (see neftune_noise).
+  double neftune_alpha = 0.0;
   // Split the 4-bit decoder base over these ranks (distributed.strategy: shard; see
   // sharded_base.h); null: every rank holds it whole. Loading is then collective.
   dist::Communicator* shard_over = nullptr;
@@ -55,6 +57,11 @@ struct ForwardOptions {
   std::optional<torch::Tensor> document_ids;  // attention never crosses a document boundary
   KvCache* cache = nullptr;                   // read and extended when given
 };
+
+// NEFTune's noise for embeddings [batch, seq, hidden], as transformers' neftune hook draws it:
+// uniform in +-alpha / sqrt(seq * hidden), from the embeddings' device's default generator
+// (which checkpoints save, so a resumed run draws the same noise).
+torch::Tensor neftune_noise(const torch::Tensor& embeddings, double alpha);
 
 // Whether LoRA target_modules (short names, or "all-linear") adapt `module` ("q_proj").
 bool is_lora_target(const std::vector<std::string>& targets, const std::string& module);
