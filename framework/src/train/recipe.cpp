@@ -252,6 +252,7 @@ const std::vector<KeySpec>& recipe_schema() {
         integer("distributed.timeout_s", "300", 1, 1 << 24, "a collective older than this aborts the job; a rank silent for half of it is lost"),
         integer("distributed.load_timeout_s", "3600", 1, 1 << 24, "the same while ranks load the model (rank 0 may be slow)"),
         text("output.dir", "runs/run", "run directory: resolved recipe, metrics, checkpoints, adapter"),
+        flag("output.tensorboard", "false", "also write the metrics as TensorBoard event files (events.out.tfevents.*) in output.dir"),
     };
   }();
   return schema;

@@ -14,6 +14,7 @@
 #include "shardlora/io/run_lock.h"
 #include "shardlora/io/staging_directory.h"
 #include "shardlora/io/tensor_file.h"
+#include "shardlora/io/tensorboard.h"
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/hf_loader.h"
 #include "shardlora/nn/peft_adapter.h"
@@ -32,6 +33,18 @@ std::string checkpoint_name(int64_t step) {
   char name[32];
   std::snprintf(name, sizeof name, "%s%06lld", kCheckpointPrefix, static_cast<long long>(step));
   return name;
+}
+
+// A metrics line's numbers as TensorBoard scalars, under Hugging Face Trainer's sections:
+// eval_loss as eval/loss, the others as train/NAME.
+std::vector<std::pair<std::string, double>> tensorboard_scalars(const nlohmann::json& line) {
+  std::vector<std::pair<std::string, double>> scalars;
+  for (const auto& [key, value] : line.items()) {
+    if (key == "step" || !value.is_number()) continue;
+    const std::string tag = key.rfind("eval_", 0) == 0 ? "eval/" + key.substr(5) : "train/" + key;
+    scalars.emplace_back(tag, value.get<double>());
+  }
+  return scalars;
 }
 
 // "cpu" or "cuda": a generator's key in rng.safetensors.
@@ -368,11 +381,19 @@ TrainSummary Trainer::run(StartMode mode, const TrainHooks& hooks) {
     io::remove_directory_durably(s.run_dir + "/adapter");
     io::write_file_atomically(s.run_dir + "/recipe.yaml", s.recipe.dump());
     io::write_file_atomically(s.run_dir + "/metrics.jsonl", "");
+    for (const auto& entry : fs::directory_iterator(s.run_dir)) {
+      if (entry.path().filename().string().rfind("events.out.tfevents.", 0) == 0) fs::remove(entry.path());
+    }
   }
   std::unique_ptr<io::AppendFile> metrics;
-  if (s.rank == 0) metrics = std::make_unique<io::AppendFile>(s.run_dir + "/metrics.jsonl");  // one writer: metrics are reduced first
+  std::unique_ptr<io::TensorBoardWriter> tensorboard;
+  if (s.rank == 0) {  // one writer: metrics are reduced first
+    metrics = std::make_unique<io::AppendFile>(s.run_dir + "/metrics.jsonl");
+    if (s.recipe.get_bool("output.tensorboard")) tensorboard = std::make_unique<io::TensorBoardWriter>(s.run_dir);
+  }
   const auto log = [&](const nlohmann::json& line) {
     if (metrics) metrics->append(line.dump() + "\n");
+    if (tensorboard) tensorboard->add_scalars(line["step"].get<int64_t>(), tensorboard_scalars(line));
   };
   const int64_t log_every = s.recipe.get_int("training.log_every"), save_every = s.recipe.get_int("training.save_every");
   const int64_t eval_every = s.recipe.get_int("training.eval_every");
