@@ -169,3 +169,35 @@ TEST_F(TrainerRuns, NeftuneRunResumesBitForBit) {
   const auto b = io::read_tensor_file(path("resumed/adapter/adapter_model.safetensors"));
   for (const auto& [key, tensor] : a) EXPECT_TRUE(torch::equal(tensor, b.at(key))) << key;
 }
+
+// lora.init_from: a run starts from the adapter's weights (at lr 0 it ends with them, bit for
+// bit), and an adapter of another rank, alpha, or set of modules is refused, the key named.
+TEST_F(TrainerRuns, InitFromStartsAtTheAdapterAndRefusesAnotherShape) {
+  Trainer(recipe("first", {"training.max_steps=3"})).run(StartMode::Fresh);
+  const std::string adapter = path("first/adapter");
+  Trainer(recipe("again", {"training.max_steps=1", "optimizer.lr=0", "lora.init_from=" + adapter})).run(StartMode::Fresh);
+  const auto before = io::read_tensor_file(adapter + "/adapter_model.safetensors");
+  const auto after = io::read_tensor_file(path("again/adapter/adapter_model.safetensors"));
+  ASSERT_EQ(before.size(), after.size());
+  for (const auto& [key, tensor] : before) EXPECT_TRUE(torch::equal(after.at(key), tensor)) << key;
+  Trainer(recipe("fresh", {"training.max_steps=1", "optimizer.lr=0"})).run(StartMode::Fresh);
+  EXPECT_LT(losses("again").front(), losses("fresh").front()) << "the trained adapter starts lower";
+
+  const auto refusal = [&](const std::string& run, std::vector<std::string> extra) {
+    extra.insert(extra.begin(), "lora.init_from=" + adapter);  // a later override wins
+    try {
+      Trainer(recipe(run, extra)).run(StartMode::Fresh);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(refusal("r8", {"lora.r=8"}).find("key 'lora.init_from' (" + adapter + "): the adapter has r = 4, key 'lora.r' is 8"),
+            std::string::npos)
+      << refusal("r8", {"lora.r=8"});
+  EXPECT_NE(refusal("alpha", {"lora.alpha=8"}).find("the adapter has lora_alpha = 32, key 'lora.alpha' is 8"), std::string::npos);
+  const std::string fewer = refusal("fewer", {"lora.target_modules=[q_proj, v_proj]"});
+  EXPECT_NE(fewer.find("key 'lora.init_from'"), std::string::npos) << fewer;
+  EXPECT_NE(fewer.find("matches no adapted module"), std::string::npos) << fewer;
+  EXPECT_NE(refusal("missing", {"lora.init_from=" + path("nowhere")}).find("nowhere"), std::string::npos);
+}

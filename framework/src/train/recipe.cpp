@@ -189,6 +189,7 @@ const std::vector<KeySpec>& recipe_schema() {
         number("lora.dropout", "0.05", 0, 0.999, "dropout on the adapter input"),
         text_list("lora.target_modules", "[all-linear]", "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj) or all-linear"),
         flag("lora.rslora", "false", "rank-stabilised scaling alpha / sqrt(r)"),
+        text("lora.init_from", "", "start from this PEFT adapter directory (ours or PEFT's; its r, alpha, rslora and modules must be the recipe's)"),
         required_text("data.train", "training data: .jsonl, .json or a directory of .txt files"),
         text("data.val", "", "validation data (empty: data.val_fraction of data.train)"),
         number("data.val_fraction", "0", 0, 0.99, "share of data.train held out for validation when data.val is empty"),

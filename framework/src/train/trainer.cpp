@@ -47,6 +47,24 @@ std::vector<std::pair<std::string, double>> tensorboard_scalars(const nlohmann::
   return scalars;
 }
 
+// lora.init_from: the adapter's weights in place of the fresh ones, when its shape of LoRA is
+// the recipe's (else an error naming the key); its modules and shapes are checked as loaded.
+void start_from_adapter(nn::LlamaModel& model, const std::string& dir, const Recipe& recipe) {
+  const nn::PeftAdapter adapter = nn::read_peft_adapter(dir);
+  const std::string where = recipe.origin("lora.init_from") + ": key 'lora.init_from' (" + dir + ")";
+  SHARDLORA_CHECK(adapter.lora.r == recipe.get_int("lora.r"), where, ": the adapter has r = ", adapter.lora.r, ", key 'lora.r' is ",
+                  recipe.get_int("lora.r"));
+  SHARDLORA_CHECK(adapter.lora.alpha == recipe.get_float("lora.alpha"), where, ": the adapter has lora_alpha = ", adapter.lora.alpha,
+                  ", key 'lora.alpha' is ", recipe.get_float("lora.alpha"));
+  SHARDLORA_CHECK(adapter.lora.use_rslora == recipe.get_bool("lora.rslora"), where, ": the adapter has use_rslora = ",
+                  adapter.lora.use_rslora ? "true" : "false", ", key 'lora.rslora' is ", recipe.get_bool("lora.rslora") ? "true" : "false");
+  try {
+    nn::load_adapter_weights(model, adapter, dir);
+  } catch (const Error& error) {
+    throw Error(where + ": " + error.what() + " (key 'lora.target_modules', or an adapter of another base model)");
+  }
+}
+
 // "cpu" or "cuda": a generator's key in rng.safetensors.
 std::string generator_name(const at::Generator& generator) { return c10::DeviceTypeName(generator.device().type(), /*lower_case=*/true); }
 
@@ -307,7 +325,7 @@ void check_run_directory(const std::string& run_dir, StartMode mode) {
 Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm, torch::Device device)
     : state_(std::make_unique<State>(recipe, comm, device)) {
   State& s = *state_;
-  recipe.require_paths({"model.path", "data.train", "data.val"});
+  recipe.require_paths({"model.path", "data.train", "data.val", "lora.init_from"});
   s.run_dir = recipe.get_string("output.dir");
   // Before any slow work, so a second run into this directory fails at once.
   if (s.rank == 0) s.lock = std::make_unique<io::RunDirectoryLock>(s.run_dir);
@@ -349,6 +367,7 @@ Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm, torch::Device d
   model_options.device = device;
   if (s.distributed() && recipe.get_string("distributed.strategy") == "shard") model_options.shard_over = comm;
   s.model = nn::load_hf_model(model_dir, model_options);
+  if (const std::string from = recipe.get_string("lora.init_from"); !from.empty()) start_from_adapter(s.model, from, recipe);
   if (s.distributed()) {
     // One starting point for every rank, whatever each rank's RNG did while loading.
     torch::NoGradGuard no_grad;
