@@ -336,11 +336,13 @@ std::vector<Message> Dataset::conversation(const Json& json, const std::string& 
     const auto content = list[m].find(f.content);
     message.null_content = content != list[m].end() && content->is_null() && list[m].contains("tool_calls");
     if (!message.null_content) message.content = require_string(list[m], f.content, at);
-    Json extra = Json::object();
-    for (const auto& [key, value] : list[m].items()) {
-      if (key != f.role && key != f.content) extra[key] = value;
+    if (chat_template.jinja) {  // only a Jinja template reads the message's other keys
+      Json extra = Json::object();
+      for (const auto& [key, value] : list[m].items()) {
+        if (key != f.role && key != f.content) extra[key] = value;
+      }
+      if (!extra.empty()) message.extra = std::make_shared<const Json>(std::move(extra));
     }
-    if (!extra.empty()) message.extra = std::make_shared<const Json>(std::move(extra));
     messages.push_back(std::move(message));
   }
   return messages;

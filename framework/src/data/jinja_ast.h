@@ -130,6 +130,8 @@ using Body = std::vector<Statement>;
 
 struct Statement {
   enum class Kind { Text, Output, If, For, Set, SetBlock, Macro, CallBlock, FilterBlock, Break, Continue, Generation };
+  Statement(Kind k, Position at, std::string content = {}) : kind(k), position(at), text(std::move(content)) {}
+
   Kind kind;
   Position position;
   std::string text;                  // Text; Macro: its name; Set of an attribute: the attribute

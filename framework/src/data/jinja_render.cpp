@@ -2,6 +2,7 @@
 // Dicts keep insertion order, as the Python dicts that transformers passes; lists and dicts
 // are never changed in place (transformers renders in an immutable sandbox).
 #include <unicode/uchar.h>
+#include <unicode/utf8.h>
 #include <unicode/unistr.h>
 
 #include <algorithm>
@@ -221,29 +222,10 @@ struct JsonStyle {
   bool sort_keys = false;
 };
 
+// json.dumps(ensure_ascii=False) escapes as nlohmann's serializer does: ", \, \b \f \n \r
+// \t, other control characters as \u00XX, everything else as is.
 void json_string(const std::string& s, std::string* out) {
-  *out += '"';
-  for (const char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"': *out += "\\\""; break;
-      case '\\': *out += "\\\\"; break;
-      case '\n': *out += "\\n"; break;
-      case '\r': *out += "\\r"; break;
-      case '\t': *out += "\\t"; break;
-      case '\b': *out += "\\b"; break;
-      case '\f': *out += "\\f"; break;
-      default:
-        if (c < 0x20) {
-          char escape[8];
-          std::snprintf(escape, sizeof escape, "\\u%04x", c);
-          *out += escape;
-        } else {
-          *out += ch;
-        }
-    }
-  }
-  *out += '"';
+  *out += nlohmann::json(s).dump(-1, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace);
 }
 
 bool to_json(const Value& v, const JsonStyle& style, int depth, std::string* out) {
@@ -291,17 +273,11 @@ bool to_json(const Value& v, const JsonStyle& style, int depth, std::string* out
   }
 }
 
-// Code points of UTF-8 text, for str's len / indexing / slicing / strip.
-std::vector<std::string> characters(const std::string& s) { return utf8_chars(s); }
-
 uint32_t code_point(const std::string& ch) {
-  const auto b = [&](size_t i) { return static_cast<uint32_t>(static_cast<unsigned char>(ch[i])); };
-  switch (ch.size()) {
-    case 1: return b(0);
-    case 2: return ((b(0) & 0x1f) << 6) | (b(1) & 0x3f);
-    case 3: return ((b(0) & 0x0f) << 12) | ((b(1) & 0x3f) << 6) | (b(2) & 0x3f);
-    default: return ((b(0) & 0x07) << 18) | ((b(1) & 0x3f) << 12) | ((b(2) & 0x3f) << 6) | (b(3) & 0x3f);
-  }
+  int32_t at = 0;
+  UChar32 c = 0;
+  U8_NEXT(ch.data(), at, static_cast<int32_t>(ch.size()), c);
+  return c < 0 ? 0xFFFD : static_cast<uint32_t>(c);
 }
 
 // str.isspace's characters.
@@ -311,9 +287,9 @@ bool python_space(const std::string& ch) {
 }
 
 std::string strip(const std::string& s, const Value* chars, bool left, bool right) {
-  const std::vector<std::string> cs = characters(s);
+  const std::vector<std::string> cs = utf8_chars(s);
   std::vector<std::string> set;
-  if (chars && chars->is(Type::String)) set = characters(chars->string);
+  if (chars && chars->is(Type::String)) set = utf8_chars(chars->string);
   const auto strippable = [&](const std::string& ch) {
     return chars && chars->is(Type::String) ? std::find(set.begin(), set.end(), ch) != set.end() : python_space(ch);
   };
@@ -341,7 +317,7 @@ std::string icu_case(const std::string& s, bool upper) {
 std::string capitalize(const std::string& s, bool each_word) {
   std::string out;
   bool start = true;
-  for (const std::string& ch : characters(s)) {
+  for (const std::string& ch : utf8_chars(s)) {
     out += icu_case(ch, start);
     const uint32_t c = code_point(ch);
     start = each_word && (python_space(ch) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<');
@@ -352,7 +328,7 @@ std::string capitalize(const std::string& s, bool each_word) {
 std::vector<Value> split(const std::string& s, const Value* separator, int64_t max_split) {
   std::vector<Value> parts;
   if (!separator || separator->is(Type::None)) {
-    const std::vector<std::string> cs = characters(s);
+    const std::vector<std::string> cs = utf8_chars(s);
     size_t i = 0;
     while (true) {
       while (i < cs.size() && python_space(cs[i])) ++i;
@@ -385,7 +361,7 @@ std::string replace(std::string s, const std::string& old, const std::string& wi
   if (old.empty()) {
     std::string out;
     int64_t done = 0;
-    for (const std::string& ch : characters(s)) {
+    for (const std::string& ch : utf8_chars(s)) {
       if (count < 0 || done < count) {
         out += with;
         ++done;
@@ -524,13 +500,7 @@ class Renderer {
     std::vector<OutputSpan>* saved_spans = generation_;
     out_ = &text;
     generation_ = nullptr;
-    try {
-      run(body);
-    } catch (...) {
-      out_ = saved;
-      generation_ = saved_spans;
-      throw;
-    }
+    run(body);  // an error ends the whole render (templates cannot catch), so no restore on one
     out_ = saved;
     generation_ = saved_spans;
     return text;
@@ -553,7 +523,7 @@ class Renderer {
       case Type::Array: return *v.array;
       case Type::String: {
         Array out;
-        for (const std::string& ch : characters(v.string)) out.push_back(Value::of(ch));
+        for (const std::string& ch : utf8_chars(v.string)) out.push_back(Value::of(ch));
         return out;
       }
       case Type::Object: {
@@ -599,12 +569,7 @@ class Renderer {
         const Value caller = make_macro(s);
         scopes_.emplace_back();
         scopes_.back()["caller"] = caller;
-        try {
-          write(str(evaluate(*s.expression)));
-        } catch (...) {
-          scopes_.pop_back();
-          throw;
-        }
+        write(str(evaluate(*s.expression)));
         scopes_.pop_back();
         break;
       }
@@ -630,28 +595,22 @@ class Renderer {
   Flow run_for(const Statement& s) {
     Array items = iterate(evaluate(*s.expression), s.expression->position);
     scopes_.emplace_back();
-    const auto pop = [&] { scopes_.pop_back(); };
-    try {
-      if (s.condition) {
-        Array kept;
-        for (const Value& item : items) {
-          assign(s.targets, item, s.position);
-          if (truthy(evaluate(*s.condition))) kept.push_back(item);
-        }
-        items = std::move(kept);
+    if (s.condition) {
+      Array kept;
+      for (const Value& item : items) {
+        assign(s.targets, item, s.position);
+        if (truthy(evaluate(*s.condition))) kept.push_back(item);
       }
-      const auto n = static_cast<int64_t>(items.size());
-      for (int64_t i = 0; i < n; ++i) {
-        assign(s.targets, items[static_cast<size_t>(i)], s.position);
-        scopes_.back()["loop"] = loop_object(items, i);
-        if (run(s.body) == Flow::Break) break;
-      }
-      if (items.empty()) run(s.otherwise);
-    } catch (...) {
-      pop();
-      throw;
+      items = std::move(kept);
     }
-    pop();
+    const auto n = static_cast<int64_t>(items.size());
+    for (int64_t i = 0; i < n; ++i) {
+      assign(s.targets, items[static_cast<size_t>(i)], s.position);
+      scopes_.back()["loop"] = loop_object(items, i);
+      if (run(s.body) == Flow::Break) break;
+    }
+    if (items.empty()) run(s.otherwise);
+    scopes_.pop_back();
     return Flow::Normal;
   }
 
@@ -703,14 +662,7 @@ class Renderer {
       if (const Value caller = lookup("caller"); !caller.is(Type::Undefined)) locals.emplace("caller", caller);
       scopes_.resize(1);
       scopes_.push_back(std::move(locals));
-      std::string text;
-      try {
-        text = capture(macro->body);
-      } catch (...) {
-        scopes_.resize(1);
-        scopes_.insert(scopes_.end(), saved.begin(), saved.end());
-        throw;
-      }
+      std::string text = capture(macro->body);
       scopes_.resize(1);
       scopes_.insert(scopes_.end(), saved.begin(), saved.end());
       return Value::of(std::move(text));
@@ -796,7 +748,7 @@ class Renderer {
           if (key.is(Type::String)) return attribute(target, key.string, at, /*subscript=*/true);
           error(at, std::string(type_name(target)) + " indices must be integers, not " + type_name(key));
         }
-        const std::vector<std::string> chars = target.is(Type::String) ? characters(target.string) : std::vector<std::string>{};
+        const std::vector<std::string> chars = target.is(Type::String) ? utf8_chars(target.string) : std::vector<std::string>{};
         const auto n = static_cast<int64_t>(target.is(Type::String) ? chars.size() : target.array->size());
         int64_t i = integer(key);
         if (i < 0) i += n;
@@ -818,7 +770,7 @@ class Renderer {
     const auto part = [&](size_t i) { return node.args[i] ? evaluate(*node.args[i]) : Value::none(); };
     const Value start = part(1), stop = part(2), step = part(3);
     if (target.is(Type::String)) {
-      const std::vector<std::string> chars = characters(target.string);
+      const std::vector<std::string> chars = utf8_chars(target.string);
       std::string out;
       for (const int64_t i : slice_indices(static_cast<int64_t>(chars.size()), start, stop, step)) out += chars[static_cast<size_t>(i)];
       return Value::of(std::move(out));
@@ -932,7 +884,7 @@ class Renderer {
         const std::string needle = sub ? str(*sub) : "";
         if (name == "find") {
           const size_t at = s.find(needle);
-          return Value::of(at == std::string::npos ? int64_t{-1} : static_cast<int64_t>(characters(s.substr(0, at)).size()));
+          return Value::of(at == std::string::npos ? int64_t{-1} : static_cast<int64_t>(utf8_chars(s.substr(0, at)).size()));
         }
         int64_t count = 0;
         for (size_t at = s.find(needle); at != std::string::npos && !needle.empty(); at = s.find(needle, at + needle.size())) ++count;
@@ -1119,7 +1071,7 @@ class Renderer {
     const auto sequence = [&]() { return iterate(v, at); };
     if (f == "trim") return Value::of(strip(str(v), keyword(0, "chars"), true, true));
     if (f == "length" || f == "count") {
-      if (v.is(Type::String)) return Value::of(static_cast<int64_t>(characters(v.string).size()));
+      if (v.is(Type::String)) return Value::of(static_cast<int64_t>(utf8_chars(v.string).size()));
       if (v.is(Type::Array)) return Value::of(static_cast<int64_t>(v.array->size()));
       if (v.is(Type::Object)) return Value::of(static_cast<int64_t>(v.object->entries.size()));
       if (v.is(Type::Undefined)) return Value::of(int64_t{0});
@@ -1214,7 +1166,7 @@ class Renderer {
     }
     if (f == "reverse") {
       if (v.is(Type::String)) {
-        std::vector<std::string> chars = characters(v.string);
+        std::vector<std::string> chars = utf8_chars(v.string);
         std::reverse(chars.begin(), chars.end());
         std::string out;
         for (const std::string& ch : chars) out += ch;

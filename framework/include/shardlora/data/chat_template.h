@@ -26,6 +26,9 @@ namespace shardlora::data {
 class Tokenizer;
 
 struct Message {
+  Message() = default;
+  Message(std::string role_name, std::string text) : role(std::move(role_name)), content(std::move(text)) {}
+
   std::string role;  // system, user or assistant (a Jinja template may know others: tool, ...)
   std::string content;
   // The dataset message's other keys (tool_calls, reasoning_content, name, ...), which a Jinja
