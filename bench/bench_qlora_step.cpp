@@ -1,8 +1,9 @@
 // Forward + backward tokens/s of a Llama model with LoRA adapters on every Linear, with a
-// 4-bit NF4 base (QLoRA) and with a float base, on the same random model, same inputs, same
-// run: the 4-bit overhead ratio, and the peak RSS of each (each variant runs in its own
-// process, so the peaks are separate). Before timing, the two variants' first losses must
-// agree (the 4-bit base approximates the float one) and be finite; else exit 1.
+// 4-bit NF4 base (QLoRA) and with a float base, and DoRA on the 4-bit base, on the same random
+// model, same inputs, same run: the 4-bit overhead ratio, DoRA's cost over LoRA, and the
+// peak RSS of each (each variant runs in its own process, so the peaks are separate). Before
+// timing, the variants' first losses must agree (the 4-bit base approximates the float one;
+// DoRA starts as LoRA does) and be finite; else exit 1.
 //
 //   bench_qlora_step [--preset small|tiny] [--seq 512] [--steps 3] [--rank 16] [--threads N]
 #include <sys/resource.h>
@@ -34,12 +35,12 @@ struct Args {
   int threads = static_cast<int>(std::thread::hardware_concurrency());
 };
 
-Result run_variant(const std::string& dir, bool quantized, const Args& args) {
+Result run_variant(const std::string& dir, bool quantized, bool dora, const Args& args) {
   at::set_num_threads(args.threads);
   nn::ModelOptions options;
   options.compute_dtype = torch::kFloat32;  // CPU matmuls: fp32 for both variants
   options.quantize_base = quantized;
-  options.lora = {.r = args.rank, .alpha = 2.0 * args.rank};
+  options.lora = {.r = args.rank, .alpha = 2.0 * args.rank, .use_dora = dora};
   options.activation_checkpointing = true;  // as QLoRA recipes run
   auto model = nn::load_hf_model(dir, options);
   model->train();
@@ -90,18 +91,24 @@ int main(int argc, char** argv) {
   const int64_t parameters = written.trainable;
   std::printf("%s preset: %.1fM parameters (bf16 on disk), seq %lld, LoRA r=%lld on all Linears, activation checkpointing, %d threads\n",
               args.preset.c_str(), parameters / 1e6, static_cast<long long>(args.seq), static_cast<long long>(args.rank), args.threads);
-  const Result float_base = in_child([&] { return run_variant(dir, false, args); });
-  const Result nf4_base = in_child([&] { return run_variant(dir, true, args); });
+  const Result float_base = in_child([&] { return run_variant(dir, false, false, args); });
+  const Result nf4_base = in_child([&] { return run_variant(dir, true, false, args); });
+  const Result nf4_dora = in_child([&] { return run_variant(dir, true, true, args); });
   std::filesystem::remove_all(dir);
   std::printf("%-22s %12s %10s %14s %12s\n", "base", "tokens/s", "step ms", "peak RSS MB", "first loss");
-  for (const auto& [name, r] : {std::pair<const char*, Result>{"float32 + LoRA", float_base}, {"NF4 (QLoRA) + LoRA", nf4_base}}) {
+  for (const auto& [name, r] : {std::pair<const char*, Result>{"float32 + LoRA", float_base}, {"NF4 (QLoRA) + LoRA", nf4_base},
+                                {"NF4 + DoRA", nf4_dora}}) {
     std::printf("%-22s %12.1f %10.0f %14.0f %12.4f\n", name, r.tokens_per_second, r.step_ms, r.peak_rss_mb, r.first_loss);
   }
   std::printf("QLoRA / float: throughput %.2fx, peak RSS %.2fx (%lld trainable parameters)\n",
               nf4_base.tokens_per_second / float_base.tokens_per_second, nf4_base.peak_rss_mb / float_base.peak_rss_mb,
               static_cast<long long>(nf4_base.trainable));
+  std::printf("DoRA / LoRA (NF4): throughput %.2fx, peak RSS %.2fx (%lld trainable parameters)\n",
+              nf4_dora.tokens_per_second / nf4_base.tokens_per_second, nf4_dora.peak_rss_mb / nf4_base.peak_rss_mb,
+              static_cast<long long>(nf4_dora.trainable));
   const bool valid = std::isfinite(float_base.first_loss) && std::isfinite(nf4_base.first_loss) &&
-                     std::fabs(float_base.first_loss - nf4_base.first_loss) < 0.05 * std::fabs(float_base.first_loss);
+                     std::fabs(float_base.first_loss - nf4_base.first_loss) < 0.05 * std::fabs(float_base.first_loss) &&
+                     std::fabs(nf4_dora.first_loss - nf4_base.first_loss) <= 1e-6 * std::fabs(nf4_base.first_loss);
   if (!valid) {
     std::fprintf(stderr, "FAILED: first losses disagree or are not finite\n");
     return 1;

@@ -87,8 +87,10 @@ class Estimate : public TempDirTest {
     return path(name);
   }
 
-  std::vector<train::MemoryEstimate> estimate(const std::string& recipe_file, const std::string& model, int64_t world) {
-    const train::Recipe recipe = train::Recipe::load(kRecipes + "/" + recipe_file, {"model.path=" + model});
+  std::vector<train::MemoryEstimate> estimate(const std::string& recipe_file, const std::string& model, int64_t world,
+                                              std::vector<std::string> overrides = {}) {
+    overrides.insert(overrides.begin(), "model.path=" + model);
+    const train::Recipe recipe = train::Recipe::load(kRecipes + "/" + recipe_file, overrides);
     return train::estimate_memory(recipe, nn::parse_llama_config(published_configs().at(fs::path(model).filename().string()), model),
                                   {world, true});
   }
@@ -165,6 +167,13 @@ TEST_F(Estimate, Phi4HasThePublishedShape) {
   // LoRA r 16 on qkv_proj, o_proj, gate_up_proj and down_proj: r (in + out) each, 40 layers.
   const int64_t per_layer = 16 * ((5120 + 7680) + (5120 + 5120) + (5120 + 35840) + (17920 + 5120));
   EXPECT_EQ(lora.row("adapters (fp32)", true), 4 * 40 * per_layer);
+  // DoRA adds a magnitude per output row of each adapted Linear, and keeps two more outputs
+  // per token of each for backward.
+  const auto dora = estimate("phi-4-qlora.yaml", config_dir("phi-4"), 1, {"lora.use_dora=true"})[2];
+  const int64_t outputs = 7680 + 5120 + 35840 + 5120;
+  EXPECT_EQ(dora.row("adapters (fp32)", true), 4 * 40 * (per_layer + outputs));
+  EXPECT_EQ(dora.row("adapter gradients (fp32)", true), 4 * 40 * (per_layer + outputs));
+  EXPECT_GT(dora.row("activations", true), lora.row("activations", true));
 }
 
 TEST_F(Estimate, Gemma3_1bHasThePublishedShape) {

@@ -61,6 +61,21 @@ TEST_F(MergeCommand, MergedFloatModelComputesBasePlusAdapter) {
   EXPECT_EQ(io::read_json_file(path("merged_bf16/config.json"))["torch_dtype"], "bfloat16");
 }
 
+// PEFT's DoRA merge, W' = (m / ||W + dW||_row) (W + dW), computes base + DoRA adapter.
+TEST_F(MergeCommand, MergedDoraAdapterComputesBasePlusAdapter) {
+  write_random_adapter(path("base"), path("dora"), 8, 0.3, 5, /*dora=*/true);
+  for (const std::string base : {"base", "nf4"}) {
+    const std::string out = path("dora_" + base);
+    const auto result = merge({path(base), path("dora"), out, "--dtype", "fp32"});
+    ASSERT_EQ(result.exit_code, 0) << result.err;
+    const torch::Tensor expected = model_logits(path(base), path("dora"), 48);
+    const torch::Tensor merged = logits(out, /*with_adapter=*/false);
+    EXPECT_TRUE(torch::allclose(merged, expected, 1e-4, 1e-4)) << base << ": max difference "
+                                                               << (merged - expected).abs().max().item<double>();
+    EXPECT_FALSE(torch::allclose(expected, logits(path(base), /*with_adapter=*/true), 1e-3, 1e-3)) << "DoRA computes what LoRA with its A and B does";
+  }
+}
+
 TEST_F(MergeCommand, AnOutputOverItsBaseOrAdapterIsRefusedEvenWithForce) {
   const std::string base = read_file(path("base/model.safetensors")), adapter = read_file(path("adapter/adapter_model.safetensors"));
   for (const auto& [out, what] : {std::pair{path("base"), "its input checkpoint"}, std::pair{path("adapter"), "the adapter"},
@@ -92,7 +107,7 @@ TEST_F(MergeCommand, MismatchedAdapterIsNamedAndLeavesNothing) {
   nn::save_peft_adapter(other, path("wide_adapter"), path("wide"));
   const auto result = merge({path("base"), path("wide_adapter"), path("out")});
   EXPECT_EQ(result.exit_code, 1);
-  EXPECT_NE(result.err.find("q_proj.lora_A.weight' has shape [4, 96], the base weight needs [4, 64]"), std::string::npos)
+  EXPECT_NE(result.err.find("q_proj.lora_A.weight' has shape [4, 96], the module needs [4, 64]"), std::string::npos)
       << result.err;
   EXPECT_FALSE(fs::exists(path("out")));
   // An adapter key for a layer the base does not have.

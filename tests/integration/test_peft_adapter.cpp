@@ -82,6 +82,41 @@ TEST_F(PeftAdapterFiles, SaveReadLoadGivesIdenticalLogits) {
   EXPECT_TRUE(torch::equal(trained->forward(ids), loaded->forward(ids)));
 }
 
+// DoRA's magnitudes are saved as PEFT saves them (no ".weight") and come back exactly.
+TEST_F(PeftAdapterFiles, DoraAdapterSavesItsMagnitudesAndLoadsBackToTheSameLogits) {
+  const nn::LoraOptions lora{.r = 4, .alpha = 8, .use_dora = true};
+  auto trained = adapted_model(lora, {"q_proj", "down_proj"});
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& parameter : trained->parameters()) parameter.add_(torch::randn_like(parameter) * 0.1);
+  }
+  nn::save_peft_adapter(trained, path("adapter"), "tiny-llama");
+  EXPECT_EQ(io::read_json_file(path("adapter/adapter_config.json"))["use_dora"], true);
+  const io::SafetensorsFile weights(path("adapter/adapter_model.safetensors"));
+  EXPECT_EQ(weights.header().tensors.size(), 3u * 2 * 2);
+  EXPECT_EQ(weights.info("base_model.model.model.layers.1.mlp.down_proj.lora_magnitude_vector").shape, (std::vector<int64_t>{64}));
+
+  const nn::PeftAdapter adapter = nn::read_peft_adapter(path("adapter"));
+  EXPECT_TRUE(adapter.lora.use_dora);
+  auto loaded = adapted_model(adapter.lora, adapter.target_modules);
+  nn::load_adapter_weights(loaded, adapter, path("adapter"));
+  trained->eval();
+  loaded->eval();
+  const torch::Tensor ids = torch::randint(48, {2, 9}, torch::kInt64);
+  const torch::Tensor logits = trained->forward(ids);
+  EXPECT_TRUE(torch::equal(logits, loaded->forward(ids)));
+  // Without its magnitudes, or into a model without DoRA, the adapter is refused.
+  auto fresh = adapted_model(lora, {"q_proj", "down_proj"});
+  auto without = adapter;
+  for (auto it = without.tensors.begin(); it != without.tensors.end();) {
+    it = it->first.find("lora_magnitude_vector") != std::string::npos ? without.tensors.erase(it) : std::next(it);
+  }
+  EXPECT_NE(load_error(fresh, without).find("missing tensor 'base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector'"),
+            std::string::npos);
+  auto plain = adapted_model({.r = 4, .alpha = 8}, {"q_proj", "down_proj"});
+  EXPECT_NE(load_error(plain, adapter).find("use_dora = true, the model's adapters do not"), std::string::npos);
+}
+
 TEST_F(PeftAdapterFiles, InconsistentAdaptersAreNamed) {
   auto model = adapted_model({.r = 4, .alpha = 8}, {"q_proj", "v_proj"});
   nn::save_peft_adapter(model, path("adapter"), "tiny");
@@ -91,7 +126,7 @@ TEST_F(PeftAdapterFiles, InconsistentAdaptersAreNamed) {
   EXPECT_NE(load_error(wrong_r, adapter).find("the model's adapters have r = 8, the adapter's 4"), std::string::npos);
   auto lying = adapter;
   lying.tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] = torch::zeros({4, 63});
-  EXPECT_NE(load_error(model, lying).find("q_proj.lora_A.weight' has shape [4, 63], expected [4, 64]"), std::string::npos)
+  EXPECT_NE(load_error(model, lying).find("q_proj.lora_A.weight' has shape [4, 63], the module needs [4, 64]"), std::string::npos)
       << load_error(model, lying);
   auto missing = adapter;
   missing.tensors.erase("base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight");
@@ -113,8 +148,11 @@ TEST_F(PeftAdapterFiles, InconsistentAdaptersAreNamed) {
     }
     return std::string("no error");
   };
-  rewrite_config([](nlohmann::json& c) { c["use_dora"] = true; });
-  EXPECT_NE(read_error().find("adapter_config.json: key 'use_dora' = true is not supported"), std::string::npos) << read_error();
+  rewrite_config([](nlohmann::json& c) { c["fan_in_fan_out"] = true; });
+  EXPECT_NE(read_error().find("adapter_config.json: key 'fan_in_fan_out' = true is not supported"), std::string::npos) << read_error();
+  rewrite_config([](nlohmann::json& c) { c["fan_in_fan_out"] = false; c["use_dora"] = true; });
+  EXPECT_NE(load_error(model, nn::read_peft_adapter(path("adapter"))).find("the adapter has use_dora = true, the model's adapters do not"),
+            std::string::npos);
   rewrite_config([](nlohmann::json& c) { c["use_dora"] = false; c["peft_type"] = "IA3"; });
   EXPECT_NE(read_error().find("peft_type must be \"LORA\""), std::string::npos);
   rewrite_config([](nlohmann::json& c) { c["peft_type"] = "LORA"; c["target_modules"] = ".*proj"; });
@@ -146,8 +184,8 @@ TEST_F(PeftAdapterFiles, LoadsAnAdapterWrittenByPeft) {
   for (int layer = 0; layer < 2; ++layer) {
     for (const auto& [module, out] : {std::pair<std::string, int64_t>{"q_proj", 64}, {"v_proj", 32}}) {
       const std::string path = "model.layers." + std::to_string(layer) + ".self_attn." + module;
-      tensors[nn::peft_key(path, "lora_A")] = torch::randn({8, 64}).to(torch::kBFloat16);
-      tensors[nn::peft_key(path, "lora_B")] = torch::randn({out, 8}).to(torch::kBFloat16);
+      tensors[nn::peft_key(path, "lora_A.weight")] = torch::randn({8, 64}).to(torch::kBFloat16);
+      tensors[nn::peft_key(path, "lora_B.weight")] = torch::randn({out, 8}).to(torch::kBFloat16);
     }
   }
   io::write_tensor_file(path("peft/adapter_model.safetensors"), tensors);
@@ -160,7 +198,7 @@ TEST_F(PeftAdapterFiles, LoadsAnAdapterWrittenByPeft) {
   nn::load_adapter_weights(model, adapter, path("peft"));
   for (const auto& [module_path, linear] : model->linears()) {
     if (!linear->has_adapter()) continue;
-    EXPECT_TRUE(torch::equal(linear->lora_A, tensors.at(nn::peft_key(module_path, "lora_A")).to(torch::kFloat32))) << module_path;
-    EXPECT_TRUE(torch::equal(linear->lora_B, tensors.at(nn::peft_key(module_path, "lora_B")).to(torch::kFloat32))) << module_path;
+    EXPECT_TRUE(torch::equal(linear->lora_A, tensors.at(nn::peft_key(module_path, "lora_A.weight")).to(torch::kFloat32))) << module_path;
+    EXPECT_TRUE(torch::equal(linear->lora_B, tensors.at(nn::peft_key(module_path, "lora_B.weight")).to(torch::kFloat32))) << module_path;
   }
 }

@@ -162,6 +162,18 @@ TEST_F(DistributedTraining, TwoAndThreeRanksTakeTheStepsOfOne) {
   }
 }
 
+// DoRA's norms need each whole layer: with the base sharded they are taken from the gathered
+// layer (the magnitudes' start too, while the model is built), so two ranks train as one.
+TEST_F(DistributedTraining, DoraOnAShardedBaseTakesTheStepsOfOneRank) {
+  const auto single = train(1, "dora1", {"lora.use_dora=true"});
+  ASSERT_EQ(single.exit_code, 0) << single.err;
+  const auto sharded = train(2, "dora_shard2", {"lora.use_dora=true", "distributed.strategy=shard"});
+  ASSERT_FALSE(sharded.timed_out) << "mpirun hung";
+  ASSERT_EQ(sharded.exit_code, 0) << sharded.out << sharded.err;
+  expect_same_training("dora1", "dora_shard2");
+  EXPECT_EQ(adapter("dora1").size(), 3u * 7 * kLayers) << "A, B and a magnitude vector per Linear";
+}
+
 TEST_F(DistributedTraining, OnlyAdapterGradientsAreAllReducedAndTheBaseOnlyGathered) {
   const auto sharded = train(2, "shard");
   ASSERT_EQ(sharded.exit_code, 0) << sharded.out << sharded.err;

@@ -21,16 +21,21 @@ std::map<std::string, torch::Tensor> write_tiny_hf_model(const std::string& dir,
 }
 
 void write_random_adapter(const std::string& base_dir, const std::string& adapter_dir, double alpha, double scale,
-                          uint64_t seed) {
+                          uint64_t seed, bool dora) {
   nn::ModelOptions options;
   options.compute_dtype = torch::kFloat32;
   options.quantize_base = false;
-  options.lora = {.r = 4, .alpha = alpha};
+  options.lora = {.r = 4, .alpha = alpha, .use_dora = dora};
   options.target_modules = {"q_proj", "v_proj", "down_proj"};
   auto trained = nn::load_hf_model(base_dir, options);
   torch::NoGradGuard no_grad;
   torch::manual_seed(seed);
-  for (auto& parameter : trained->parameters()) parameter.normal_(0, scale);
+  for (auto& [path, linear] : trained->linears()) {
+    if (!linear->has_adapter()) continue;
+    linear->lora_A.normal_(0, scale);
+    linear->lora_B.normal_(0, scale);
+    if (dora) linear->lora_magnitude_vector.mul_(torch::empty_like(linear->lora_magnitude_vector).uniform_(0.5, 1.5));
+  }
   nn::save_peft_adapter(trained, adapter_dir, base_dir);
 }
 

@@ -20,9 +20,10 @@ struct TinyModelOptions {
 std::map<std::string, torch::Tensor> write_tiny_hf_model(const std::string& dir, const TinyModelOptions& options = {});
 
 // A PEFT adapter for the model in `base_dir` on q_proj, v_proj and down_proj, r = 4, with
-// A and B drawn from N(0, scale^2) (non-zero B, so it changes the model), as if trained.
+// A and B drawn from N(0, scale^2) (non-zero B, so it changes the model), as if trained; with
+// `dora`, DoRA magnitudes scaled by U(0.5, 1.5) from their start.
 void write_random_adapter(const std::string& base_dir, const std::string& adapter_dir, double alpha, double scale,
-                          uint64_t seed);
+                          uint64_t seed, bool dora = false);
 
 // Logits [2, 7] in float32 of fixed random ids below `vocab`: the model in `model_dir` as
 // stored (a float base stays float), with the PEFT adapter in `adapter_dir` unless empty.

@@ -1,5 +1,5 @@
 // Activation checkpointing changes memory, not results: logits and every adapter gradient
-// equal those of the plain backward, bit for bit on the CPU, with LoRA dropout too.
+// equal those of the plain backward, bit for bit on the CPU, with LoRA dropout and DoRA too.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -11,11 +11,11 @@ using namespace shardlora::testing;
 
 namespace {
 
-std::vector<torch::Tensor> gradients(bool checkpointing, double dropout, torch::Tensor* logits) {
+std::vector<torch::Tensor> gradients(bool checkpointing, double dropout, bool dora, torch::Tensor* logits) {
   static const Weights weights = random_weights(tiny_config("llama"), 31);
   ModelOptions options;
   options.compute_dtype = torch::kFloat32;
-  options.lora = {.r = 4, .alpha = 8, .dropout = dropout};
+  options.lora = {.r = 4, .alpha = 8, .dropout = dropout, .use_dora = dora};
   options.activation_checkpointing = checkpointing;
   torch::manual_seed(1);  // same adapter initialisation in both models
   LlamaModel model(tiny_config("llama"), lookup_in(weights), options, "test");
@@ -36,15 +36,19 @@ std::vector<torch::Tensor> gradients(bool checkpointing, double dropout, torch::
 }  // namespace
 
 TEST(ActivationCheckpointing, GradientsEqualThePlainBackward) {
-  for (const double dropout : {0.0, 0.1}) {
-    torch::Tensor plain_logits, checkpointed_logits;
-    const auto plain = gradients(false, dropout, &plain_logits);
-    const auto checkpointed = gradients(true, dropout, &checkpointed_logits);
-    EXPECT_TRUE(torch::equal(plain_logits, checkpointed_logits)) << "dropout " << dropout;
-    ASSERT_EQ(plain.size(), checkpointed.size());
-    for (size_t i = 0; i < plain.size(); ++i) {
-      EXPECT_TRUE(torch::equal(plain[i], checkpointed[i])) << "parameter " << i << ", dropout " << dropout;
-      EXPECT_GT(plain[i].abs().sum().item<double>(), 0.0) << "parameter " << i << " got no gradient";
+  for (const bool dora : {false, true}) {
+    for (const double dropout : {0.0, 0.1}) {
+      const std::string where = std::string(dora ? "DoRA" : "LoRA") + ", dropout " + std::to_string(dropout);
+      torch::Tensor plain_logits, checkpointed_logits;
+      const auto plain = gradients(false, dropout, dora, &plain_logits);
+      const auto checkpointed = gradients(true, dropout, dora, &checkpointed_logits);
+      EXPECT_TRUE(torch::equal(plain_logits, checkpointed_logits)) << where;
+      ASSERT_EQ(plain.size(), checkpointed.size());
+      EXPECT_EQ(plain.size(), (dora ? 3u : 2u) * 7 * tiny_config("llama").num_hidden_layers);
+      for (size_t i = 0; i < plain.size(); ++i) {
+        EXPECT_TRUE(torch::equal(plain[i], checkpointed[i])) << "parameter " << i << ", " << where;
+        EXPECT_GT(plain[i].abs().sum().item<double>(), 0.0) << "parameter " << i << " got no gradient";
+      }
     }
   }
 }

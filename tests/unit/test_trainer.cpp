@@ -97,6 +97,31 @@ TEST_F(TrainerRuns, AccumulationDoesNotChangeTheLoss) {
   EXPECT_THROW(Trainer(recipe("none")).run(StartMode::Resume), Error) << "nothing to resume";
 }
 
+// DoRA: the run starts where LoRA's does (the magnitudes equal the norms, B = 0) and then
+// takes other steps; the adapter holds PEFT's magnitude keys; with dropout and activation
+// checkpointing on, a resumed run equals the uninterrupted one bit for bit.
+TEST_F(TrainerRuns, DoraRunTakesItsOwnStepsAndResumesBitForBit) {
+  const std::vector<std::string> dora = {"lora.use_dora=true", "training.activation_checkpointing=true"};
+  Trainer(recipe("lora", {"training.activation_checkpointing=true"})).run(StartMode::Fresh);
+  Trainer(recipe("straight", dora)).run(StartMode::Fresh);
+  const auto expected = losses("straight"), lora = losses("lora");
+  ASSERT_EQ(expected.size(), 6u);
+  EXPECT_EQ(expected.front(), lora.front()) << "DoRA starts as the base model, as LoRA does";
+  EXPECT_NE(expected.back(), lora.back()) << "DoRA's steps differ from LoRA's";
+  Trainer(recipe("resumed", dora)).run(StartMode::Fresh, {.stop = [](int64_t step) { return step == 3; }});
+  Trainer(recipe("resumed", dora)).run(StartMode::Resume);
+  EXPECT_EQ(losses("resumed"), expected);
+  const auto a = io::read_tensor_file(path("straight/adapter/adapter_model.safetensors"));
+  const auto b = io::read_tensor_file(path("resumed/adapter/adapter_model.safetensors"));
+  ASSERT_EQ(a.size(), b.size());
+  int magnitudes = 0;
+  for (const auto& [key, tensor] : a) {
+    EXPECT_TRUE(torch::equal(tensor, b.at(key))) << key;
+    magnitudes += key.size() > 21 && key.compare(key.size() - 21, 21, "lora_magnitude_vector") == 0;
+  }
+  EXPECT_EQ(magnitudes * 3, static_cast<int>(a.size()));
+}
+
 // LoRA+: after the first step (B starts at zero, so A's gradient is zero and only B moves),
 // the B matrices of a ratio-16 run are 16 times those of a plain run, the A matrices equal;
 // ratio 1 is the plain run bit for bit.
@@ -196,6 +221,8 @@ TEST_F(TrainerRuns, InitFromStartsAtTheAdapterAndRefusesAnotherShape) {
             std::string::npos)
       << refusal("r8", {"lora.r=8"});
   EXPECT_NE(refusal("alpha", {"lora.alpha=8"}).find("the adapter has lora_alpha = 32, key 'lora.alpha' is 8"), std::string::npos);
+  EXPECT_NE(refusal("dora", {"lora.use_dora=true"}).find("the adapter has use_dora = false, key 'lora.use_dora' is true"),
+            std::string::npos);
   const std::string fewer = refusal("fewer", {"lora.target_modules=[q_proj, v_proj]"});
   EXPECT_NE(fewer.find("key 'lora.init_from'"), std::string::npos) << fewer;
   EXPECT_NE(fewer.find("matches no adapted module"), std::string::npos) << fewer;

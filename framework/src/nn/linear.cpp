@@ -1,6 +1,8 @@
 #include "shardlora/nn/linear.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "shardlora/kernels/check.h"
 #include "shardlora/kernels/gemv_4bit.h"
@@ -48,7 +50,12 @@ QuantizedLinear::QuantizedLinear(std::vector<int64_t> shape, std::optional<torch
 Linear4bit::Linear4bit(quant::QuantState state, std::optional<torch::Tensor> bias)
     : QuantizedLinear(state.shape, std::move(bias)), state_(std::move(state)) {}
 
-torch::Tensor QuantizedLinear::forward(const torch::Tensor& x) {
+torch::Tensor FrozenLinear::forward(const torch::Tensor& x) {
+  const torch::Tensor y = product(x);
+  return bias_ ? y + bias_->to(y.scalar_type()) : y;
+}
+
+torch::Tensor QuantizedLinear::product(const torch::Tensor& x) {
   const quant::QuantState& weight = state();
   torch::Tensor y;
   if (use_gemv(weight, x)) {
@@ -64,7 +71,7 @@ torch::Tensor QuantizedLinear::forward(const torch::Tensor& x) {
   } else {
     y = Linear4bitFunction::apply(x, static_cast<const QuantizedLinear*>(this));
   }
-  return bias_ ? y + bias_->to(y.scalar_type()) : y;
+  return y;
 }
 
 torch::Tensor QuantizedLinear::dense_weight(c10::ScalarType dtype) const { return dequantized_as(state(), dtype); }
@@ -74,10 +81,7 @@ DenseLinear::DenseLinear(torch::Tensor weight, std::optional<torch::Tensor> bias
   bias_ = std::move(bias);
 }
 
-torch::Tensor DenseLinear::forward(const torch::Tensor& x) {
-  const torch::Tensor y = torch::matmul(x, weight_.to(x.scalar_type()).t());
-  return bias_ ? y + bias_->to(y.scalar_type()) : y;
-}
+torch::Tensor DenseLinear::product(const torch::Tensor& x) { return torch::matmul(x, weight_.to(x.scalar_type()).t()); }
 
 double LoraOptions::scaling() const {
   if (r == 0) return 0.0;
@@ -92,25 +96,71 @@ AdaptedLinearImpl::AdaptedLinearImpl(std::shared_ptr<FrozenLinear> base, const L
   lora_B = register_parameter("lora_B", torch::zeros({base_->out_features(), lora.r}));
   torch::NoGradGuard no_grad;
   torch::nn::init::kaiming_uniform_(lora_A, std::sqrt(5.0));
+  if (!lora.use_dora) return;
+  // W is frozen: ||W||^2 per row once, in fp64 (by blocks of rows: no fp64 copy of W), where
+  // the base lives. With B = 0 the forward's norm is the fp32 root of it, the magnitudes' start.
+  const torch::Tensor weight = base_->dense_weight(torch::kFloat32);
+  const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 18) / weight.size(1));
+  std::vector<torch::Tensor> blocks;
+  for (int64_t row = 0; row < weight.size(0); row += rows) {
+    blocks.push_back(weight.narrow(0, row, std::min(rows, weight.size(0) - row)).to(torch::kFloat64).pow(2).sum(1));
+  }
+  weight_squared_norms_ = torch::cat(blocks);
+  lora_magnitude_vector = register_parameter("lora_magnitude_vector", weight_squared_norms_.to(torch::kFloat32).sqrt().cpu());
+}
+
+// ||W + s B A||^2 = ||W||^2 + 2 s rowsum(B * (W A^T)) + s^2 rowsum(B * (B A A^T)), W A^T from
+// the base's own product with A's rows: no [out, in] sum is formed, and a 4-bit W is
+// dequantized once, as a forward does.
+torch::Tensor AdaptedLinearImpl::weight_norm(c10::ScalarType dtype) const {
+  torch::NoGradGuard no_grad;
+  const auto precision = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  const torch::Tensor A = lora_A.to(weight_squared_norms_.device(), precision), B = lora_B.to(A.device(), precision);
+  const torch::Tensor weight_a = base_->product(A).t();  // [out, r]
+  const double s = lora_.scaling();
+  const torch::Tensor squared = weight_squared_norms_.to(precision) + 2 * s * (B * weight_a).sum(1) +
+                                s * s * (B * torch::matmul(B, torch::matmul(A, A.t()))).sum(1);
+  return squared.clamp_min(0).sqrt();
 }
 
 torch::Tensor AdaptedLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor y = base_->forward(x);
   if (!has_adapter()) return y;
-  const torch::Tensor h = lora_.dropout > 0 ? torch::dropout(x, lora_.dropout, is_training()) : x;
   const auto dtype = x.scalar_type();
-  return y + torch::matmul(torch::matmul(h, lora_A.to(dtype).t()), lora_B.to(dtype).t()) * lora_.scaling();
+  const auto adapter_output = [&](const torch::Tensor& h) {
+    return torch::matmul(torch::matmul(h, lora_A.to(dtype).t()), lora_B.to(dtype).t());
+  };
+  const bool dropping = lora_.dropout > 0 && is_training();
+  const torch::Tensor h = dropping ? torch::dropout(x, lora_.dropout, true) : x;
+  if (!lora_.use_dora) return y + adapter_output(h) * lora_.scaling();
+  // PEFT's order of operations, so fp64 agrees to rounding.
+  const torch::Tensor scale = (lora_magnitude_vector.to(dtype) / weight_norm(dtype).to(dtype)).view({1, -1});
+  torch::Tensor base_result;
+  if (dropping) {
+    base_result = base_->product(h);
+  } else {
+    base_result = base_->bias() ? y - base_->bias()->to(y.scalar_type()) : y;
+  }
+  return y + ((scale - 1) * base_result + scale * adapter_output(h) * lora_.scaling());
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> AdaptedLinearImpl::adapter_tensors() const {
+  if (!has_adapter()) return {};
+  std::vector<std::pair<std::string, torch::Tensor>> tensors = {{"lora_A.weight", lora_A}, {"lora_B.weight", lora_B}};
+  if (lora_.use_dora) tensors.emplace_back("lora_magnitude_vector", lora_magnitude_vector);  // PEFT drops its ".weight"
+  return tensors;
 }
 
 torch::Tensor AdaptedLinearImpl::merged_weight(c10::ScalarType dtype) const {
   torch::Tensor weight = base_->dense_weight(torch::kFloat32);
-  if (has_adapter()) weight = weight + torch::matmul(lora_B, lora_A).detach() * lora_.scaling();
+  if (!has_adapter()) return weight.to(dtype);
+  torch::NoGradGuard no_grad;
+  weight = weight + torch::matmul(lora_B, lora_A) * lora_.scaling();
+  if (lora_.use_dora) {
+    const torch::Tensor norm = weight.norm(2, {1});
+    weight = (lora_magnitude_vector / norm).view({-1, 1}) * weight;
+  }
   return weight.to(dtype);
-}
-
-torch::Tensor AdaptedLinearImpl::unmerge(const torch::Tensor& merged) const {
-  if (!has_adapter()) return merged;
-  return (merged.to(torch::kFloat32) - torch::matmul(lora_B, lora_A).detach() * lora_.scaling()).to(merged.scalar_type());
 }
 
 }  // namespace shardlora::nn

@@ -313,8 +313,9 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
     } else {
       for (auto& weight : layer_weights) bases.push_back(whole_base(std::move(weight)));
     }
-    Layer layer{to_model(require(weights, prefix + "input_layernorm.weight", {hidden}, label)),
-                to_model(require(weights, prefix + "post_attention_layernorm.weight", {hidden}, label)), {}};
+    Layer layer;
+    layer.input_norm = to_model(require(weights, prefix + "input_layernorm.weight", {hidden}, label));
+    layer.post_attention_norm = to_model(require(weights, prefix + "post_attention_layernorm.weight", {hidden}, label));
     for (size_t i = 0; i < shapes.size(); ++i) layer.linears.push_back(adapt(prefix + shapes[i].name, bases[i]));
     if (config.qk_norm) {
       layer.q_norm = to_model(require(weights, prefix + "self_attn.q_norm.weight", {config.head_dim}, label));

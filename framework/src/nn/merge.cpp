@@ -61,19 +61,7 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
     const std::string short_name = module_path.substr(module_path.rfind('.') + 1);
     if (!is_lora_target(adapter.target_modules, short_name)) return {{tensor.name, base->dense_weight(options.dtype)}};
     AdaptedLinear linear(base, adapter.lora);
-    {
-      torch::NoGradGuard no_grad;
-      for (const auto& [matrix, parameter] :
-           {std::pair<std::string, torch::Tensor>{"lora_A", linear->lora_A}, {"lora_B", linear->lora_B}}) {
-        const std::string key = peft_key(module_path, matrix);
-        const auto it = adapter.tensors.find(key);
-        SHARDLORA_CHECK(it != adapter.tensors.end(), adapter_dir, ": missing tensor '", key, "' for ", where);
-        SHARDLORA_CHECK(it->second.sizes() == parameter.sizes(), adapter_dir, ": tensor '", key, "' has shape ",
-                        it->second.sizes(), ", the base weight needs ", parameter.sizes(), " (r = ", adapter.lora.r, ")");
-        parameter.copy_(it->second);
-        used.insert(key);
-      }
-    }
+    copy_adapter_tensors(linear, module_path, adapter, adapter_dir + " (for " + where + ")", used);
     ++report.merged_modules;
     return {{tensor.name, linear->merged_weight(options.dtype)}};
   };

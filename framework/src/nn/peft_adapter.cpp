@@ -25,8 +25,8 @@ std::string shape_text(c10::IntArrayRef shape) {
 
 }  // namespace
 
-std::string peft_key(const std::string& module_path, const std::string& matrix) {
-  return "base_model.model." + module_path + "." + matrix + ".weight";
+std::string peft_key(const std::string& module_path, const std::string& suffix) {
+  return "base_model.model." + module_path + "." + suffix;
 }
 
 void save_peft_adapter(const LlamaModel& model, const std::string& dir, const std::string& base_model_name_or_path) {
@@ -38,8 +38,7 @@ void save_peft_adapter(const LlamaModel& model, const std::string& dir, const st
     if (!linear->has_adapter()) continue;
     lora = linear->lora();
     targets.insert(short_name(path));
-    tensors[peft_key(path, "lora_A")] = linear->lora_A.detach();
-    tensors[peft_key(path, "lora_B")] = linear->lora_B.detach();
+    for (const auto& [suffix, tensor] : linear->adapter_tensors()) tensors[peft_key(path, suffix)] = tensor.detach();
   }
   SHARDLORA_CHECK(!tensors.empty(), "save_peft_adapter: the model has no LoRA adapters");
   io::write_tensor_file(dir + "/" + kAdapterWeightsFile, tensors);
@@ -53,7 +52,7 @@ void save_peft_adapter(const LlamaModel& model, const std::string& dir, const st
       {"megatron_core", "megatron.core"}, {"modules_to_save", nullptr}, {"peft_type", "LORA"}, {"r", lora.r},
       {"rank_pattern", nlohmann::json::object()}, {"revision", nullptr},
       {"target_modules", std::vector<std::string>(targets.begin(), targets.end())}, {"task_type", "CAUSAL_LM"},
-      {"use_dora", false}, {"use_rslora", lora.use_rslora},
+      {"use_dora", lora.use_dora}, {"use_rslora", lora.use_rslora},
   };
   io::write_file_atomically(dir + "/" + kAdapterConfigFile, config.dump(2) + "\n");
 }
@@ -84,9 +83,10 @@ PeftAdapter read_peft_adapter(const std::string& dir) {
     adapter.lora.dropout = dropout->get<double>();
   }
   if (const auto* rslora = field("use_rslora")) adapter.lora.use_rslora = rslora->is_boolean() && rslora->get<bool>();
+  if (const auto* dora = field("use_dora")) adapter.lora.use_dora = dora->is_boolean() && dora->get<bool>();
   if (const auto* bias = field("bias")) unsupported_unless("bias", bias->is_string() && bias->get<std::string>() == "none");
   // Variants of LoRA, and options that change which modules are adapted: none implemented.
-  for (const char* key : {"use_dora", "fan_in_fan_out", "lora_bias", "use_qalora"}) {
+  for (const char* key : {"fan_in_fan_out", "lora_bias", "use_qalora"}) {
     if (const auto* flag = field(key)) unsupported_unless(key, flag->is_boolean() && !flag->get<bool>());
   }
   for (const char* key : {"rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform", "exclude_modules",
@@ -121,22 +121,28 @@ PeftAdapter read_peft_adapter(const std::string& dir) {
   return adapter;
 }
 
+void copy_adapter_tensors(const AdaptedLinear& linear, const std::string& module_path, const PeftAdapter& adapter,
+                          const std::string& label, std::set<std::string>& used) {
+  SHARDLORA_CHECK(linear->lora().r == adapter.lora.r, label, ": the model's adapters have r = ", linear->lora().r,
+                  ", the adapter's ", adapter.lora.r);
+  SHARDLORA_CHECK(linear->lora().use_dora == adapter.lora.use_dora, label, ": the adapter has use_dora = ",
+                  adapter.lora.use_dora ? "true" : "false", ", the model's adapters ", linear->lora().use_dora ? "use DoRA" : "do not");
+  torch::NoGradGuard no_grad;
+  for (const auto& [suffix, parameter] : linear->adapter_tensors()) {
+    const std::string key = peft_key(module_path, suffix);
+    const auto it = adapter.tensors.find(key);
+    SHARDLORA_CHECK(it != adapter.tensors.end(), label, ": missing tensor '", key, "'");
+    SHARDLORA_CHECK(it->second.sizes() == parameter.sizes(), label, ": tensor '", key, "' has shape ", shape_text(it->second.sizes()),
+                    ", the module needs ", shape_text(parameter.sizes()), " (r = ", adapter.lora.r, ")");
+    parameter.copy_(it->second);
+    used.insert(key);
+  }
+}
+
 void load_adapter_weights(LlamaModel& model, const PeftAdapter& adapter, const std::string& label) {
   std::set<std::string> used;
-  torch::NoGradGuard no_grad;
   for (auto& [path, linear] : model->linears()) {
-    if (!linear->has_adapter()) continue;
-    SHARDLORA_CHECK(linear->lora().r == adapter.lora.r, label, ": the model's adapters have r = ", linear->lora().r,
-                    ", the adapter's ", adapter.lora.r);
-    for (const auto& [matrix, parameter] : {std::pair<std::string, torch::Tensor>{"lora_A", linear->lora_A}, {"lora_B", linear->lora_B}}) {
-      const std::string key = peft_key(path, matrix);
-      const auto it = adapter.tensors.find(key);
-      SHARDLORA_CHECK(it != adapter.tensors.end(), label, ": missing tensor '", key, "'");
-      SHARDLORA_CHECK(it->second.sizes() == parameter.sizes(), label, ": tensor '", key, "' has shape ", shape_text(it->second.sizes()),
-                      ", expected ", shape_text(parameter.sizes()), " (r = ", adapter.lora.r, ")");
-      parameter.copy_(it->second);
-      used.insert(key);
-    }
+    if (linear->has_adapter()) copy_adapter_tensors(linear, path, adapter, label, used);
   }
   for (const auto& [key, tensor] : adapter.tensors) {
     SHARDLORA_CHECK(used.count(key), label, ": tensor '", key, "' matches no adapted module of the model (target_modules?)");

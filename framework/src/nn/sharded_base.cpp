@@ -247,7 +247,9 @@ ShardedBase::Slot& ShardedBase::resident_slot(int64_t index) {
   } else {
     next = index - 1;
   }
-  if (next >= 0 && !holding(next)) start_gather(*slots_[1 - current_], next);
+  // While the model is built (DoRA's magnitudes read each layer as it is added), the next
+  // layer may not be loaded yet: every rank skips the same prefetch.
+  if (next >= 0 && layers_[static_cast<size_t>(next)] && !holding(next)) start_gather(*slots_[1 - current_], next);
   return *slot;
 }
 

@@ -56,7 +56,8 @@ nn::ModelOptions model_options_from(const Recipe& recipe) {
   options.quant.blocksize = std::stoll(recipe.get_string("model.quantization.blocksize"));
   options.quant.double_quant = recipe.get_bool("model.quantization.double_quant");
   options.lora = {.r = recipe.get_int("lora.r"), .alpha = recipe.get_float("lora.alpha"),
-                  .dropout = recipe.get_float("lora.dropout"), .use_rslora = recipe.get_bool("lora.rslora")};
+                  .dropout = recipe.get_float("lora.dropout"), .use_rslora = recipe.get_bool("lora.rslora"),
+                  .use_dora = recipe.get_bool("lora.use_dora")};
   options.target_modules = recipe.get_strings("lora.target_modules");
   options.activation_checkpointing = recipe.get_bool("training.activation_checkpointing");
   options.neftune_alpha = recipe.get_float("training.neftune_alpha");
@@ -65,14 +66,15 @@ nn::ModelOptions model_options_from(const Recipe& recipe) {
 
 optim::AdamWOptions adamw_options_from(const Recipe& recipe, int64_t total_steps, const nn::LlamaModel& model) {
   optim::AdamWOptions adamw;
-  // LoRA+ (PEFT's create_loraplus_optimizer): the B matrices learn at ratio x the rate.
+  // LoRA+ (PEFT's create_loraplus_optimizer): the B matrices, and every 1-D parameter (DoRA's
+  // magnitudes), learn at ratio x the rate.
   if (const double ratio = recipe.get_float("optimizer.loraplus_lr_ratio"); ratio > 0) {
     std::set<const void*> b_matrices;
     for (const auto& [path, linear] : model->linears()) {
       if (linear->lora_B.defined()) b_matrices.insert(linear->lora_B.unsafeGetTensorImpl());
     }
     for (const torch::Tensor& param : model->parameters()) {
-      adamw.lr_multipliers.push_back(b_matrices.count(param.unsafeGetTensorImpl()) ? ratio : 1.0);
+      adamw.lr_multipliers.push_back(b_matrices.count(param.unsafeGetTensorImpl()) || param.dim() == 1 ? ratio : 1.0);
     }
   }
   adamw.lr = recipe.get_float("optimizer.lr");

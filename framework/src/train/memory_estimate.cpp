@@ -22,14 +22,22 @@ int64_t quantized_bytes(int64_t parameters, int64_t blocksize, bool double_quant
   return (parameters + 1) / 2 + state;
 }
 
-int64_t adapter_parameters(const Recipe& recipe, const nn::LlamaConfig& c) {
+// The decoder Linears the recipe's lora.target_modules adapt.
+std::vector<nn::DecoderLinear> adapted_linears(const Recipe& recipe, const nn::LlamaConfig& c) {
   const auto targets = recipe.get_strings("lora.target_modules");
   const std::set<std::string> chosen(targets.begin(), targets.end());
-  const bool all = chosen.count("all-linear") > 0;
-  int64_t total = 0;
+  std::vector<nn::DecoderLinear> adapted;
   for (const auto& linear : nn::decoder_linears(c)) {
-    if (all || chosen.count(linear.name.substr(linear.name.find('.') + 1))) total += recipe.get_int("lora.r") * (linear.in + linear.out);
+    if (chosen.count("all-linear") || chosen.count(linear.name.substr(linear.name.find('.') + 1))) adapted.push_back(linear);
   }
+  return adapted;
+}
+
+// A and B, and DoRA's magnitude per output row.
+int64_t adapter_parameters(const Recipe& recipe, const nn::LlamaConfig& c) {
+  const bool dora = recipe.get_bool("lora.use_dora");
+  int64_t total = 0;
+  for (const auto& linear : adapted_linears(recipe, c)) total += recipe.get_int("lora.r") * (linear.in + linear.out) + (dora ? linear.out : 0);
   return total * c.num_hidden_layers;
 }
 
@@ -40,7 +48,8 @@ struct LayerActivations {
   int64_t per_token, per_token_position;
 };
 
-LayerActivations layer_activations(const nn::LlamaConfig& c, int64_t dtype_bytes, int64_t lora_r, bool lora_dropout) {
+LayerActivations layer_activations(const nn::LlamaConfig& c, int64_t dtype_bytes, int64_t lora_r, bool lora_dropout,
+                                   int64_t dora_outputs) {
   const int64_t h = c.hidden_size, q = c.q_size(), i = c.intermediate_size;
   int64_t per_token = 2 * 2 * dtype_bytes * h  // two fused RMSNorms: the input and the output (the Linears' input)
                       + dtype_bytes * 3 * q    // q, k (rotated in place) and v repeated to every head, as attention keeps them
@@ -51,6 +60,8 @@ LayerActivations layer_activations(const nn::LlamaConfig& c, int64_t dtype_bytes
     int64_t inputs = 0;
     for (const auto& linear : nn::decoder_linears(c)) inputs += linear.in;
     per_token += dtype_bytes * 7 * lora_r + (lora_dropout ? (dtype_bytes + 1) * inputs : 0);
+    // DoRA keeps W x and B A x of each adapted Linear for the magnitudes' gradient.
+    per_token += 2 * dtype_bytes * dora_outputs;
   }
   return {kActivationOverhead * per_token, c.num_attention_heads * (4 + (dtype_bytes == 4 ? 0 : dtype_bytes)) + 1};
 }
@@ -117,8 +128,15 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
   // 1.13 on the CPU computes eager attention per document, counted here for documents as
   // long as a row (the worst case: packed short documents take less).
   const bool eager_attention = !options.on_gpu;
+  const bool dora = recipe.get_bool("lora.use_dora");
+  int64_t dora_outputs = 0, dora_largest = 0;  // per layer: the adapted Linears' outputs, the largest weight
+  for (const auto& linear : dora ? adapted_linears(recipe, c) : std::vector<nn::DecoderLinear>{}) {
+    dora_outputs += linear.out;
+    dora_largest = std::max(dora_largest, linear.out * linear.in);
+  }
   const auto activation_bytes = [&](bool lora) {
-    const LayerActivations per_layer = layer_activations(c, dtype_bytes, lora ? r : 0, lora && recipe.get_float("lora.dropout") > 0);
+    const LayerActivations per_layer =
+        layer_activations(c, dtype_bytes, lora ? r : 0, lora && recipe.get_float("lora.dropout") > 0, dora_outputs);
     const int64_t one_layer = tokens * per_layer.per_token + (eager_attention ? tokens * seq * per_layer.per_token_position : 0);
     // Checkpointing keeps each layer's input and recomputes one layer at a time in backward.
     const int64_t kept = checkpointing ? layers * tokens * c.hidden_size * dtype_bytes + one_layer : layers * one_layer;
@@ -131,7 +149,16 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
   const int64_t attention_transient = eager_attention ? 3 * tokens * seq * c.num_attention_heads * 4 : 0;
   const int64_t chunk_rows = nn::loss_chunk_rows(tokens, c.hidden_size, c.vocab_size);
   const int64_t loss_transient = chunk_rows * c.vocab_size * dtype_bytes + tokens * (c.hidden_size * dtype_bytes + 4);
-  const int64_t transient = std::max(attention_transient, loss_transient);
+  // With adapters, DoRA's norm of W + scaling * B A too: the largest base dequantized in fp32
+  // for W A^T.
+  const int64_t dora_transient = 4 * dora_largest;
+  const auto transient_row = [&](bool adapters) {
+    if (adapters && dora_transient > std::max(attention_transient, loss_transient)) {
+      return row("transient: DoRA's weight norm", dora_transient, true);
+    }
+    return attention_transient > loss_transient ? row("transient: one layer's attention", attention_transient, true)
+                                                : row("transient: a loss chunk", loss_transient, true);
+  };
 
   std::vector<MemoryEstimate> estimates;
   for (const Method method : {Method::FullFinetune, Method::Lora16, Method::QLora}) {
@@ -166,8 +193,7 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
       }
       e.rows.push_back(row("activations", activation_bytes(true), true));
     }
-    e.rows.push_back(row(attention_transient > loss_transient ? "transient: one layer's attention" : "transient: a loss chunk",
-                         transient, true));
+    e.rows.push_back(transient_row(method != Method::FullFinetune));
     if (world > 1) {
       // Two buckets in flight, capped by what there is to reduce.
       const int64_t gradient_bytes = method == Method::FullFinetune ? 2 * parameter_count(c) : 4 * adapter_params;

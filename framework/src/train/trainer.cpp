@@ -58,6 +58,8 @@ void start_from_adapter(nn::LlamaModel& model, const std::string& dir, const Rec
                   ", key 'lora.alpha' is ", recipe.get_float("lora.alpha"));
   SHARDLORA_CHECK(adapter.lora.use_rslora == recipe.get_bool("lora.rslora"), where, ": the adapter has use_rslora = ",
                   adapter.lora.use_rslora ? "true" : "false", ", key 'lora.rslora' is ", recipe.get_bool("lora.rslora") ? "true" : "false");
+  SHARDLORA_CHECK(adapter.lora.use_dora == recipe.get_bool("lora.use_dora"), where, ": the adapter has use_dora = ",
+                  adapter.lora.use_dora ? "true" : "false", ", key 'lora.use_dora' is ", recipe.get_bool("lora.use_dora") ? "true" : "false");
   try {
     nn::load_adapter_weights(model, adapter, dir);
   } catch (const Error& error) {

@@ -2,6 +2,11 @@
 // merging) with an optional LoRA adapter on top, as PEFT defines it (FORMATS.md §4.4):
 //   y = base(x) + scaling * B(A(dropout(x))),  A [r, in] kaiming-uniform(a=sqrt 5), B [out, r] zeros,
 //   scaling = alpha / r, or alpha / sqrt(r) with use_rslora.
+// With use_dora, DoRA as PEFT's DoraLinearLayer computes it (tuners/lora/dora.py): a
+// magnitude m [out] starts as the row norms of W, and
+//   y = base(x) + (m / n - 1) * W x_d + (m / n) * scaling * B(A(x_d)),  n = ||W + scaling * B A||_row
+// with n a constant for autograd (detached) and x_d = dropout(x); without dropout or in eval
+// W x_d is base(x) less the bias, as PEFT reuses it. The 4-bit base is dequantized for n.
 // Adapter weights are fp32 parameters, used in the compute dtype of x.
 #pragma once
 
@@ -17,7 +22,8 @@ namespace shardlora::nn {
 class FrozenLinear {
  public:
   virtual ~FrozenLinear() = default;
-  virtual torch::Tensor forward(const torch::Tensor& x) = 0;  // [..., in] -> [..., out]
+  torch::Tensor forward(const torch::Tensor& x);  // [..., in] -> [..., out]: product + bias
+  virtual torch::Tensor product(const torch::Tensor& x) = 0;  // x W^T, without the bias
   virtual torch::Tensor dense_weight(c10::ScalarType dtype) const = 0;  // [out, in]
   virtual int64_t in_features() const = 0;
   virtual int64_t out_features() const = 0;
@@ -32,7 +38,7 @@ class FrozenLinear {
 // gradient, dequantizing again instead of saving W.
 class QuantizedLinear : public FrozenLinear {
  public:
-  torch::Tensor forward(const torch::Tensor& x) override;
+  torch::Tensor product(const torch::Tensor& x) override;
   torch::Tensor dense_weight(c10::ScalarType dtype) const override;
   int64_t in_features() const override { return shape_[1]; }
   int64_t out_features() const override { return shape_[0]; }
@@ -60,7 +66,7 @@ class Linear4bit : public QuantizedLinear {
 class DenseLinear : public FrozenLinear {
  public:
   explicit DenseLinear(torch::Tensor weight, std::optional<torch::Tensor> bias = std::nullopt);
-  torch::Tensor forward(const torch::Tensor& x) override;
+  torch::Tensor product(const torch::Tensor& x) override;
   torch::Tensor dense_weight(c10::ScalarType dtype) const override { return weight_.to(dtype); }
   int64_t in_features() const override { return weight_.size(1); }
   int64_t out_features() const override { return weight_.size(0); }
@@ -75,6 +81,7 @@ struct LoraOptions {
   double alpha = 16.0;
   double dropout = 0.0;
   bool use_rslora = false;
+  bool use_dora = false;
   double scaling() const;
 };
 
@@ -88,12 +95,21 @@ class AdaptedLinearImpl : public torch::nn::Module {
   FrozenLinear& base() { return *base_; }
   const FrozenLinear& base() const { return *base_; }
   torch::Tensor lora_A, lora_B;  // [r, in], [out, r] fp32 parameters (undefined without an adapter)
+  torch::Tensor lora_magnitude_vector;  // [out] fp32 parameter with use_dora (else undefined)
 
-  // W + scaling * B A in `dtype` (for shardlora merge), and its inverse.
+  // The adapter's tensors by the suffix PEFT saves them under (after "<module path>."):
+  // lora_A.weight, lora_B.weight and, with DoRA, lora_magnitude_vector.
+  std::vector<std::pair<std::string, torch::Tensor>> adapter_tensors() const;
+
+  // W + scaling * B A in `dtype` (for shardlora merge; DoRA: scaled by row to the
+  // magnitudes, as PEFT merges).
   torch::Tensor merged_weight(c10::ScalarType dtype) const;
-  torch::Tensor unmerge(const torch::Tensor& merged) const;
 
  private:
+  // ||W + scaling * B A|| per row, without gradient, in fp64 for fp64 and else in fp32.
+  torch::Tensor weight_norm(c10::ScalarType dtype) const;
+  torch::Tensor weight_squared_norms_;  // ||W||^2 per row, fp64, with DoRA
+
   std::shared_ptr<FrozenLinear> base_;
   LoraOptions lora_;
 };

@@ -2,9 +2,11 @@
 // loads with PeftModel.from_pretrained and one trained with PEFT loads here:
 //   adapter_config.json        peft_type LORA, r, lora_alpha, lora_dropout, target_modules, ...
 //   adapter_model.safetensors  base_model.model.<module path>.lora_A.weight [r, in], .lora_B.weight [out, r]
+//                              and with DoRA (use_dora) .lora_magnitude_vector [out]
 #pragma once
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -22,19 +24,23 @@ struct PeftAdapter {
   std::map<std::string, torch::Tensor> tensors;  // by PEFT key
 };
 
-// base_model.model.<module path>.lora_A.weight / .lora_B.weight
-std::string peft_key(const std::string& module_path, const std::string& matrix);
+// base_model.model.<module path>.<suffix>, a suffix of AdaptedLinear::adapter_tensors
+std::string peft_key(const std::string& module_path, const std::string& suffix);
 
 // Writes both files into `dir` (created if needed), each atomically (temporary file + rename).
 void save_peft_adapter(const LlamaModel& model, const std::string& dir, const std::string& base_model_name_or_path);
 
-// Reads and validates both files; features shardlora does not implement (DoRA, rank or alpha
+// Reads and validates both files; features shardlora does not implement (rank or alpha
 // patterns, regex targets, modules_to_save, bias other than "none") are errors naming the key.
 PeftAdapter read_peft_adapter(const std::string& dir);
 
 // Copies the adapter's tensors into a model built with the adapter's LoRA options and targets.
-// Every adapted module needs both matrices with shapes that agree with r and the module;
-// missing or extra keys are errors naming the file and key.
+// Every adapted module needs its tensors with shapes that agree with r and the module;
+// missing or extra keys, or DoRA on one side only, are errors naming the file and key.
 void load_adapter_weights(LlamaModel& model, const PeftAdapter& adapter, const std::string& label);
+
+// The same for one module at `module_path`, recording the keys it took in `used`.
+void copy_adapter_tensors(const AdaptedLinear& linear, const std::string& module_path, const PeftAdapter& adapter,
+                          const std::string& label, std::set<std::string>& used);
 
 }  // namespace shardlora::nn
