@@ -77,7 +77,7 @@ int run_eval(const EvalArgs& args) {
   SHARDLORA_CHECK(!indices.empty(), data_path, ": no samples to evaluate");
 
   const std::string model_dir = recipe.get_string("model.path");
-  const auto tokenizer = data::load_tokenizer(model_dir);
+  const auto tokenizer = data::load_tokenizer(data::tokenizer_dir(model_dir, adapter_dir));
   const data::ChatTemplate chat_template = train::chat_template_from(recipe, model_dir, *tokenizer);
   nn::ModelOptions options = train::model_options_from(recipe);
   options.activation_checkpointing = false;
@@ -85,8 +85,7 @@ int run_eval(const EvalArgs& args) {
   std::optional<nn::PeftAdapter> adapter;
   if (!adapter_dir.empty()) {
     adapter = nn::read_peft_adapter(adapter_dir);
-    options.lora = adapter->lora;
-    options.target_modules = adapter->target_modules;
+    nn::set_adapter_options(*adapter, options);
   }
   nn::LlamaModel model = nn::load_hf_model(model_dir, options);
   if (adapter) nn::load_adapter_weights(model, *adapter, adapter_dir);

@@ -82,7 +82,7 @@ std::vector<int64_t> chat_prompt(const data::ChatTemplate& chat_template, const 
 int run_generate(GenerateArgs args, bool dtype_given, bool quant_given) {
   std::optional<data::ChatTemplate> chat_template;
   std::unique_ptr<data::Tokenizer> tokenizer;
-  if (!args.prompt_text.empty()) tokenizer = data::load_tokenizer(args.model_dir);
+  if (!args.prompt_text.empty()) tokenizer = data::load_tokenizer(data::tokenizer_dir(args.model_dir, args.adapter_dir));
   if (!args.recipe_path.empty()) {
     const train::Recipe recipe = train::Recipe::load(args.recipe_path);
     if (!dtype_given) args.dtype = recipe.get_string("model.dtype");
@@ -109,8 +109,7 @@ int run_generate(GenerateArgs args, bool dtype_given, bool quant_given) {
   std::optional<nn::PeftAdapter> adapter;
   if (!args.adapter_dir.empty()) {
     adapter = nn::read_peft_adapter(args.adapter_dir);
-    options.lora = adapter->lora;
-    options.target_modules = adapter->target_modules;
+    nn::set_adapter_options(*adapter, options);
   }
   nn::LlamaModel model = nn::load_hf_model(args.model_dir, options);
   if (adapter) nn::load_adapter_weights(model, *adapter, args.adapter_dir);

@@ -174,6 +174,10 @@ TEST_F(Estimate, Phi4HasThePublishedShape) {
   EXPECT_EQ(dora.row("adapters (fp32)", true), 4 * 40 * (per_layer + outputs));
   EXPECT_EQ(dora.row("adapter gradients (fp32)", true), 4 * 40 * (per_layer + outputs));
   EXPECT_GT(dora.row("activations", true), lora.row("activations", true));
+  // Two added tokens: their rows of embed_tokens and the untied lm_head train.
+  const auto tokens = estimate("phi-4-qlora.yaml", config_dir("phi-4"), 1, {"data.add_special_tokens=[<a>, <b>]"})[2];
+  EXPECT_EQ(tokens.row("adapters (fp32)", true), 4 * (40 * per_layer + 2 * 2 * 5120));
+  EXPECT_EQ(tokens.row("added token rows: lm_head gradient, matrix copies", true), 100352LL * 5120 * (4 + 2 * 2));
 }
 
 TEST_F(Estimate, Gemma3_1bHasThePublishedShape) {

@@ -161,7 +161,13 @@ TEST_F(PeftAdapterFiles, InconsistentAdaptersAreNamed) {
   EXPECT_NE(read_error().find("key 'layers_to_transform' = [0] is not supported"), std::string::npos) << read_error();
   rewrite_config([](nlohmann::json& c) { c.erase("layers_to_transform"); c["lora_bias"] = true; });
   EXPECT_NE(read_error().find("key 'lora_bias' = true is not supported"), std::string::npos) << read_error();
-  rewrite_config([](nlohmann::json& c) { c.erase("lora_bias"); c.erase("r"); });
+  rewrite_config([](nlohmann::json& c) { c.erase("lora_bias"); c["trainable_token_indices"] = {{"embed_tokens", {3}}, {"lm_head", {4}}}; });
+  EXPECT_NE(read_error().find("trains other rows of lm_head than of embed_tokens"), std::string::npos) << read_error();
+  rewrite_config([](nlohmann::json& c) { c["trainable_token_indices"] = {{"q_proj", {3}}}; });
+  EXPECT_NE(read_error().find("key 'trainable_token_indices' = {\"q_proj\":[3]} is not supported"), std::string::npos) << read_error();
+  rewrite_config([](nlohmann::json& c) { c["trainable_token_indices"] = {5, 6}; });
+  EXPECT_NE(load_error(model, nn::read_peft_adapter(path("adapter"))).find("the adapter trains 2 token rows"), std::string::npos);
+  rewrite_config([](nlohmann::json& c) { c.erase("trainable_token_indices"); c.erase("r"); });
   EXPECT_NE(read_error().find("key 'r' must be a positive integer"), std::string::npos);
 }
 

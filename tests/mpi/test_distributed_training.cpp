@@ -174,6 +174,19 @@ TEST_F(DistributedTraining, DoraOnAShardedBaseTakesTheStepsOfOneRank) {
   EXPECT_EQ(adapter("dora1").size(), 3u * 7 * kLayers) << "A, B and a magnitude vector per Linear";
 }
 
+// Added tokens' rows are replicated parameters beside a sharded base: their gradients are
+// all-reduced with the adapters', so two ranks train them as one does.
+TEST_F(DistributedTraining, AddedTokenRowsOnAShardedBaseTakeTheStepsOfOneRank) {
+  const std::string tokens = "data.add_special_tokens=[<|a|>, <|b|>]";
+  const auto single = train(1, "tokens1", {tokens});
+  ASSERT_EQ(single.exit_code, 0) << single.err;
+  const auto sharded = train(2, "tokens_shard2", {tokens, "distributed.strategy=shard"});
+  ASSERT_FALSE(sharded.timed_out) << "mpirun hung";
+  ASSERT_EQ(sharded.exit_code, 0) << sharded.out << sharded.err;
+  expect_same_training("tokens1", "tokens_shard2");
+  EXPECT_EQ(adapter("tokens1").count("base_model.model.lm_head.token_adapter.trainable_tokens_delta"), 1u);
+}
+
 TEST_F(DistributedTraining, OnlyAdapterGradientsAreAllReducedAndTheBaseOnlyGathered) {
   const auto sharded = train(2, "shard");
   ASSERT_EQ(sharded.exit_code, 0) << sharded.out << sharded.err;

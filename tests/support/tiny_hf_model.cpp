@@ -46,8 +46,7 @@ torch::Tensor model_logits(const std::string& model_dir, const std::string& adap
   std::optional<nn::PeftAdapter> adapter;
   if (!adapter_dir.empty()) {
     adapter = nn::read_peft_adapter(adapter_dir);
-    options.lora = adapter->lora;
-    options.target_modules = adapter->target_modules;
+    nn::set_adapter_options(*adapter, options);
   }
   auto model = nn::load_hf_model(model_dir, options);
   if (adapter) nn::load_adapter_weights(model, *adapter, adapter_dir);

@@ -11,7 +11,11 @@
 
 #include "shardlora/io/tensor_file.h"
 #include "shardlora/kernels/check.h"
+#include "shardlora/data/tokenizer.h"
+#include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/nn/hf_loader.h"
+#include "shardlora/nn/merge.h"
+#include "shardlora/nn/peft_adapter.h"
 #include "shardlora/train/trainer.h"
 #include "tiny_training_run.h"
 
@@ -120,6 +124,79 @@ TEST_F(TrainerRuns, DoraRunTakesItsOwnStepsAndResumesBitForBit) {
     magnitudes += key.size() > 21 && key.compare(key.size() - 21, 21, "lora_magnitude_vector") == 0;
   }
   EXPECT_EQ(magnitudes * 3, static_cast<int>(a.size()));
+}
+
+// data.add_special_tokens: the adapter carries a tokenizer that knows the new tokens (ids from
+// the tokenizer's size on, one id each), the model grows to hold them and trains only their
+// rows of embed_tokens and the untied lm_head (PEFT's keys and trainable_token_indices); the
+// run resumes bit for bit; the adapter loads back to the trained model's logits, and merge
+// writes the grown model (vocab_size, the rows, the tokenizer) computing the same.
+TEST_F(TrainerRuns, AddedTokensTrainOnlyTheirRowsLoadBackMergeAndResumeBitForBit) {
+  {
+    std::ofstream data(path("tokens.jsonl"));
+    for (int i = 0; i < 24; ++i) data << R"({"text": "<|cat|> sat on the <|mat|> )" << i % 5 << R"("})" << "\n";
+  }
+  const std::vector<std::string> tokens = {"data.train=" + path("tokens.jsonl"), "data.add_special_tokens=[<|cat|>, <|mat|>]"};
+  Trainer straight(recipe("straight", tokens));
+  straight.run(StartMode::Fresh);
+  const std::string adapter_dir = path("straight/adapter");
+  const auto tokenizer = data::load_tokenizer(adapter_dir);
+  EXPECT_EQ(tokenizer->token_id("<|cat|>"), 259);
+  EXPECT_EQ(tokenizer->token_id("<|mat|>"), 260);
+  EXPECT_EQ(tokenizer->encode("<|cat|> x"), (std::vector<int64_t>{259, 32, 120}));
+  EXPECT_EQ(data::load_tokenizer(path("model"))->vocab_size(), 259) << "the base model's tokenizer is left as it was";
+  const auto config = io::read_json_file(adapter_dir + "/adapter_config.json");
+  EXPECT_EQ(config["trainable_token_indices"], nlohmann::json({{"embed_tokens", {259, 260}}, {"lm_head", {259, 260}}}));
+  const auto tensors = io::read_tensor_file(adapter_dir + "/adapter_model.safetensors");
+  const torch::Tensor embed_rows = tensors.at("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta");
+  const torch::Tensor head_rows = tensors.at("base_model.model.lm_head.token_adapter.trainable_tokens_delta");
+  EXPECT_EQ(embed_rows.sizes(), (std::vector<int64_t>{2, 64}));
+  // They started as the mean row (transformers' resize) and moved.
+  const auto base = io::read_tensor_file(path("model/model.safetensors"));
+  const torch::Tensor mean = base.at("model.embed_tokens.weight").to(torch::kFloat32).mean(0);
+  EXPECT_GT((embed_rows - mean).abs().max().item<double>(), 1e-4);
+  EXPECT_GT((head_rows - base.at("lm_head.weight").to(torch::kFloat32).mean(0)).abs().max().item<double>(), 1e-4);
+
+  Trainer(recipe("resumed", tokens)).run(StartMode::Fresh, {.stop = [](int64_t step) { return step == 3; }});
+  Trainer(recipe("resumed", tokens)).run(StartMode::Resume);
+  EXPECT_EQ(losses("resumed"), losses("straight"));
+  const auto resumed = io::read_tensor_file(path("resumed/adapter/adapter_model.safetensors"));
+  ASSERT_EQ(resumed.size(), tensors.size());
+  for (const auto& [key, tensor] : tensors) EXPECT_TRUE(torch::equal(tensor, resumed.at(key))) << key;
+
+  const nn::PeftAdapter adapter = nn::read_peft_adapter(adapter_dir);
+  EXPECT_EQ(adapter.trainable_tokens, (std::vector<int64_t>{259, 260}));
+  const auto load_back = [&](bool quantized) {
+    nn::ModelOptions options;
+    options.compute_dtype = torch::kFloat32;
+    options.quantize_base = quantized;
+    nn::set_adapter_options(adapter, options);
+    nn::LlamaModel model = nn::load_hf_model(path("model"), options);
+    nn::load_adapter_weights(model, adapter, adapter_dir);
+    model->eval();
+    return model;
+  };
+  const torch::Tensor ids = torch::tensor({{259, 5, 260, 32, 259}}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  straight.model()->eval();
+  nn::LlamaModel loaded = load_back(/*quantized=*/true);  // as trained
+  EXPECT_EQ(loaded->config().vocab_size, 261);
+  EXPECT_TRUE(torch::equal(loaded->forward(ids), straight.model()->forward(ids)));
+  const torch::Tensor logits = load_back(/*quantized=*/false)->forward(ids);
+  EXPECT_EQ(logits.size(2), 261);
+
+  const std::string merged_dir = path("merged");
+  nn::merge_adapter(path("model"), adapter_dir, merged_dir, {.dtype = torch::kFloat32});
+  EXPECT_EQ(io::read_json_file(merged_dir + "/config.json")["vocab_size"], 261);
+  EXPECT_EQ(data::load_tokenizer(merged_dir)->token_id("<|mat|>"), 260);
+  nn::ModelOptions plain;
+  plain.compute_dtype = torch::kFloat32;
+  plain.quantize_base = false;
+  plain.lora.r = 0;
+  nn::LlamaModel merged = nn::load_hf_model(merged_dir, plain);
+  merged->eval();
+  EXPECT_TRUE(torch::allclose(merged->forward(ids), logits, 1e-4, 1e-4))
+      << (merged->forward(ids) - logits).abs().max().item<double>();
 }
 
 // LoRA+: after the first step (B starts at zero, so A's gradient is zero and only B moves),

@@ -80,12 +80,15 @@ CheckpointRewriteReport rewrite_checkpoint(const HfCheckpoint& checkpoint, const
     write_file_atomically(staging.path(kShardIndex), index.dump(2) + "\n");
   }
   write_file_atomically(staging.path(kConfigFile), rewrite.config(checkpoint.config).dump(2) + "\n");
+  for (const std::string& file : rewrite.replaced_files) {
+    copy_file_durably(file, staging.path(fs::path(file).filename().string()));
+  }
   for (const auto& entry : fs::directory_iterator(checkpoint.dir)) {
     const std::string name = entry.path().filename().string();
     if (!entry.is_regular_file() || name == kConfigFile || name == kShardIndex || entry.path().extension() == ".safetensors") {
       continue;
     }
-    copy_file_durably(entry.path().string(), staging.path(name));
+    if (!fs::exists(staging.path(name))) copy_file_durably(entry.path().string(), staging.path(name));
   }
   staging.commit();
   return report;

@@ -252,9 +252,26 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
     local_rotary_ = rotary_frequencies(local);
     local_rotary_.inv_freq = local_rotary_.inv_freq.to(options.device);
   }
-  lm_head_ = config.tie_word_embeddings
-                 ? std::make_shared<DenseLinear>(embed_)
-                 : std::make_shared<DenseLinear>(to_model(require(weights, "lm_head.weight", {config.vocab_size, hidden}, label)));
+  torch::Tensor lm_head = config.tie_word_embeddings ? torch::Tensor() : to_model(require(weights, "lm_head.weight", {config.vocab_size, hidden}, label));
+  if (options.vocab_size > config.vocab_size) {
+    const auto grown = [&](const torch::Tensor& weight) {
+      const torch::Tensor mean = weight.to(torch::kFloat32).mean(0, true).to(dtype);
+      return torch::cat({weight, mean.expand({options.vocab_size - config.vocab_size, hidden})});
+    };
+    embed_ = grown(embed_);
+    if (lm_head.defined()) lm_head = grown(lm_head);
+    config_.vocab_size = options.vocab_size;
+  }
+  lm_head_ = std::make_shared<DenseLinear>(lm_head.defined() ? lm_head : embed_);
+  if (!options.trainable_tokens.empty()) {
+    for (const int64_t id : options.trainable_tokens) {
+      SHARDLORA_CHECK(id >= 0 && id < config_.vocab_size, label, ": trainable token id ", id, " is outside the vocabulary of ",
+                      config_.vocab_size);
+    }
+    token_index_ = torch::tensor(options.trainable_tokens, torch::kInt64).to(options.device);
+    embed_rows_ = register_parameter("embed_token_rows", embed_.index_select(0, token_index_).to(torch::kFloat32));
+    if (lm_head.defined()) lm_head_rows_ = register_parameter("lm_head_token_rows", lm_head.index_select(0, token_index_).to(torch::kFloat32));
+  }
 
   // A decoder Linear's weight as the checkpoint holds it (bnb 4-bit or float), shape-checked.
   const auto read_weight = [&](const std::string& prefix, const std::string& module, int64_t out, int64_t in, bool bias) {
@@ -411,13 +428,26 @@ torch::Tensor LlamaModelImpl::layer_forward(size_t index, const torch::Tensor& h
   return mid + mlp(layer, rms_norm(mid, layer.post_attention_norm));
 }
 
+torch::Tensor LlamaModelImpl::embedding_weight() const {
+  return embed_rows_.defined() ? embed_.index_copy(0, token_index_, embed_rows_.to(embed_.scalar_type())) : embed_;
+}
+
+torch::Tensor LlamaModelImpl::lm_head_weight() const {
+  if (!embed_rows_.defined()) return lm_head_->weight();
+  if (!lm_head_rows_.defined()) return embedding_weight();  // tied: the embedding's rows
+  return lm_head_->weight().index_copy(0, token_index_, lm_head_rows_.to(lm_head_->weight().scalar_type()));
+}
+
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& options) {
-  return lm_head_->forward(hidden_states(input_ids, options)).to(torch::kFloat32);
+  if (!embed_rows_.defined()) return lm_head_->forward(hidden_states(input_ids, options)).to(torch::kFloat32);
+  return torch::matmul(hidden_states(input_ids, options), lm_head_weight().t()).to(torch::kFloat32);
 }
 
 torch::Tensor LlamaModelImpl::next_token_logits(const torch::Tensor& input_ids, const ForwardOptions& options) {
   const torch::Tensor hidden = hidden_states(input_ids, options);
-  return lm_head_->forward(hidden.select(1, hidden.size(1) - 1)).to(torch::kFloat32);
+  const torch::Tensor last = hidden.select(1, hidden.size(1) - 1);
+  if (!embed_rows_.defined()) return lm_head_->forward(last).to(torch::kFloat32);
+  return torch::matmul(last, lm_head_weight().t()).to(torch::kFloat32);
 }
 
 torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, const ForwardOptions& options) {
@@ -473,7 +503,7 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   torch::Tensor local_cos, local_sin;
   if (local_rotary_.inv_freq.defined()) std::tie(local_cos, local_sin) = tables(local_rotary_);
 
-  torch::Tensor h = torch::embedding(embed_, ids);
+  torch::Tensor h = torch::embedding(embedding_weight(), ids);
   // Gemma3TextScaledWordEmbedding: times sqrt(hidden_size), rounded to the weights' dtype first.
   if (config_.gemma) h = h * torch::tensor(std::sqrt(static_cast<double>(config_.hidden_size))).to(h.scalar_type());
   // After Gemma's scaling, which transformers does inside the embedding module it hooks.
@@ -481,8 +511,8 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   if (sharded_) sharded_->begin_forward(is_training() && torch::GradMode::is_enabled() && !options.cache);
   const bool checkpoint = options_.activation_checkpointing && is_training() && torch::GradMode::is_enabled() && !options.cache;
   // The layers' input must take part in autograd for the recomputation to reach the adapters
-  // (HF's enable_input_require_grads does the same).
-  if (checkpoint) h = h.detach().requires_grad_(true);
+  // (HF's enable_input_require_grads does the same); trained token rows already make it so.
+  if (checkpoint && !h.requires_grad()) h = h.detach().requires_grad_(true);
   for (size_t index = 0; index < layers_.size(); ++index) {
     const bool in_window = window_binds && config_.layer_uses_window(static_cast<int64_t>(index));
     const torch::Tensor& layout = in_window ? windowed : unwindowed;

@@ -1,5 +1,7 @@
 #include "shardlora/nn/merge.h"
 
+#include <algorithm>
+#include <filesystem>
 #include <set>
 
 #include "shardlora/io/checkpoint_rewriter.h"
@@ -36,8 +38,27 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
   const PeftAdapter adapter = read_peft_adapter(adapter_dir);
   io::check_output_apart(out_dir, adapter_dir, "the adapter");
 
-  MergeReport report;
+  // New tokens: embed_tokens and lm_head grown as the model grows them (rows of the mean),
+  // then the trained rows in place.
   std::set<std::string> used;
+  int64_t vocab_size = 0;
+  for (const int64_t id : adapter.trainable_tokens) vocab_size = std::max(vocab_size, id + 1);
+  const auto with_token_rows = [&](const std::string& name, const torch::Tensor& view) {
+    torch::Tensor weight = view.to(torch::kFloat32);
+    if (vocab_size > weight.size(0)) {
+      weight = torch::cat({weight, weight.mean(0, true).expand({vocab_size - weight.size(0), weight.size(1)})});
+    }
+    const std::string key = peft_token_rows_key(module_name_of(name.substr(0, name.size() - std::string(".weight").size())));
+    if (const auto it = adapter.tensors.find(key); it != adapter.tensors.end()) {
+      SHARDLORA_CHECK(it->second.sizes() == c10::IntArrayRef({static_cast<int64_t>(adapter.trainable_tokens.size()), weight.size(1)}),
+                      adapter_dir, ": tensor '", key, "' has shape ", it->second.sizes(), " for ", name);
+      weight.index_copy_(0, torch::tensor(adapter.trainable_tokens, torch::kInt64), it->second);
+      used.insert(key);
+    }
+    return weight;
+  };
+
+  MergeReport report;
   io::CheckpointRewrite rewrite;
   rewrite.force = options.force;
   rewrite.plan = [](const io::TensorInfo& tensor) -> std::vector<std::pair<std::string, size_t>> {
@@ -47,6 +68,9 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
   rewrite.rewrite = [&](const io::TensorInfo& tensor, const torch::Tensor& view, const io::CheckpointLookup& lookup,
                         const std::string& where) -> std::vector<std::pair<std::string, torch::Tensor>> {
     if (is_quant_companion(tensor.name)) return {};
+    if (!adapter.trainable_tokens.empty() && (ends_with(tensor.name, "embed_tokens.weight") || tensor.name == "lm_head.weight")) {
+      return {{tensor.name, with_token_rows(tensor.name, view).to(options.dtype)}};
+    }
     const bool packed = quant::is_bnb_4bit_weight(tensor.name, lookup);
     if (!packed && !quant::is_decoder_linear_weight(tensor.name, tensor.shape.size())) {
       return {{tensor.name, is_float_type(view.scalar_type()) ? view.to(options.dtype) : view}};
@@ -71,9 +95,19 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
       SHARDLORA_CHECK(used.count(key), adapter_dir, ": tensor '", key, "' matches no weight of ", base_dir);
     }
     config.erase("quantization_config");
+    if (vocab_size > 0) {
+      nlohmann::json& text = config.contains("text_config") ? config["text_config"] : config;
+      text["vocab_size"] = std::max(vocab_size, text.value("vocab_size", int64_t{0}));
+    }
     config["torch_dtype"] = torch_dtype_name(options.dtype);
     return config;
   };
+  // An adapter trained with new tokens carries the tokenizer that knows them.
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
+    if (!adapter.trainable_tokens.empty() && std::filesystem::exists(adapter_dir + "/" + name)) {
+      rewrite.replaced_files.push_back(adapter_dir + "/" + name);
+    }
+  }
   report.bytes_out = io::rewrite_checkpoint(checkpoint, out_dir, rewrite).bytes_out;
   return report;
 }

@@ -1,5 +1,6 @@
 #include "shardlora/nn/peft_adapter.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 
@@ -23,7 +24,15 @@ std::string shape_text(c10::IntArrayRef shape) {
   return text + "]";
 }
 
+std::string token_rows_key(const LlamaConfig& config, bool lm_head) {
+  return peft_token_rows_key(lm_head ? std::string("lm_head") : decoder_prefix(config) + "embed_tokens");
+}
+
 }  // namespace
+
+std::string peft_token_rows_key(const std::string& module_path) {
+  return "base_model.model." + module_path + ".token_adapter.trainable_tokens_delta";
+}
 
 std::string peft_key(const std::string& module_path, const std::string& suffix) {
   return "base_model.model." + module_path + "." + suffix;
@@ -41,6 +50,15 @@ void save_peft_adapter(const LlamaModel& model, const std::string& dir, const st
     for (const auto& [suffix, tensor] : linear->adapter_tensors()) tensors[peft_key(path, suffix)] = tensor.detach();
   }
   SHARDLORA_CHECK(!tensors.empty(), "save_peft_adapter: the model has no LoRA adapters");
+  nlohmann::json token_indices = nullptr;
+  if (model->embed_token_rows().defined()) {
+    tensors[token_rows_key(model->config(), false)] = model->embed_token_rows().detach();
+    token_indices = {{"embed_tokens", model->trainable_tokens()}};
+    if (model->lm_head_token_rows().defined()) {
+      tensors[token_rows_key(model->config(), true)] = model->lm_head_token_rows().detach();
+      token_indices["lm_head"] = model->trainable_tokens();
+    }
+  }
   io::write_tensor_file(dir + "/" + kAdapterWeightsFile, tensors);
   // PEFT's LoraConfig fields, with its defaults where shardlora has no counterpart.
   const nlohmann::json config = {
@@ -52,6 +70,7 @@ void save_peft_adapter(const LlamaModel& model, const std::string& dir, const st
       {"megatron_core", "megatron.core"}, {"modules_to_save", nullptr}, {"peft_type", "LORA"}, {"r", lora.r},
       {"rank_pattern", nlohmann::json::object()}, {"revision", nullptr},
       {"target_modules", std::vector<std::string>(targets.begin(), targets.end())}, {"task_type", "CAUSAL_LM"},
+      {"trainable_token_indices", token_indices},
       {"use_dora", lora.use_dora}, {"use_rslora", lora.use_rslora},
   };
   io::write_file_atomically(dir + "/" + kAdapterConfigFile, config.dump(2) + "\n");
@@ -90,8 +109,32 @@ PeftAdapter read_peft_adapter(const std::string& dir) {
     if (const auto* flag = field(key)) unsupported_unless(key, flag->is_boolean() && !flag->get<bool>());
   }
   for (const char* key : {"rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform", "exclude_modules",
-                          "layer_replication", "trainable_token_indices", "target_parameters"}) {
+                          "layer_replication", "target_parameters"}) {
     if (const auto* value = field(key)) unsupported_unless(key, (value->is_object() || value->is_array()) && value->empty());
+  }
+  if (const auto* indices = field("trainable_token_indices")) {
+    // A list (embed_tokens, and a tied lm_head with it) or one list per module.
+    const auto ids_of = [&](const nlohmann::json& list, const std::string& key) {
+      SHARDLORA_CHECK(list.is_array(), config_path, ": key '", key, "' must be a list of token ids");
+      std::vector<int64_t> ids;
+      for (const auto& id : list) {
+        SHARDLORA_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0, config_path, ": key '", key, "' holds ", id.dump());
+        ids.push_back(id.get<int64_t>());
+      }
+      return ids;
+    };
+    if (indices->is_array()) {
+      adapter.trainable_tokens = ids_of(*indices, "trainable_token_indices");
+    } else {
+      SHARDLORA_CHECK(indices->is_object(), config_path, ": key 'trainable_token_indices' must be a list or an object");
+      for (const auto& [module, list] : indices->items()) {
+        unsupported_unless("trainable_token_indices", module == "embed_tokens" || module == "lm_head");
+        const auto ids = ids_of(list, "trainable_token_indices." + module);
+        SHARDLORA_CHECK(adapter.trainable_tokens.empty() || ids == adapter.trainable_tokens, config_path,
+                        ": key 'trainable_token_indices' trains other rows of lm_head than of embed_tokens (not supported)");
+        adapter.trainable_tokens = ids;
+      }
+    }
   }
   const auto* targets = field("target_modules");
   SHARDLORA_CHECK(targets, config_path, ": key 'target_modules' is missing");
@@ -139,10 +182,33 @@ void copy_adapter_tensors(const AdaptedLinear& linear, const std::string& module
   }
 }
 
+void set_adapter_options(const PeftAdapter& adapter, ModelOptions& options) {
+  options.lora = adapter.lora;
+  options.target_modules = adapter.target_modules;
+  options.trainable_tokens = adapter.trainable_tokens;
+  for (const int64_t id : adapter.trainable_tokens) options.vocab_size = std::max(options.vocab_size, id + 1);
+}
+
 void load_adapter_weights(LlamaModel& model, const PeftAdapter& adapter, const std::string& label) {
   std::set<std::string> used;
   for (auto& [path, linear] : model->linears()) {
     if (linear->has_adapter()) copy_adapter_tensors(linear, path, adapter, label, used);
+  }
+  SHARDLORA_CHECK(model->trainable_tokens() == adapter.trainable_tokens, label, ": the adapter trains ",
+                  adapter.trainable_tokens.size(), " token rows (trainable_token_indices), the model ", model->trainable_tokens().size(),
+                  " (data.add_special_tokens?)");
+  torch::NoGradGuard no_grad;
+  // PEFT writes no lm_head rows for an untied lm_head it was not asked to train: they stay the base's.
+  for (const auto& [lm_head, rows] : {std::pair{false, model->embed_token_rows()}, std::pair{true, model->lm_head_token_rows()}}) {
+    if (!rows.defined()) continue;
+    const std::string key = token_rows_key(model->config(), lm_head);
+    const auto it = adapter.tensors.find(key);
+    SHARDLORA_CHECK(it != adapter.tensors.end() || lm_head, label, ": missing tensor '", key, "'");
+    if (it == adapter.tensors.end()) continue;
+    SHARDLORA_CHECK(it->second.sizes() == rows.sizes(), label, ": tensor '", key, "' has shape ", shape_text(it->second.sizes()),
+                    ", the model needs ", shape_text(rows.sizes()));
+    rows.copy_(it->second);
+    used.insert(key);
   }
   for (const auto& [key, tensor] : adapter.tensors) {
     SHARDLORA_CHECK(used.count(key), label, ": tensor '", key, "' matches no adapted module of the model (target_modules?)");

@@ -75,7 +75,7 @@ std::vector<data::Batch> eval_batches(const data::Dataset& dataset, const std::v
 std::optional<LossResult> evaluate_loss(nn::LlamaModel& model, const std::vector<data::Batch>& batches, int64_t forward_passes) {
   const EvalMode eval_mode(model);
   // Summed on the device, read once.
-  torch::Tensor loss = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(model->lm_head_weight().device()));
+  torch::Tensor loss = torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(model->device()));
   torch::Tensor counted = torch::zeros({}, loss.options().dtype(torch::kInt64));
   for (const data::Batch& batch : batches) {
     const nn::SummedLoss summed = summed_loss(model, batch);

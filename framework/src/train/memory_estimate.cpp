@@ -33,12 +33,14 @@ std::vector<nn::DecoderLinear> adapted_linears(const Recipe& recipe, const nn::L
   return adapted;
 }
 
-// A and B, and DoRA's magnitude per output row.
+// A and B, DoRA's magnitude per output row, and the rows of added tokens (embed_tokens, and
+// an untied lm_head).
 int64_t adapter_parameters(const Recipe& recipe, const nn::LlamaConfig& c) {
   const bool dora = recipe.get_bool("lora.use_dora");
   int64_t total = 0;
   for (const auto& linear : adapted_linears(recipe, c)) total += recipe.get_int("lora.r") * (linear.in + linear.out) + (dora ? linear.out : 0);
-  return total * c.num_hidden_layers;
+  const auto tokens = static_cast<int64_t>(recipe.get_strings("data.add_special_tokens").size());
+  return total * c.num_hidden_layers + tokens * c.hidden_size * (c.tie_word_embeddings ? 1 : 2);
 }
 
 // Activation bytes one decoder layer keeps for backward, per token, and per token per
@@ -192,6 +194,12 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
         e.rows.push_back(row("optimizer staging pages", staged * (eight_bit ? 2 + 4 + 4 : 8 + 4 + 4), true));
       }
       e.rows.push_back(row("activations", activation_bytes(true), true));
+      if (!recipe.get_strings("data.add_special_tokens").empty()) {
+        // The rows go in through whole matrices: the loss's fp32 gradient of lm_head, kept
+        // from forward to backward, and a copy of each matrix with the rows in place.
+        e.rows.push_back(row("added token rows: lm_head gradient, matrix copies",
+                             c.vocab_size * c.hidden_size * (4 + 2 * dtype_bytes), true));
+      }
     }
     e.rows.push_back(transient_row(method != Method::FullFinetune));
     if (world > 1) {

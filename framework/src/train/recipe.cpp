@@ -80,7 +80,7 @@ std::string expected_text(const KeySpec& spec) {
       for (const auto& c : spec.choices) options += (options.empty() ? "" : " | ") + c;
       return "one of " + options;
     }
-    case KeyType::StringList: return "a non-empty list of strings";
+    case KeyType::StringList: return spec.default_value == "[]" ? "a list of strings" : "a non-empty list of strings";  // [] by default: may stay empty
     case KeyType::FloatList: return "a list of " + std::to_string(spec.list_size) + " numbers" + range;
   }
   return "?";
@@ -127,7 +127,7 @@ std::string validate(const KeySpec& spec, const YAML::Node& node, const std::str
         break;
       }
       case KeyType::StringList: {
-        if (!node.IsSequence() || node.size() == 0) fail(expected_text(spec));
+        if (!node.IsSequence() || (node.size() == 0 && spec.default_value != "[]")) fail(expected_text(spec));
         out << YAML::BeginSeq;
         for (const auto& item : node) {
           if (!item.IsScalar()) fail(expected_text(spec));
@@ -204,6 +204,9 @@ const std::vector<KeySpec>& recipe_schema() {
         text("data.fields.text", "text", "text: text field"),
         text("data.fields.input_ids", "input_ids", "tokenized: ids field"),
         text("data.fields.labels", "labels", "tokenized: labels field (optional in records)"),
+        text_list("data.add_special_tokens", "[]",
+                  "new special tokens (e.g. [\"<|tool|>\"]): added to the tokenizer written with the adapter, the embedding "
+                  "and lm_head grown for them and only their rows trained (PEFT's trainable_token_indices)"),
         choice("data.template", "auto", {"auto", "llama-3", "chatml", "mistral", "llama-2", "alpaca", "custom"},
                "chat template (auto: the model's own Jinja chat_template, chatml if it has none; custom: the "
                "data.custom_template strings)"),

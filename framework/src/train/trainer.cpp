@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "shardlora/data/data_loader.h"
+#include "shardlora/data/tokenizer.h"
 #include "shardlora/dist/gradient_buckets.h"
 #include "shardlora/io/hf_checkpoint.h"
 #include "shardlora/io/run_lock.h"
@@ -122,6 +123,7 @@ struct Trainer::State {
   std::string run_dir;
   std::unique_ptr<io::RunDirectoryLock> lock;  // rank 0's, for the trainer's lifetime
   std::unique_ptr<data::Tokenizer> tokenizer;
+  std::vector<int64_t> added_token_ids;  // data.add_special_tokens' ids
   std::unique_ptr<data::Dataset> dataset, val_dataset;
   std::vector<int64_t> train_indices, held_out_indices;
   data::ChatTemplate chat_template;
@@ -142,6 +144,16 @@ struct Trainer::State {
   }
 
   bool distributed() const { return world > 1; }
+
+  // The adapter, and with data.add_special_tokens the tokenizer that knows them, in `dir`.
+  void save_adapter(const std::string& dir) {
+    nn::save_peft_adapter(model, dir, recipe.get_string("model.path"));
+    if (!added_token_ids.empty()) {
+      data::write_tokenizer_with_tokens(recipe.get_string("model.path"), recipe.get_strings("data.add_special_tokens"), dir,
+                                        recipe.origin("data.add_special_tokens") + ": key 'data.add_special_tokens'");
+    }
+  }
+
   void barrier() {
     if (distributed()) comm->barrier();
   }
@@ -213,7 +225,7 @@ struct Trainer::State {
     if (rank == 0) {
       const std::string final_dir = run_dir + "/" + checkpoint_name(step);
       io::StagingDirectory staging(final_dir, /*replace=*/true);
-      nn::save_peft_adapter(model, staging.path("adapter"), recipe.get_string("model.path"));
+      save_adapter(staging.path("adapter"));
       optimizer->save(staging.path("optimizer.safetensors"));
       io::write_tensor_file(staging.path("rng.safetensors"), rng_file);
       nlohmann::json ranks = nlohmann::json::array();
@@ -240,7 +252,7 @@ struct Trainer::State {
   void save_final_adapter() {
     if (rank == 0) {
       io::StagingDirectory staging(run_dir + "/adapter", /*replace=*/true);
-      nn::save_peft_adapter(model, staging.dir(), recipe.get_string("model.path"));
+      save_adapter(staging.dir());
       staging.commit();
     }
     barrier();
@@ -332,7 +344,13 @@ Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm, torch::Device d
   // Before any slow work, so a second run into this directory fails at once.
   if (s.rank == 0) s.lock = std::make_unique<io::RunDirectoryLock>(s.run_dir);
   const std::string model_dir = recipe.get_string("model.path");
-  s.tokenizer = data::load_tokenizer(model_dir);
+  if (const auto tokens = recipe.get_strings("data.add_special_tokens"); !tokens.empty()) {
+    s.tokenizer = data::load_tokenizer_with_tokens(model_dir, tokens, recipe.origin("data.add_special_tokens") +
+                                                                          ": key 'data.add_special_tokens'");
+    for (const std::string& token : tokens) s.added_token_ids.push_back(*s.tokenizer->token_id(token));
+  } else {
+    s.tokenizer = data::load_tokenizer(model_dir);
+  }
   s.dataset = std::make_unique<data::Dataset>(dataset_options_from(recipe, recipe.get_string("data.train")));
   if (const std::string val = recipe.get_string("data.val"); !val.empty()) {
     s.val_dataset = std::make_unique<data::Dataset>(dataset_options_from(recipe, val));
@@ -368,6 +386,10 @@ Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm, torch::Device d
   nn::ModelOptions model_options = model_options_from(recipe);
   model_options.device = device;
   if (s.distributed() && recipe.get_string("distributed.strategy") == "shard") model_options.shard_over = comm;
+  if (!s.added_token_ids.empty()) {
+    model_options.trainable_tokens = s.added_token_ids;
+    model_options.vocab_size = s.tokenizer->vocab_size();
+  }
   s.model = nn::load_hf_model(model_dir, model_options);
   if (const std::string from = recipe.get_string("lora.init_from"); !from.empty()) start_from_adapter(s.model, from, recipe);
   if (s.distributed()) {

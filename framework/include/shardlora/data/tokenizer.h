@@ -43,7 +43,7 @@ class Tokenizer {
 
  protected:
   SpecialTokens special_;
-  friend std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir);
+  friend void read_special_tokens(const std::string& dir, Tokenizer& tokenizer);
 };
 
 // A special token named in tokenizer_config.json: "<s>", or {"content": "<s>", ...}
@@ -52,5 +52,22 @@ std::optional<std::string> special_token_text(const nlohmann::json& config, cons
 
 // tokenizer.json if present, else tokenizer.model; errors name the file and key.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir);
+
+// Where an adapter's tokenizer is: its own directory when it holds tokenizer.json (an adapter
+// trained with data.add_special_tokens), else the base model's.
+std::string tokenizer_dir(const std::string& model_dir, const std::string& adapter_dir);
+
+// The files of model_dir's tokenizer (tokenizer.json, tokenizer_config.json,
+// special_tokens_map.json, chat template, generation_config.json) written into `out_dir` with
+// `tokens` added as special tokens, as transformers' add_special_tokens then save_pretrained
+// leave them: ids from the tokenizer's size on, in the order given, in added_tokens,
+// added_tokens_decoder and additional_special_tokens. Returns their ids. A token already in
+// the vocabulary, a repeated or empty one, or a tokenizer without tokenizer.json is an error
+// naming `key`.
+std::vector<int64_t> write_tokenizer_with_tokens(const std::string& model_dir, const std::vector<std::string>& tokens,
+                                                 const std::string& out_dir, const std::string& key);
+// That tokenizer, without writing its files.
+std::unique_ptr<Tokenizer> load_tokenizer_with_tokens(const std::string& model_dir, const std::vector<std::string>& tokens,
+                                                      const std::string& key);
 
 }  // namespace shardlora::data

@@ -33,6 +33,8 @@ struct CheckpointRewrite {
                                                                    const CheckpointLookup& lookup, const std::string& where)>
       rewrite;
   std::function<nlohmann::json(nlohmann::json config)> config;
+  // Files written in place of the checkpoint's files of the same name (or beside them).
+  std::vector<std::string> replaced_files;
   bool force = false;  // replace an existing output directory
   std::function<void(uint64_t done, uint64_t total, const std::string& tensor)> on_progress;
 };

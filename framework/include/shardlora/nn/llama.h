@@ -38,6 +38,13 @@ struct ModelOptions {
   bool activation_checkpointing = false;
   // NEFTune: in training mode only, noise on the input embeddings (see neftune_noise).
   double neftune_alpha = 0.0;
+  // New tokens (data.add_special_tokens): the vocabulary grows to at least `vocab_size` (0:
+  // the checkpoint's), rows past the checkpoint's starting as the mean of its rows, as
+  // transformers' resize_token_embeddings(mean_resizing) centres them; the rows of
+  // `trainable_tokens` in embed_tokens (and in an untied lm_head) are then trained, replacing
+  // the frozen rows as PEFT's trainable_token_indices does.
+  int64_t vocab_size = 0;
+  std::vector<int64_t> trainable_tokens;
   // Split the 4-bit decoder base over these ranks (distributed.strategy: shard; see
   // sharded_base.h); null: every rank holds it whole. Loading is then collective.
   dist::Communicator* shard_over = nullptr;
@@ -78,7 +85,14 @@ class LlamaModelImpl : public torch::nn::Module {
   // The final normed hidden states [batch, seq, hidden] in the compute dtype: what the
   // logits are computed from (the chunked loss takes them with lm_head_weight()).
   torch::Tensor hidden_states(const torch::Tensor& input_ids, const ForwardOptions& options = {});
-  const torch::Tensor& lm_head_weight() const { return lm_head_->weight(); }
+  // embed_tokens and lm_head [vocab, hidden] with the trained token rows in place.
+  torch::Tensor embedding_weight() const;
+  torch::Tensor lm_head_weight() const;
+  // The trained rows [tokens, hidden] fp32 of embed_tokens and of an untied lm_head (undefined
+  // without trainable tokens, or for a tied lm_head), and their token ids.
+  const torch::Tensor& embed_token_rows() const { return embed_rows_; }
+  const torch::Tensor& lm_head_token_rows() const { return lm_head_rows_; }
+  const std::vector<int64_t>& trainable_tokens() const { return options_.trainable_tokens; }
   // The logits of the last position only [batch, vocab] in float32 (what decoding needs;
   // a long prompt never holds [seq, vocab]).
   torch::Tensor next_token_logits(const torch::Tensor& input_ids, const ForwardOptions& options = {});
@@ -91,6 +105,7 @@ class LlamaModelImpl : public torch::nn::Module {
                               const torch::Tensor& layout, KvCache* cache);
 
   const LlamaConfig& config() const { return config_; }
+  torch::Device device() const { return options_.device; }
   void set_activation_checkpointing(bool enabled) { options_.activation_checkpointing = enabled; }
   // Every decoder Linear by its HF module path ("model.layers.0.self_attn.q_proj").
   const std::vector<std::pair<std::string, AdaptedLinear>>& linears() const { return linears_; }
@@ -119,6 +134,7 @@ class LlamaModelImpl : public torch::nn::Module {
   RotaryFrequencies rotary_;  // at length 0; dynamic and longrope recompute per forward
   RotaryFrequencies local_rotary_;  // Gemma 3's windowed layers (rope_local_base_freq); else undefined
   std::shared_ptr<DenseLinear> lm_head_;
+  torch::Tensor token_index_, embed_rows_, lm_head_rows_;  // with trainable tokens
   std::vector<Layer> layers_;
   std::vector<std::pair<std::string, AdaptedLinear>> linears_;
   std::unique_ptr<ShardedBase> sharded_;
