@@ -178,6 +178,10 @@ TEST_F(Estimate, Phi4HasThePublishedShape) {
   const auto tokens = estimate("phi-4-qlora.yaml", config_dir("phi-4"), 1, {"data.add_special_tokens=[<a>, <b>]"})[2];
   EXPECT_EQ(tokens.row("adapters (fp32)", true), 4 * (40 * per_layer + 2 * 2 * 5120));
   EXPECT_EQ(tokens.row("added token rows: lm_head gradient, matrix copies", true), 100352LL * 5120 * (4 + 2 * 2));
+  // Both matrices trained whole instead: the grown vocabulary's rows, no token rows.
+  const auto whole = estimate("phi-4-qlora.yaml", config_dir("phi-4"), 1,
+                              {"data.add_special_tokens=[<a>, <b>]", "lora.modules_to_save=[embed_tokens, lm_head]"})[2];
+  EXPECT_EQ(whole.row("adapters (fp32)", true), 4 * (40 * per_layer + 2 * (100352 + 2) * 5120));
 }
 
 TEST_F(Estimate, Gemma3_1bHasThePublishedShape) {

@@ -165,7 +165,11 @@ TEST_F(PeftAdapterFiles, InconsistentAdaptersAreNamed) {
   EXPECT_NE(read_error().find("trains other rows of lm_head than of embed_tokens"), std::string::npos) << read_error();
   rewrite_config([](nlohmann::json& c) { c["trainable_token_indices"] = {{"q_proj", {3}}}; });
   EXPECT_NE(read_error().find("key 'trainable_token_indices' = {\"q_proj\":[3]} is not supported"), std::string::npos) << read_error();
-  rewrite_config([](nlohmann::json& c) { c["trainable_token_indices"] = {5, 6}; });
+  rewrite_config([](nlohmann::json& c) { c["trainable_token_indices"] = nullptr; c["modules_to_save"] = {"score"}; });
+  EXPECT_NE(read_error().find("key 'modules_to_save' = [\"score\"] is not supported"), std::string::npos) << read_error();
+  rewrite_config([](nlohmann::json& c) { c["modules_to_save"] = {"lm_head"}; });
+  EXPECT_NE(load_error(model, nn::read_peft_adapter(path("adapter"))).find("the adapter trains 1 whole modules"), std::string::npos);
+  rewrite_config([](nlohmann::json& c) { c["modules_to_save"] = nullptr; c["trainable_token_indices"] = {5, 6}; });
   EXPECT_NE(load_error(model, nn::read_peft_adapter(path("adapter"))).find("the adapter trains 2 token rows"), std::string::npos);
   rewrite_config([](nlohmann::json& c) { c.erase("trainable_token_indices"); c.erase("r"); });
   EXPECT_NE(read_error().find("key 'r' must be a positive integer"), std::string::npos);

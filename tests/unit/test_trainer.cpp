@@ -25,7 +25,53 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class TrainerRuns : public shardlora::testing::TinyTrainingRun {};
+class TrainerRuns : public shardlora::testing::TinyTrainingRun {
+ protected:
+  // The adapter of `trained` (in adapter_dir) loads back into the 4-bit base as trained to the
+  // same logits bit for bit, and merges into a float model (vocab_size, tokenizer) computing
+  // base + adapter within fp32 rounding.
+  void expect_loads_back_and_merges(Trainer& trained, const std::string& adapter_dir, int64_t vocab) {
+    const nn::PeftAdapter adapter = nn::read_peft_adapter(adapter_dir);
+    const auto load_back = [&](bool quantized) {
+      nn::ModelOptions options;
+      options.compute_dtype = torch::kFloat32;
+      options.quantize_base = quantized;
+      nn::set_adapter_options(adapter, options);
+      nn::LlamaModel model = nn::load_hf_model(path("model"), options);
+      nn::load_adapter_weights(model, adapter, adapter_dir);
+      model->eval();
+      return model;
+    };
+    const torch::Tensor ids = torch::tensor({{259, 5, 260, 32, 259}}, torch::kInt64).clamp_max(vocab - 1);
+    torch::NoGradGuard no_grad;
+    trained.model()->eval();
+    nn::LlamaModel loaded = load_back(/*quantized=*/true);
+    EXPECT_EQ(loaded->config().vocab_size, vocab);
+    EXPECT_TRUE(torch::equal(loaded->forward(ids), trained.model()->forward(ids)));
+    const torch::Tensor logits = load_back(/*quantized=*/false)->forward(ids);
+    EXPECT_EQ(logits.size(2), vocab);
+
+    const std::string merged_dir = adapter_dir + "-merged";
+    nn::merge_adapter(path("model"), adapter_dir, merged_dir, {.dtype = torch::kFloat32});
+    EXPECT_EQ(io::read_json_file(merged_dir + "/config.json")["vocab_size"], vocab);
+    EXPECT_EQ(data::load_tokenizer(merged_dir)->vocab_size(), data::load_tokenizer(data::tokenizer_dir(path("model"), adapter_dir))->vocab_size());
+    nn::ModelOptions plain;
+    plain.compute_dtype = torch::kFloat32;
+    plain.quantize_base = false;
+    plain.lora.r = 0;
+    nn::LlamaModel merged = nn::load_hf_model(merged_dir, plain);
+    merged->eval();
+    EXPECT_TRUE(torch::allclose(merged->forward(ids), logits, 1e-4, 1e-4)) << (merged->forward(ids) - logits).abs().max().item<double>();
+  }
+
+  // A run with the tokens <|cat|> and <|mat|> in its data.
+  std::vector<std::string> with_token_data(std::vector<std::string> extra) {
+    std::ofstream data(path("tokens.jsonl"));
+    for (int i = 0; i < 24; ++i) data << R"({"text": "<|cat|> sat on the <|mat|> )" << i % 5 << R"("})" << "\n";
+    extra.push_back("data.train=" + path("tokens.jsonl"));
+    return extra;
+  }
+};
 
 }  // namespace
 
@@ -132,11 +178,7 @@ TEST_F(TrainerRuns, DoraRunTakesItsOwnStepsAndResumesBitForBit) {
 // run resumes bit for bit; the adapter loads back to the trained model's logits, and merge
 // writes the grown model (vocab_size, the rows, the tokenizer) computing the same.
 TEST_F(TrainerRuns, AddedTokensTrainOnlyTheirRowsLoadBackMergeAndResumeBitForBit) {
-  {
-    std::ofstream data(path("tokens.jsonl"));
-    for (int i = 0; i < 24; ++i) data << R"({"text": "<|cat|> sat on the <|mat|> )" << i % 5 << R"("})" << "\n";
-  }
-  const std::vector<std::string> tokens = {"data.train=" + path("tokens.jsonl"), "data.add_special_tokens=[<|cat|>, <|mat|>]"};
+  const auto tokens = with_token_data({"data.add_special_tokens=[<|cat|>, <|mat|>]"});
   Trainer straight(recipe("straight", tokens));
   straight.run(StartMode::Fresh);
   const std::string adapter_dir = path("straight/adapter");
@@ -164,39 +206,44 @@ TEST_F(TrainerRuns, AddedTokensTrainOnlyTheirRowsLoadBackMergeAndResumeBitForBit
   ASSERT_EQ(resumed.size(), tensors.size());
   for (const auto& [key, tensor] : tensors) EXPECT_TRUE(torch::equal(tensor, resumed.at(key))) << key;
 
-  const nn::PeftAdapter adapter = nn::read_peft_adapter(adapter_dir);
-  EXPECT_EQ(adapter.trainable_tokens, (std::vector<int64_t>{259, 260}));
-  const auto load_back = [&](bool quantized) {
-    nn::ModelOptions options;
-    options.compute_dtype = torch::kFloat32;
-    options.quantize_base = quantized;
-    nn::set_adapter_options(adapter, options);
-    nn::LlamaModel model = nn::load_hf_model(path("model"), options);
-    nn::load_adapter_weights(model, adapter, adapter_dir);
-    model->eval();
-    return model;
-  };
-  const torch::Tensor ids = torch::tensor({{259, 5, 260, 32, 259}}, torch::kInt64);
-  torch::NoGradGuard no_grad;
-  straight.model()->eval();
-  nn::LlamaModel loaded = load_back(/*quantized=*/true);  // as trained
-  EXPECT_EQ(loaded->config().vocab_size, 261);
-  EXPECT_TRUE(torch::equal(loaded->forward(ids), straight.model()->forward(ids)));
-  const torch::Tensor logits = load_back(/*quantized=*/false)->forward(ids);
-  EXPECT_EQ(logits.size(2), 261);
+  EXPECT_EQ(nn::read_peft_adapter(adapter_dir).trainable_tokens, (std::vector<int64_t>{259, 260}));
+  expect_loads_back_and_merges(straight, adapter_dir, 261);
+}
 
-  const std::string merged_dir = path("merged");
-  nn::merge_adapter(path("model"), adapter_dir, merged_dir, {.dtype = torch::kFloat32});
-  EXPECT_EQ(io::read_json_file(merged_dir + "/config.json")["vocab_size"], 261);
-  EXPECT_EQ(data::load_tokenizer(merged_dir)->token_id("<|mat|>"), 260);
-  nn::ModelOptions plain;
-  plain.compute_dtype = torch::kFloat32;
-  plain.quantize_base = false;
-  plain.lora.r = 0;
-  nn::LlamaModel merged = nn::load_hf_model(merged_dir, plain);
-  merged->eval();
-  EXPECT_TRUE(torch::allclose(merged->forward(ids), logits, 1e-4, 1e-4))
-      << (merged->forward(ids) - logits).abs().max().item<double>();
+// lora.modules_to_save: embed_tokens and lm_head train whole, saved as PEFT saves them (their
+// weights under their own paths, no token rows); with new tokens they hold the grown vocabulary.
+TEST_F(TrainerRuns, ModulesToSaveTrainWholeMatricesLoadBackMergeAndResumeBitForBit) {
+  const auto whole = with_token_data({"lora.modules_to_save=[embed_tokens, lm_head]", "data.add_special_tokens=[<|cat|>, <|mat|>]"});
+  Trainer straight(recipe("straight", whole));
+  straight.run(StartMode::Fresh);
+  const std::string adapter_dir = path("straight/adapter");
+  const auto config = io::read_json_file(adapter_dir + "/adapter_config.json");
+  EXPECT_EQ(config["modules_to_save"], nlohmann::json({"embed_tokens", "lm_head"}));
+  EXPECT_TRUE(config["trainable_token_indices"].is_null()) << "whole matrices take no rows";
+  const auto tensors = io::read_tensor_file(adapter_dir + "/adapter_model.safetensors");
+  const auto base = io::read_tensor_file(path("model/model.safetensors"));
+  for (const std::string name : {"model.embed_tokens.weight", "lm_head.weight"}) {
+    const torch::Tensor& trained = tensors.at("base_model.model." + name);
+    ASSERT_EQ(trained.sizes(), (std::vector<int64_t>{261, 64})) << name;
+    const torch::Tensor moved = (trained.narrow(0, 0, 259) - base.at(name).to(torch::kFloat32)).abs().amax(1).gt(1e-6);
+    EXPECT_GT(moved.sum().item<int64_t>(), 0) << name << ": the old rows train too";
+  }
+  EXPECT_EQ(tensors.count("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"), 0u);
+
+  Trainer(recipe("resumed", whole)).run(StartMode::Fresh, {.stop = [](int64_t step) { return step == 3; }});
+  Trainer(recipe("resumed", whole)).run(StartMode::Resume);
+  EXPECT_EQ(losses("resumed"), losses("straight"));
+  const auto resumed = io::read_tensor_file(path("resumed/adapter/adapter_model.safetensors"));
+  for (const auto& [key, tensor] : tensors) EXPECT_TRUE(torch::equal(tensor, resumed.at(key))) << key;
+  expect_loads_back_and_merges(straight, adapter_dir, 261);
+
+  // Only embed_tokens whole: lm_head keeps its token rows.
+  Trainer embed_only(recipe("embed_only", with_token_data({"lora.modules_to_save=[embed_tokens]", "data.add_special_tokens=[<|cat|>, <|mat|>]",
+                                                           "training.max_steps=2"})));
+  embed_only.run(StartMode::Fresh);
+  EXPECT_EQ(io::read_json_file(path("embed_only/adapter/adapter_config.json"))["trainable_token_indices"],
+            nlohmann::json({{"lm_head", {259, 260}}}));
+  expect_loads_back_and_merges(embed_only, path("embed_only/adapter"), 261);
 }
 
 // LoRA+: after the first step (B starts at zero, so A's gradient is zero and only B moves),

@@ -263,14 +263,33 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
     config_.vocab_size = options.vocab_size;
   }
   lm_head_ = std::make_shared<DenseLinear>(lm_head.defined() ? lm_head : embed_);
-  if (!options.trainable_tokens.empty()) {
+  const auto saved = [&](const std::string& module) {
+    return std::find(options.modules_to_save.begin(), options.modules_to_save.end(), module) != options.modules_to_save.end();
+  };
+  for (const std::string& module : options.modules_to_save) {
+    SHARDLORA_CHECK(module == "embed_tokens" || module == "lm_head", label, ": modules_to_save takes embed_tokens and lm_head, not '",
+                    module, "'");
+    SHARDLORA_CHECK(module == "embed_tokens" || lm_head.defined(), label,
+                    ": lm_head is tied to embed_tokens (tie_word_embeddings): train embed_tokens alone");
+  }
+  if (saved("embed_tokens")) {
+    embed_whole_ = register_parameter("embed_tokens", embed_.to(torch::kFloat32));
+    saved_modules_.emplace_back("embed_tokens", embed_whole_);
+  }
+  if (saved("lm_head")) {
+    lm_head_whole_ = register_parameter("lm_head", lm_head.to(torch::kFloat32));
+    saved_modules_.emplace_back("lm_head", lm_head_whole_);
+  }
+  if (!options.trainable_tokens.empty() && !(saved("embed_tokens") && (saved("lm_head") || !lm_head.defined()))) {
     for (const int64_t id : options.trainable_tokens) {
       SHARDLORA_CHECK(id >= 0 && id < config_.vocab_size, label, ": trainable token id ", id, " is outside the vocabulary of ",
                       config_.vocab_size);
     }
     token_index_ = torch::tensor(options.trainable_tokens, torch::kInt64).to(options.device);
-    embed_rows_ = register_parameter("embed_token_rows", embed_.index_select(0, token_index_).to(torch::kFloat32));
-    if (lm_head.defined()) lm_head_rows_ = register_parameter("lm_head_token_rows", lm_head.index_select(0, token_index_).to(torch::kFloat32));
+    if (!saved("embed_tokens")) embed_rows_ = register_parameter("embed_token_rows", embed_.index_select(0, token_index_).to(torch::kFloat32));
+    if (lm_head.defined() && !saved("lm_head")) {
+      lm_head_rows_ = register_parameter("lm_head_token_rows", lm_head.index_select(0, token_index_).to(torch::kFloat32));
+    }
   }
 
   // A decoder Linear's weight as the checkpoint holds it (bnb 4-bit or float), shape-checked.
@@ -429,25 +448,24 @@ torch::Tensor LlamaModelImpl::layer_forward(size_t index, const torch::Tensor& h
 }
 
 torch::Tensor LlamaModelImpl::embedding_weight() const {
+  if (embed_whole_.defined()) return embed_whole_.to(embed_.scalar_type());
   return embed_rows_.defined() ? embed_.index_copy(0, token_index_, embed_rows_.to(embed_.scalar_type())) : embed_;
 }
 
 torch::Tensor LlamaModelImpl::lm_head_weight() const {
-  if (!embed_rows_.defined()) return lm_head_->weight();
-  if (!lm_head_rows_.defined()) return embedding_weight();  // tied: the embedding's rows
-  return lm_head_->weight().index_copy(0, token_index_, lm_head_rows_.to(lm_head_->weight().scalar_type()));
+  const torch::Tensor& frozen = lm_head_->weight();
+  if (lm_head_whole_.defined()) return lm_head_whole_.to(frozen.scalar_type());
+  if (lm_head_rows_.defined()) return frozen.index_copy(0, token_index_, lm_head_rows_.to(frozen.scalar_type()));
+  return config_.tie_word_embeddings ? embedding_weight() : frozen;
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& options) {
-  if (!embed_rows_.defined()) return lm_head_->forward(hidden_states(input_ids, options)).to(torch::kFloat32);
   return torch::matmul(hidden_states(input_ids, options), lm_head_weight().t()).to(torch::kFloat32);
 }
 
 torch::Tensor LlamaModelImpl::next_token_logits(const torch::Tensor& input_ids, const ForwardOptions& options) {
   const torch::Tensor hidden = hidden_states(input_ids, options);
-  const torch::Tensor last = hidden.select(1, hidden.size(1) - 1);
-  if (!embed_rows_.defined()) return lm_head_->forward(last).to(torch::kFloat32);
-  return torch::matmul(last, lm_head_weight().t()).to(torch::kFloat32);
+  return torch::matmul(hidden.select(1, hidden.size(1) - 1), lm_head_weight().t()).to(torch::kFloat32);
 }
 
 torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, const ForwardOptions& options) {

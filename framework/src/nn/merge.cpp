@@ -39,16 +39,24 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
   io::check_output_apart(out_dir, adapter_dir, "the adapter");
 
   // New tokens: embed_tokens and lm_head grown as the model grows them (rows of the mean),
-  // then the trained rows in place.
+  // then the trained rows in place; a matrix of modules_to_save is the adapter's, whole.
   std::set<std::string> used;
-  int64_t vocab_size = 0;
-  for (const int64_t id : adapter.trainable_tokens) vocab_size = std::max(vocab_size, id + 1);
+  ModelOptions shape;
+  set_adapter_options(adapter, shape);
+  const int64_t vocab_size = shape.vocab_size;
   const auto with_token_rows = [&](const std::string& name, const torch::Tensor& view) {
+    const std::string module_path = module_name_of(name.substr(0, name.size() - std::string(".weight").size()));
+    if (const auto whole = adapter.tensors.find("base_model.model." + module_path + ".weight"); whole != adapter.tensors.end()) {
+      SHARDLORA_CHECK(whole->second.dim() == 2 && whole->second.size(1) == view.size(1), adapter_dir, ": tensor '", whole->first,
+                      "' has shape ", whole->second.sizes(), " for ", name);
+      used.insert(whole->first);
+      return whole->second;
+    }
     torch::Tensor weight = view.to(torch::kFloat32);
     if (vocab_size > weight.size(0)) {
       weight = torch::cat({weight, weight.mean(0, true).expand({vocab_size - weight.size(0), weight.size(1)})});
     }
-    const std::string key = peft_token_rows_key(module_name_of(name.substr(0, name.size() - std::string(".weight").size())));
+    const std::string key = peft_token_rows_key(module_path);
     if (const auto it = adapter.tensors.find(key); it != adapter.tensors.end()) {
       SHARDLORA_CHECK(it->second.sizes() == c10::IntArrayRef({static_cast<int64_t>(adapter.trainable_tokens.size()), weight.size(1)}),
                       adapter_dir, ": tensor '", key, "' has shape ", it->second.sizes(), " for ", name);
@@ -68,7 +76,8 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
   rewrite.rewrite = [&](const io::TensorInfo& tensor, const torch::Tensor& view, const io::CheckpointLookup& lookup,
                         const std::string& where) -> std::vector<std::pair<std::string, torch::Tensor>> {
     if (is_quant_companion(tensor.name)) return {};
-    if (!adapter.trainable_tokens.empty() && (ends_with(tensor.name, "embed_tokens.weight") || tensor.name == "lm_head.weight")) {
+    const bool vocabulary_matrix = ends_with(tensor.name, "embed_tokens.weight") || tensor.name == "lm_head.weight";
+    if (vocabulary_matrix && (!adapter.trainable_tokens.empty() || !adapter.modules_to_save.empty())) {
       return {{tensor.name, with_token_rows(tensor.name, view).to(options.dtype)}};
     }
     const bool packed = quant::is_bnb_4bit_weight(tensor.name, lookup);
@@ -104,7 +113,7 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
   };
   // An adapter trained with new tokens carries the tokenizer that knows them.
   for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
-    if (!adapter.trainable_tokens.empty() && std::filesystem::exists(adapter_dir + "/" + name)) {
+    if (std::filesystem::exists(adapter_dir + "/" + name)) {
       rewrite.replaced_files.push_back(adapter_dir + "/" + name);
     }
   }

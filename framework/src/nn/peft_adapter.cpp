@@ -24,8 +24,17 @@ std::string shape_text(c10::IntArrayRef shape) {
   return text + "]";
 }
 
+std::string module_path_of(const LlamaConfig& config, const std::string& module) {
+  return module == "lm_head" ? module : decoder_prefix(config) + module;
+}
+
 std::string token_rows_key(const LlamaConfig& config, bool lm_head) {
-  return peft_token_rows_key(lm_head ? std::string("lm_head") : decoder_prefix(config) + "embed_tokens");
+  return peft_token_rows_key(module_path_of(config, lm_head ? "lm_head" : "embed_tokens"));
+}
+
+// A module of modules_to_save as PEFT saves it: its weight under its own path.
+std::string saved_module_key(const LlamaConfig& config, const std::string& module) {
+  return "base_model.model." + module_path_of(config, module) + ".weight";
 }
 
 }  // namespace
@@ -50,14 +59,16 @@ void save_peft_adapter(const LlamaModel& model, const std::string& dir, const st
     for (const auto& [suffix, tensor] : linear->adapter_tensors()) tensors[peft_key(path, suffix)] = tensor.detach();
   }
   SHARDLORA_CHECK(!tensors.empty(), "save_peft_adapter: the model has no LoRA adapters");
+  std::vector<std::string> saved_modules;
+  for (const auto& [module, weight] : model->saved_modules()) {
+    tensors[saved_module_key(model->config(), module)] = weight.detach();
+    saved_modules.push_back(module);
+  }
   nlohmann::json token_indices = nullptr;
-  if (model->embed_token_rows().defined()) {
-    tensors[token_rows_key(model->config(), false)] = model->embed_token_rows().detach();
-    token_indices = {{"embed_tokens", model->trainable_tokens()}};
-    if (model->lm_head_token_rows().defined()) {
-      tensors[token_rows_key(model->config(), true)] = model->lm_head_token_rows().detach();
-      token_indices["lm_head"] = model->trainable_tokens();
-    }
+  for (const auto& [lm_head, rows] : {std::pair{false, model->embed_token_rows()}, std::pair{true, model->lm_head_token_rows()}}) {
+    if (!rows.defined()) continue;
+    tensors[token_rows_key(model->config(), lm_head)] = rows.detach();
+    token_indices[lm_head ? "lm_head" : "embed_tokens"] = model->trainable_tokens();
   }
   io::write_tensor_file(dir + "/" + kAdapterWeightsFile, tensors);
   // PEFT's LoraConfig fields, with its defaults where shardlora has no counterpart.
@@ -67,7 +78,8 @@ void save_peft_adapter(const LlamaModel& model, const std::string& dir, const st
       {"inference_mode", true}, {"init_lora_weights", true}, {"layer_replication", nullptr},
       {"layers_pattern", nullptr}, {"layers_to_transform", nullptr}, {"loftq_config", nlohmann::json::object()},
       {"lora_alpha", lora.alpha}, {"lora_dropout", lora.dropout}, {"megatron_config", nullptr},
-      {"megatron_core", "megatron.core"}, {"modules_to_save", nullptr}, {"peft_type", "LORA"}, {"r", lora.r},
+      {"megatron_core", "megatron.core"},
+      {"modules_to_save", saved_modules.empty() ? nlohmann::json(nullptr) : nlohmann::json(saved_modules)}, {"peft_type", "LORA"}, {"r", lora.r},
       {"rank_pattern", nlohmann::json::object()}, {"revision", nullptr},
       {"target_modules", std::vector<std::string>(targets.begin(), targets.end())}, {"task_type", "CAUSAL_LM"},
       {"trainable_token_indices", token_indices},
@@ -108,9 +120,16 @@ PeftAdapter read_peft_adapter(const std::string& dir) {
   for (const char* key : {"fan_in_fan_out", "lora_bias", "use_qalora"}) {
     if (const auto* flag = field(key)) unsupported_unless(key, flag->is_boolean() && !flag->get<bool>());
   }
-  for (const char* key : {"rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform", "exclude_modules",
+  for (const char* key : {"rank_pattern", "alpha_pattern", "layers_to_transform", "exclude_modules",
                           "layer_replication", "target_parameters"}) {
     if (const auto* value = field(key)) unsupported_unless(key, (value->is_object() || value->is_array()) && value->empty());
+  }
+  if (const auto* modules = field("modules_to_save")) {
+    SHARDLORA_CHECK(modules->is_array(), config_path, ": key 'modules_to_save' must be a list of module names");
+    for (const auto& module : *modules) {
+      unsupported_unless("modules_to_save", module.is_string() && (module == "embed_tokens" || module == "lm_head"));
+      adapter.modules_to_save.push_back(module.get<std::string>());
+    }
   }
   if (const auto* indices = field("trainable_token_indices")) {
     // A list (embed_tokens, and a tied lm_head with it) or one list per module.
@@ -187,6 +206,13 @@ void set_adapter_options(const PeftAdapter& adapter, ModelOptions& options) {
   options.target_modules = adapter.target_modules;
   options.trainable_tokens = adapter.trainable_tokens;
   for (const int64_t id : adapter.trainable_tokens) options.vocab_size = std::max(options.vocab_size, id + 1);
+  options.modules_to_save = adapter.modules_to_save;
+  // A matrix saved whole has the vocabulary it was trained with.
+  for (const auto& [key, tensor] : adapter.tensors) {
+    const bool whole = key == "base_model.model.lm_head.weight" ||
+                       (key.size() > 19 && key.compare(key.size() - 19, 19, "embed_tokens.weight") == 0);
+    if (whole && tensor.dim() == 2) options.vocab_size = std::max(options.vocab_size, tensor.size(0));
+  }
 }
 
 void load_adapter_weights(LlamaModel& model, const PeftAdapter& adapter, const std::string& label) {
@@ -198,6 +224,19 @@ void load_adapter_weights(LlamaModel& model, const PeftAdapter& adapter, const s
                   adapter.trainable_tokens.size(), " token rows (trainable_token_indices), the model ", model->trainable_tokens().size(),
                   " (data.add_special_tokens?)");
   torch::NoGradGuard no_grad;
+  SHARDLORA_CHECK(model->saved_modules().size() == adapter.modules_to_save.size(), label, ": the adapter trains ",
+                  adapter.modules_to_save.size(), " whole modules (modules_to_save), the model ", model->saved_modules().size(),
+                  " (lora.modules_to_save?)");
+  for (const auto& [module, weight] : model->saved_modules()) {
+    const std::string key = saved_module_key(model->config(), module);
+    const auto it = adapter.tensors.find(key);
+    SHARDLORA_CHECK(it != adapter.tensors.end(), label, ": missing tensor '", key, "'");
+    SHARDLORA_CHECK(it->second.sizes() == weight.sizes(), label, ": tensor '", key, "' has shape ", shape_text(it->second.sizes()),
+                    ", the model needs ", shape_text(weight.sizes()));
+    torch::NoGradGuard no_grad;
+    weight.copy_(it->second);
+    used.insert(key);
+  }
   // PEFT writes no lm_head rows for an untied lm_head it was not asked to train: they stay the base's.
   for (const auto& [lm_head, rows] : {std::pair{false, model->embed_token_rows()}, std::pair{true, model->lm_head_token_rows()}}) {
     if (!rows.defined()) continue;

@@ -59,6 +59,7 @@ nn::ModelOptions model_options_from(const Recipe& recipe) {
                   .dropout = recipe.get_float("lora.dropout"), .use_rslora = recipe.get_bool("lora.rslora"),
                   .use_dora = recipe.get_bool("lora.use_dora")};
   options.target_modules = recipe.get_strings("lora.target_modules");
+  options.modules_to_save = recipe.get_strings("lora.modules_to_save");
   options.activation_checkpointing = recipe.get_bool("training.activation_checkpointing");
   options.neftune_alpha = recipe.get_float("training.neftune_alpha");
   return options;

@@ -40,7 +40,10 @@ int64_t adapter_parameters(const Recipe& recipe, const nn::LlamaConfig& c) {
   int64_t total = 0;
   for (const auto& linear : adapted_linears(recipe, c)) total += recipe.get_int("lora.r") * (linear.in + linear.out) + (dora ? linear.out : 0);
   const auto tokens = static_cast<int64_t>(recipe.get_strings("data.add_special_tokens").size());
-  return total * c.num_hidden_layers + tokens * c.hidden_size * (c.tie_word_embeddings ? 1 : 2);
+  const auto whole = static_cast<int64_t>(recipe.get_strings("lora.modules_to_save").size());
+  // A module trained whole takes no token rows.
+  const int64_t row_modules = std::max<int64_t>(0, (c.tie_word_embeddings ? 1 : 2) - whole);
+  return total * c.num_hidden_layers + tokens * c.hidden_size * row_modules + whole * (c.vocab_size + tokens) * c.hidden_size;
 }
 
 // Activation bytes one decoder layer keeps for backward, per token, and per token per
@@ -194,9 +197,9 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
         e.rows.push_back(row("optimizer staging pages", staged * (eight_bit ? 2 + 4 + 4 : 8 + 4 + 4), true));
       }
       e.rows.push_back(row("activations", activation_bytes(true), true));
-      if (!recipe.get_strings("data.add_special_tokens").empty()) {
-        // The rows go in through whole matrices: the loss's fp32 gradient of lm_head, kept
-        // from forward to backward, and a copy of each matrix with the rows in place.
+      if (!recipe.get_strings("data.add_special_tokens").empty() || !recipe.get_strings("lora.modules_to_save").empty()) {
+        // Rows or matrices go in through whole matrices: the loss's fp32 gradient of lm_head,
+        // kept from forward to backward, and a copy of each matrix in the compute dtype.
         e.rows.push_back(row("added token rows: lm_head gradient, matrix copies",
                              c.vocab_size * c.hidden_size * (4 + 2 * dtype_bytes), true));
       }

@@ -189,6 +189,8 @@ const std::vector<KeySpec>& recipe_schema() {
         number("lora.dropout", "0.05", 0, 0.999, "dropout on the adapter input"),
         text_list("lora.target_modules", "[all-linear]", "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj) or all-linear"),
         flag("lora.rslora", "false", "rank-stabilised scaling alpha / sqrt(r)"),
+        text_list("lora.modules_to_save", "[]",
+                  "whole matrices to train beside the adapters (PEFT's modules_to_save): embed_tokens, lm_head (untied)"),
         flag("lora.use_dora", "false", "DoRA: a trained magnitude per output row over the direction of W + scaling * B A (PEFT's use_dora)"),
         text("lora.init_from", "", "start from this PEFT adapter directory (ours or PEFT's; its r, alpha, rslora, use_dora and modules must be the recipe's)"),
         required_text("data.train", "training data: .jsonl, .json or a directory of .txt files"),

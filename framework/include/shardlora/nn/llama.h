@@ -45,6 +45,9 @@ struct ModelOptions {
   // the frozen rows as PEFT's trainable_token_indices does.
   int64_t vocab_size = 0;
   std::vector<int64_t> trainable_tokens;
+  // PEFT's modules_to_save: "embed_tokens", "lm_head" (untied) trained whole, as fp32
+  // parameters; a module trained whole takes no token rows.
+  std::vector<std::string> modules_to_save;
   // Split the 4-bit decoder base over these ranks (distributed.strategy: shard; see
   // sharded_base.h); null: every rank holds it whole. Loading is then collective.
   dist::Communicator* shard_over = nullptr;
@@ -92,7 +95,12 @@ class LlamaModelImpl : public torch::nn::Module {
   // without trainable tokens, or for a tied lm_head), and their token ids.
   const torch::Tensor& embed_token_rows() const { return embed_rows_; }
   const torch::Tensor& lm_head_token_rows() const { return lm_head_rows_; }
-  const std::vector<int64_t>& trainable_tokens() const { return options_.trainable_tokens; }
+  // Empty when no rows train (every vocabulary matrix trained whole).
+  std::vector<int64_t> trainable_tokens() const {
+    return embed_rows_.defined() || lm_head_rows_.defined() ? options_.trainable_tokens : std::vector<int64_t>{};
+  }
+  // The matrices trained whole (lora.modules_to_save), by PEFT module name; fp32 parameters.
+  const std::vector<std::pair<std::string, torch::Tensor>>& saved_modules() const { return saved_modules_; }
   // The logits of the last position only [batch, vocab] in float32 (what decoding needs;
   // a long prompt never holds [seq, vocab]).
   torch::Tensor next_token_logits(const torch::Tensor& input_ids, const ForwardOptions& options = {});
@@ -135,6 +143,8 @@ class LlamaModelImpl : public torch::nn::Module {
   RotaryFrequencies local_rotary_;  // Gemma 3's windowed layers (rope_local_base_freq); else undefined
   std::shared_ptr<DenseLinear> lm_head_;
   torch::Tensor token_index_, embed_rows_, lm_head_rows_;  // with trainable tokens
+  torch::Tensor embed_whole_, lm_head_whole_;  // with modules_to_save
+  std::vector<std::pair<std::string, torch::Tensor>> saved_modules_;
   std::vector<Layer> layers_;
   std::vector<std::pair<std::string, AdaptedLinear>> linears_;
   std::unique_ptr<ShardedBase> sharded_;

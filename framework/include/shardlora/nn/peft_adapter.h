@@ -4,7 +4,8 @@
 //   adapter_model.safetensors  base_model.model.<module path>.lora_A.weight [r, in], .lora_B.weight [out, r]
 //                              and with DoRA (use_dora) .lora_magnitude_vector [out];
 //                              with trainable_token_indices, <decoder>embed_tokens and an
-//                              untied lm_head's .token_adapter.trainable_tokens_delta [tokens, hidden]
+//                              untied lm_head's .token_adapter.trainable_tokens_delta [tokens, hidden];
+//                              with modules_to_save, <decoder>embed_tokens.weight, lm_head.weight
 #pragma once
 
 #include <map>
@@ -24,6 +25,7 @@ struct PeftAdapter {
   std::vector<std::string> target_modules;  // short names: q_proj, ..., down_proj
   std::string base_model_name_or_path;
   std::vector<int64_t> trainable_tokens;  // trainable_token_indices (one set for embed_tokens and lm_head)
+  std::vector<std::string> modules_to_save;  // embed_tokens, lm_head: saved whole
   std::map<std::string, torch::Tensor> tensors;  // by PEFT key
 };
 
