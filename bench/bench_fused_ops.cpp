@@ -4,7 +4,9 @@
 // Each fused result is checked against the chain before timing (exit 1 if they disagree).
 // Then the memory of a training step with a 128k vocabulary at seq 2048 (a one-layer QLoRA
 // model, fp32): peak RSS growth over the step with the chunked loss and with the chain's
-// whole fp32 logits, each in its own process, against the fp32 logits and their gradient.
+// whole fp32 logits, each in its own process, against the fp32 logits and their gradient;
+// and a step with trained token rows where they stand against the rows copied into the
+// matrices (token_rows_step).
 // Timings keep freed memory in the heap (mallopt) so that page faults of fresh outputs,
 // which the chains take more of, do not decide the ratios.
 //
@@ -140,15 +142,64 @@ StepMemory training_step_memory(const std::string& dir, bool chunked, const Args
   nn::SummedLoss loss;
   if (chunked) {
     const torch::Tensor hidden = model->hidden_states(inputs);
-    loss = nn::linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), model->lm_head_weight(), targets);
+    loss = nn::linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), model->lm_head(), targets);
   } else {
     const torch::Tensor hidden = model->hidden_states(inputs);
-    loss = nn::reference::linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), model->lm_head_weight(), targets);
+    loss = nn::reference::linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), model->lm_head().dense(hidden.scalar_type()), targets);
   }
   loss.sum.backward();
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return {static_cast<double>(usage.ru_maxrss * 1024 - before) / (1 << 20), loss.sum.item<double>()};
+}
+
+// Trained token rows (nn::VocabMatrix) at Llama 3's vocabulary: the embedding and the loss of
+// a step through untied embed_tokens and lm_head with 8 new tokens' rows trained, fp32,
+// either with the rows where they stand or through the matrices with the rows copied in (as
+// PEFT's TrainableTokensLayer does, and this code did). Peak RSS growth over the first step,
+// then milliseconds per step.
+struct TokenRowsStep {
+  double grown_mib = 0, step_ms = 0, loss = 0, row_gradient_norm = 0;
+};
+constexpr int64_t kTokenRowsVocab = 128256, kTokenRowsHidden = 1024, kNewTokens = 8;
+
+TokenRowsStep token_rows_step(bool where_they_stand, const Args& args) {
+  at::set_num_threads(args.threads);
+  omp_set_num_threads(args.threads);
+  const int64_t vocab = kTokenRowsVocab, hidden = kTokenRowsHidden;
+  torch::manual_seed(0);
+  // In place, so that no freed temporary raises the peak before the step.
+  const torch::Tensor embed_weight = torch::randn({vocab, hidden}).mul_(0.02), head_weight = torch::randn({vocab, hidden}).mul_(0.02);
+  const torch::Tensor token_ids = torch::arange(vocab - kNewTokens, vocab);
+  const torch::Tensor slots = nn::token_slots(token_ids, vocab);
+  const torch::Tensor embed_rows = torch::randn({kNewTokens, hidden}).requires_grad_(true);
+  const torch::Tensor head_rows = torch::randn({kNewTokens, hidden}).mul_(0.02).requires_grad_(true);
+  const nn::VocabMatrix embeddings{embed_weight, token_ids, embed_rows, slots}, head{head_weight, token_ids, head_rows, slots};
+  torch::Tensor ids = torch::randint(vocab, {1, args.tokens}, torch::kInt64), targets = torch::randint(vocab, {args.tokens}, torch::kInt64);
+  ids.index_put_({0, torch::arange(0, args.tokens, 16)}, vocab - 1);  // new tokens in and out
+  targets.index_put_({torch::arange(1, args.tokens, 16)}, vocab - 2);
+  const torch::Tensor context = torch::randn({1, args.tokens, hidden});  // the decoder's part
+  nn::SummedLoss loss;
+  const auto step = [&] {
+    embed_rows.mutable_grad() = torch::Tensor();
+    head_rows.mutable_grad() = torch::Tensor();
+    const torch::Tensor embedded = where_they_stand ? nn::embed(embeddings, ids, torch::kFloat32)
+                                                    : torch::embedding(embeddings.dense(torch::kFloat32), ids);
+    const torch::Tensor h = (embedded + context).reshape({-1, hidden});
+    loss = where_they_stand ? nn::linear_cross_entropy(h, head, targets)
+                            : nn::linear_cross_entropy(h, head.dense(torch::kFloat32), targets);
+    loss.sum.backward();
+  };
+  const int64_t before = current_rss_bytes();
+  step();
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  TokenRowsStep result;
+  result.grown_mib = static_cast<double>(usage.ru_maxrss * 1024 - before) / (1 << 20);
+  result.loss = loss.sum.item<double>();
+  result.row_gradient_norm = std::hypot(embed_rows.grad().norm().item<double>(), head_rows.grad().norm().item<double>());
+  result.step_ms = ms_per_call(args.iters, step);
+  return result;
 }
 
 void print_row(const char* name, const Timing& t) {
@@ -251,6 +302,21 @@ int main(int argc, char** argv) {
                 whole.grown_mib - chunked.grown_mib, (whole.grown_mib - chunked.grown_mib) / logits_and_grad_mib,
                 logits_and_grad_mib, chunked.grown_mib / whole.grown_mib);
     valid = valid && std::fabs(chunked.loss - whole.loss) <= 1e-4 * std::fabs(whole.loss);
+
+    const TokenRowsStep copied = in_child([&] { return token_rows_step(false, args); });
+    const TokenRowsStep standing = in_child([&] { return token_rows_step(true, args); });
+    const double matrix_mib = static_cast<double>(kTokenRowsVocab) * kTokenRowsHidden * 4 / (1 << 20);
+    std::printf("\ntrained token rows: %lld new tokens, vocabulary %lld, hidden %lld, seq %lld, fp32: embedding + loss step\n",
+                static_cast<long long>(kNewTokens), static_cast<long long>(kTokenRowsVocab),
+                static_cast<long long>(kTokenRowsHidden), static_cast<long long>(args.tokens));
+    std::printf("  rows copied into the matrices (PEFT) %8.0f MiB %9.1f ms   loss %.6f\n", copied.grown_mib, copied.step_ms, copied.loss);
+    std::printf("  rows where they stand                %8.0f MiB %9.1f ms   loss %.6f\n", standing.grown_mib, standing.step_ms,
+                standing.loss);
+    std::printf("  saved %.0f MiB = %.2fx one fp32 [vocab, hidden] matrix (%.0f MiB); peak %.2fx, step %.2fx faster\n",
+                copied.grown_mib - standing.grown_mib, (copied.grown_mib - standing.grown_mib) / matrix_mib, matrix_mib,
+                standing.grown_mib / copied.grown_mib, copied.step_ms / standing.step_ms);
+    valid = valid && std::fabs(standing.loss - copied.loss) <= 1e-4 * std::fabs(copied.loss) &&
+            std::fabs(standing.row_gradient_norm - copied.row_gradient_norm) <= 1e-4 * copied.row_gradient_norm;
   }
   if (!valid) {
     std::fprintf(stderr, "FAILED: a fused result disagrees with its op chain\n");

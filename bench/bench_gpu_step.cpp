@@ -121,7 +121,7 @@ torch::Tensor train_step(Trainable& t, const torch::Tensor& ids) {
   const torch::Tensor inputs = ids.narrow(1, 0, ids.size(1) - 1), targets = ids.narrow(1, 1, ids.size(1) - 1);
   const torch::Tensor hidden = t.model->hidden_states(inputs);
   const nn::SummedLoss loss =
-      nn::linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), t.model->lm_head_weight(), targets.reshape({-1}).to(hidden.device()));
+      nn::linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), t.model->lm_head(), targets.reshape({-1}).to(hidden.device()));
   loss.sum.backward();
   t.optimizer->step();
   return loss.sum.detach();
@@ -183,7 +183,7 @@ nlohmann::json time_parts(Trainable& t, const nn::LlamaConfig& c, const Config& 
   const torch::Tensor targets = torch::randint(c.vocab_size, {tokens}, torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA));
   const double loss = seconds_per_call(3, [&] {
     torch::AutoGradMode grad(true);
-    nn::linear_cross_entropy(hidden, t.model->lm_head_weight(), targets).sum.backward();
+    nn::linear_cross_entropy(hidden, t.model->lm_head(), targets).sum.backward();
   });
   const double optimizer = seconds_per_call(3, [&] { t.optimizer->step(); });
   return {{"dequantize", dequantize * passes * layers}, {"base matmuls", matmuls * passes * layers},

@@ -3,7 +3,9 @@
 // model, same inputs, same run: the 4-bit overhead ratio, DoRA's cost over LoRA, and the
 // peak RSS of each (each variant runs in its own process, so the peaks are separate). Before
 // timing, the variants' first losses must agree (the 4-bit base approximates the float one;
-// DoRA starts as LoRA does) and be finite; else exit 1.
+// DoRA starts as LoRA does) and be finite; else exit 1. Then greedy decoding with the KV
+// cache (the trained adapters unmerged, as `shardlora generate --adapter` runs them): tokens/s
+// of each variant.
 //
 //   bench_qlora_step [--preset small|tiny] [--seq 512] [--steps 3] [--rank 16] [--threads N]
 #include <sys/resource.h>
@@ -17,6 +19,7 @@
 #include <thread>
 
 #include "child_process.h"
+#include "shardlora/nn/generation.h"
 #include "shardlora/nn/hf_loader.h"
 #include "shardlora/nn/random_model.h"
 
@@ -25,9 +28,11 @@ using namespace shardlora;
 namespace {
 
 struct Result {
-  double first_loss = 0, tokens_per_second = 0, step_ms = 0, peak_rss_mb = 0;
+  double first_loss = 0, tokens_per_second = 0, step_ms = 0, peak_rss_mb = 0, decode_tokens_per_second = 0;
   int64_t trainable = 0;
 };
+
+constexpr int64_t kDecodeTokens = 32;
 
 struct Args {
   std::string preset = "small";
@@ -63,6 +68,13 @@ Result run_variant(const std::string& dir, bool quantized, bool dora, const Args
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   result.peak_rss_mb = usage.ru_maxrss / 1024.0;
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const std::vector<int64_t> prompt(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + std::min<int64_t>(64, args.seq));
+  const auto decode_start = std::chrono::steady_clock::now();
+  const auto generated = nn::generate(model, prompt, {.max_new_tokens = kDecodeTokens});
+  result.decode_tokens_per_second = static_cast<double>(generated.size()) /
+                                    std::chrono::duration<double>(std::chrono::steady_clock::now() - decode_start).count();
   return result;
 }
 
@@ -95,10 +107,11 @@ int main(int argc, char** argv) {
   const Result nf4_base = in_child([&] { return run_variant(dir, true, false, args); });
   const Result nf4_dora = in_child([&] { return run_variant(dir, true, true, args); });
   std::filesystem::remove_all(dir);
-  std::printf("%-22s %12s %10s %14s %12s\n", "base", "tokens/s", "step ms", "peak RSS MB", "first loss");
+  std::printf("%-22s %12s %10s %14s %12s %16s\n", "base", "tokens/s", "step ms", "peak RSS MB", "first loss", "decode tokens/s");
   for (const auto& [name, r] : {std::pair<const char*, Result>{"float32 + LoRA", float_base}, {"NF4 (QLoRA) + LoRA", nf4_base},
                                 {"NF4 + DoRA", nf4_dora}}) {
-    std::printf("%-22s %12.1f %10.0f %14.0f %12.4f\n", name, r.tokens_per_second, r.step_ms, r.peak_rss_mb, r.first_loss);
+    std::printf("%-22s %12.1f %10.0f %14.0f %12.4f %16.1f\n", name, r.tokens_per_second, r.step_ms, r.peak_rss_mb, r.first_loss,
+                r.decode_tokens_per_second);
   }
   std::printf("QLoRA / float: throughput %.2fx, peak RSS %.2fx (%lld trainable parameters)\n",
               nf4_base.tokens_per_second / float_base.tokens_per_second, nf4_base.peak_rss_mb / float_base.peak_rss_mb,
@@ -106,6 +119,9 @@ int main(int argc, char** argv) {
   std::printf("DoRA / LoRA (NF4): throughput %.2fx, peak RSS %.2fx (%lld trainable parameters)\n",
               nf4_dora.tokens_per_second / nf4_base.tokens_per_second, nf4_dora.peak_rss_mb / nf4_base.peak_rss_mb,
               static_cast<long long>(nf4_dora.trainable));
+  std::printf("DoRA / LoRA (NF4): decode %.2fx (%lld tokens after a %lld-token prompt, KV cache, adapters unmerged)\n",
+              nf4_dora.decode_tokens_per_second / nf4_base.decode_tokens_per_second, static_cast<long long>(kDecodeTokens),
+              static_cast<long long>(std::min<int64_t>(64, args.seq)));
   const bool valid = std::isfinite(float_base.first_loss) && std::isfinite(nf4_base.first_loss) &&
                      std::fabs(float_base.first_loss - nf4_base.first_loss) < 0.05 * std::fabs(float_base.first_loss) &&
                      std::fabs(nf4_dora.first_loss - nf4_base.first_loss) <= 1e-6 * std::fabs(nf4_base.first_loss);

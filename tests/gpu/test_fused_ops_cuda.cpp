@@ -67,6 +67,37 @@ TEST_F(FusedOpsCuda, ChunkedLinearCrossEntropyMatchesTheWholeLoss) {
   }
 }
 
+// Trained token rows where they stand (nn::VocabMatrix) on the device, against the rows
+// copied into the matrix (VocabMatrix::dense) in float64 on the CPU.
+TEST_F(FusedOpsCuda, TrainedTokenRowsMatchTheMatrixWithTheRowsCopiedIn) {
+  torch::manual_seed(3);
+  const int64_t rows = 700, hidden = 128, vocab = 32000;
+  const torch::Tensor w = torch::randn({vocab, hidden}, torch::kFloat64) * 0.1, h = torch::randn({rows, hidden}, torch::kFloat64);
+  const torch::Tensor token_ids = torch::tensor({31999, 7, 20000}, torch::kInt64), trained = torch::randn({3, hidden}, torch::kFloat64);
+  torch::Tensor ids = torch::randint(vocab, {rows}, torch::kInt64), targets = torch::randint(vocab, {rows}, torch::kInt64);
+  ids.index_put_({torch::arange(0, rows, 5)}, 7);
+  targets.index_put_({torch::arange(0, rows, 7)}, 31999);
+  const auto run = [&](torch::Device device, torch::ScalarType dtype, bool where_they_stand) {
+    const torch::Tensor r = trained.to(device, dtype == torch::kFloat64 ? dtype : torch::kFloat32).requires_grad_(true);
+    const torch::Tensor hd = h.to(device, dtype).requires_grad_(true);
+    const nn::VocabMatrix matrix{w.to(device, dtype), token_ids.to(device), r, nn::token_slots(token_ids.to(device), vocab)};
+    const torch::Tensor embedded = where_they_stand ? nn::embed(matrix, ids.to(device), dtype) : torch::embedding(matrix.dense(dtype), ids);
+    const nn::SummedLoss loss = where_they_stand ? nn::linear_cross_entropy(hd + embedded, matrix, targets.to(device))
+                                                 : nn::reference::linear_cross_entropy(hd + embedded, matrix.dense(dtype), targets);
+    loss.sum.backward();
+    return std::make_tuple(loss.sum.detach(), hd.grad(), r.grad());
+  };
+  const auto [expected, expected_dh, expected_dr] = run(torch::kCPU, torch::kFloat64, false);
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const auto [loss, dh, dr] = run(gpu, dtype, true);
+    const double rel = dtype == torch::kFloat32 ? 1e-4 : kBf16;
+    const std::string what = torch::toString(dtype);
+    expect_close(loss, expected, rel, "loss " + what);
+    expect_close(dh, expected_dh, rel * 5, "d hidden " + what);
+    expect_close(dr, expected_dr, rel * 5, "d rows " + what);
+  }
+}
+
 TEST_F(FusedOpsCuda, AttentionPerDocumentMatchesTheDenseMask) {
   torch::manual_seed(3);
   const int64_t heads = 32, kv_heads = 8, seq = 512, dim = 128;

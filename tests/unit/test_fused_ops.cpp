@@ -104,6 +104,75 @@ TEST(FusedOps, LinearCrossEntropyWithoutGradientLeavesNoneAndRejectsMismatchedSh
   EXPECT_THROW(nn::linear_cross_entropy(h, w, targets.narrow(0, 0, 3)), Error);
 }
 
+// Trained token rows where they stand (nn::VocabMatrix): the embedding, the logits and the
+// chunked loss equal the op chain on the matrix with the rows copied in (PEFT's index_copy,
+// VocabMatrix::dense) in float64, values and the gradients of the hidden states, the rows and
+// (when it trains too) the matrix, whose gradient at the rows' places is zero.
+TEST(VocabMatrix, TrainedRowsEqualTheMatrixWithTheRowsCopiedIn) {
+  torch::manual_seed(5);
+  const int64_t vocab = 97, hidden = 16, seq = 29;
+  const torch::Tensor weight = torch::randn({vocab, hidden}, torch::kFloat64) * 0.5;
+  const torch::Tensor token_ids = torch::tensor({96, 3, 50}, torch::kInt64);  // out of order
+  const torch::Tensor rows = torch::randn({3, hidden}, torch::kFloat64);
+  const torch::Tensor hidden_states = torch::randn({2, seq, hidden}, torch::kFloat64);
+  torch::Tensor ids = torch::randint(vocab, {2, seq}, torch::kInt64), targets = torch::randint(vocab, {2 * seq}, torch::kInt64);
+  ids.index_put_({0, torch::arange(3)}, torch::tensor({96, 3, 96}));  // each trained token, one twice
+  ids.index_put_({1, 5}, 50);
+  targets.index_put_({torch::arange(0, 12, 3)}, torch::tensor({96, 3, 50, -100}));
+  const torch::Tensor embedding_weights = torch::randn({2, seq, hidden}, torch::kFloat64);
+  const torch::Tensor logit_weights = torch::randn({2, seq, vocab}, torch::kFloat64);
+
+  struct Result {
+    torch::Tensor embedded, logits, loss, d_hidden, d_rows, d_weight;
+  };
+  const auto run = [&](bool where_they_stand, torch::ScalarType dtype, bool weight_trains) {
+    const torch::Tensor w = weight.to(dtype).clone().requires_grad_(weight_trains);
+    const torch::Tensor r = rows.to(dtype == torch::kFloat64 ? dtype : torch::kFloat32).clone().requires_grad_(true);
+    const torch::Tensor h = hidden_states.to(dtype).clone().requires_grad_(true);
+    const nn::VocabMatrix matrix{w, token_ids, r, nn::token_slots(token_ids, vocab)};
+    torch::Tensor embedded, logits;
+    nn::SummedLoss loss;
+    if (where_they_stand) {
+      embedded = nn::embed(matrix, ids, dtype);
+      logits = nn::project(h, matrix);
+      loss = nn::linear_cross_entropy(h.reshape({-1, hidden}), matrix, targets, /*chunk_rows=*/7);
+    } else {
+      const torch::Tensor dense = matrix.dense(dtype);
+      embedded = torch::embedding(dense, ids);
+      logits = torch::matmul(h, dense.t());
+      loss = nn::reference::linear_cross_entropy(h.reshape({-1, hidden}), dense, targets);
+    }
+    EXPECT_EQ(embedded.scalar_type(), dtype);
+    ((embedded.to(torch::kFloat64) * embedding_weights).sum() + (logits.to(torch::kFloat64) * logit_weights).sum() +
+     loss.sum.to(torch::kFloat64) * 0.75)
+        .backward();
+    return Result{embedded.detach(), logits.detach(), loss.sum.detach(), h.grad(), r.grad(), w.grad()};
+  };
+  for (const bool weight_trains : {false, true}) {
+    const std::string what = weight_trains ? "matrix trained too: " : "frozen matrix: ";
+    const Result expected = run(false, torch::kFloat64, weight_trains);
+    const auto check = [&](const Result& actual, double tolerance, const std::string& dtype) {
+      expect_close(actual.embedded, expected.embedded, tolerance, what + dtype + " embeddings");
+      expect_close(actual.logits, expected.logits, tolerance, what + dtype + " logits");
+      expect_close(actual.loss, expected.loss, tolerance, what + dtype + " loss");
+      expect_close(actual.d_hidden, expected.d_hidden, tolerance, what + dtype + " d hidden");
+      expect_close(actual.d_rows, expected.d_rows, tolerance, what + dtype + " d rows");
+      EXPECT_EQ(actual.d_rows.scalar_type(), dtype == "fp64" ? torch::kFloat64 : torch::kFloat32) << "the rows' own dtype";
+      ASSERT_EQ(actual.d_weight.defined(), weight_trains) << what + dtype;
+      if (weight_trains) {
+        expect_close(actual.d_weight, expected.d_weight, tolerance, what + dtype + " d weight");
+        EXPECT_EQ(actual.d_weight.index_select(0, token_ids).abs().max().item<double>(), 0.0) << what + dtype;
+      }
+    };
+    const Result exact = run(true, torch::kFloat64, weight_trains);
+    EXPECT_TRUE(torch::equal(exact.embedded, expected.embedded)) << what << "the same rows gathered";
+    check(exact, 1e-13, "fp64");
+    check(run(true, torch::kFloat32, weight_trains), kFp32 * 4, "fp32");
+    check(run(true, torch::kBFloat16, weight_trains), kBf16 * 2, "bf16");
+  }
+  EXPECT_THROW(nn::token_slots(torch::tensor({3, 7, 3}, torch::kInt64), vocab), Error);
+}
+
 TEST(Attention, PerDocumentEqualsTheDenseMaskWithSharedKvHeads) {
   torch::manual_seed(5);
   const int64_t heads = 4, kv_heads = 2, seq = 10, dim = 8;

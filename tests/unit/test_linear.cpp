@@ -1,6 +1,7 @@
 // Linear4bit and LoRA: forward and input gradient against a float Linear holding the
 // dequantized weight, the fused one-token path, LoRA's neutral start (B = 0), LoRA gradients
-// against finite differences in fp64, merge; DoRA against PEFT's formula in fp64.
+// against finite differences in fp64, merge; DoRA against PEFT's formula in fp64, its norm
+// reused until the adapter changes.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -8,6 +9,7 @@
 #include <functional>
 
 #include "shardlora/nn/linear.h"
+#include "shardlora/optim/adamw.h"
 
 using namespace shardlora;
 using namespace shardlora::nn;
@@ -224,6 +226,32 @@ TEST(Dora, OnlyTheMagnitudeGradientIsTheFullDerivative) {
     largest_gap = std::max(largest_gap, std::abs(adapted->lora_A.grad().view(-1)[i].item<double>() - central_difference(adapted->lora_A, i, loss)));
   }
   EXPECT_GT(largest_gap, 1e-4);
+}
+
+// The norm is computed once for each A and B (decoding and recomputation reuse it) and again
+// after every change of either: the optimizer's kernels write through raw pointers.
+TEST(Dora, TheNormFollowsEveryUpdateOfTheAdapter) {
+  auto base = make_linear4bit(24, 32, /*bias=*/true);
+  AdaptedLinear adapted = trained_dora(base, 0.0);
+  const torch::Tensor x = torch::randn({3, 32});
+  optim::AdamWOptions options;
+  options.lr = 0.05;
+  optim::AdamW optimizer(adapted->parameters(), options);
+  torch::Tensor previous;
+  for (int step = 0; step < 3; ++step) {
+    const torch::Tensor y = adapted->forward(x);
+    {
+      torch::NoGradGuard no_grad;
+      const torch::Tensor expected = reference_of(adapted).forward(x.to(torch::kFloat64), false);
+      EXPECT_LE((y.to(torch::kFloat64) - expected).abs().max().item<double>(), 1e-5 * expected.abs().max().item<double>()) << "step " << step;
+      EXPECT_TRUE(torch::equal(adapted->forward(x), y)) << "the same norm again, step " << step;
+      if (previous.defined()) EXPECT_GT((y - previous).abs().max().item<double>(), 1e-3) << "the step moved the adapter";
+      previous = y.detach();
+    }
+    (y * y).sum().backward();
+    optimizer.step();
+    optimizer.zero_grad();
+  }
 }
 
 // PEFT's merge: W' = (m / ||W + dW||_row) * (W + dW); the merged Linear computes the adapted one.

@@ -92,41 +92,64 @@ struct RopeFunction : public torch::autograd::Function<RopeFunction> {
 };
 
 struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossEntropyFunction> {
-  // The gradients are taken here, chunk by chunk, and only scaled in backward.
+  // The gradients are taken here, chunk by chunk, and only scaled in backward. token_rows
+  // ([0, hidden] without) stand in for the rows token_ids names: their columns of each chunk's
+  // logits are their own product, and only they get a gradient for them.
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden_in, const torch::Tensor& weight,
-                               const torch::Tensor& targets_in, int64_t chunk_rows) {
+                               const torch::Tensor& token_rows, const torch::Tensor& token_ids, const torch::Tensor& targets_in,
+                               int64_t chunk_rows) {
     const torch::Tensor hidden = hidden_in.contiguous(), targets = targets_in.contiguous();
     const int64_t rows = hidden.size(0), vocab = weight.size(0);
     const bool hidden_grad = hidden_in.requires_grad(), weight_grad = weight.requires_grad();
-    torch::Tensor losses = torch::empty({rows}, hidden.options().dtype(torch::kFloat32));
+    const bool has_rows = token_rows.size(0) > 0, rows_grad = has_rows && token_rows.requires_grad();
+    const auto fp32 = hidden.options().dtype(torch::kFloat32);
+    const torch::Tensor row_weight = has_rows ? token_rows.to(hidden.scalar_type()) : torch::Tensor();
+    torch::Tensor losses = torch::empty({rows}, fp32);
     torch::Tensor dhidden = hidden_grad ? torch::empty_like(hidden) : torch::Tensor();
-    torch::Tensor dweight = weight_grad ? torch::zeros(weight.sizes(), weight.options().dtype(torch::kFloat32)) : torch::Tensor();
+    torch::Tensor dweight = weight_grad ? torch::zeros(weight.sizes(), fp32) : torch::Tensor();
+    torch::Tensor drows = rows_grad ? torch::zeros(token_rows.sizes(), fp32) : torch::Tensor();
     if (chunk_rows <= 0) chunk_rows = loss_chunk_rows(rows, hidden.size(1), vocab);
     for (int64_t first = 0; first < rows; first += chunk_rows) {
       const int64_t count = std::min(chunk_rows, rows - first);
       const torch::Tensor h = hidden.narrow(0, first, count);
       torch::Tensor logits = torch::matmul(h, weight.t()).contiguous();
+      if (has_rows) logits.index_copy_(1, token_ids, torch::matmul(h, row_weight.t()));
       kernels::cross_entropy_rows(logits.data_ptr(), targets.data_ptr<int64_t>() + first, losses.data_ptr<float>() + first,
-                                  {count, vocab}, kIgnoreIndex, hidden_grad || weight_grad, dtype_of(logits),
+                                  {count, vocab}, kIgnoreIndex, hidden_grad || weight_grad || rows_grad, dtype_of(logits),
                                   kernel_device(logits));
+      // The rows' columns of the logits' gradient go to the rows, the others to weight.
+      torch::Tensor row_logits;
+      if (has_rows && (hidden_grad || rows_grad)) row_logits = logits.index_select(1, token_ids);
+      if (has_rows && (hidden_grad || weight_grad)) logits.index_fill_(1, token_ids, 0);
       if (hidden_grad) {
         torch::Tensor out = dhidden.narrow(0, first, count);
         at::mm_out(out, logits, weight);
+        if (has_rows) out.addmm_(row_logits, row_weight);
       }
       if (weight_grad) dweight.add_(torch::matmul(logits.t(), h).to(torch::kFloat32));
+      if (rows_grad) drows.add_(torch::matmul(row_logits.t(), h).to(torch::kFloat32));
     }
     ctx->saved_data["weight_dtype"] = weight.scalar_type();
+    ctx->saved_data["rows_dtype"] = token_rows.scalar_type();
     ctx->saved_data["dhidden"] = dhidden;
     ctx->saved_data["dweight"] = dweight;
+    ctx->saved_data["drows"] = drows;
     return losses.sum();
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_outputs) {
     const torch::Tensor scale = grad_outputs[0];
-    const torch::Tensor dhidden = ctx->saved_data["dhidden"].toTensor(), dweight = ctx->saved_data["dweight"].toTensor();
+    const auto scaled = [&](const char* name, const char* dtype) {
+      const torch::Tensor gradient = ctx->saved_data[name].toTensor();
+      return gradient.defined() ? (gradient * scale).to(ctx->saved_data[dtype].toScalarType()) : torch::Tensor();
+    };
+    const torch::Tensor dhidden = ctx->saved_data["dhidden"].toTensor();
     return {dhidden.defined() ? dhidden * scale.to(dhidden.scalar_type()) : torch::Tensor(),
-            dweight.defined() ? (dweight * scale).to(ctx->saved_data["weight_dtype"].toScalarType()) : torch::Tensor(),
-            torch::Tensor(), torch::Tensor()};
+            scaled("dweight", "weight_dtype"),
+            scaled("drows", "rows_dtype"),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
@@ -158,17 +181,21 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const
   return RopeFunction::apply(x.is_contiguous() ? x : x.contiguous(), cos, sin, heads);
 }
 
-SummedLoss linear_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& weight, const torch::Tensor& targets,
+SummedLoss linear_cross_entropy(const torch::Tensor& hidden, const VocabMatrix& matrix, const torch::Tensor& targets,
                                 int64_t chunk_rows) {
+  const torch::Tensor& weight = matrix.weight;
   SHARDLORA_CHECK(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1) && targets.dim() == 1 &&
                       targets.size(0) == hidden.size(0),
                   "linear_cross_entropy: hidden ", hidden.sizes(), ", weight ", weight.sizes(), " and targets ",
                   targets.sizes(), " do not fit together");
-  if (!fused_ops_apply(hidden) || weight.scalar_type() != hidden.scalar_type()) {
-    return reference::linear_cross_entropy(hidden, weight, targets);
-  }
+  if (!fused_ops_apply(hidden)) return reference::linear_cross_entropy(hidden, matrix.dense(hidden.scalar_type()), targets);
   const torch::Tensor ids = targets.to(hidden.device(), torch::kInt64);
-  return {LinearCrossEntropyFunction::apply(hidden, weight, ids, chunk_rows), ids.ne(kIgnoreIndex).sum()};
+  // libtorch's autograd functions take defined tensors only: no rows is none of them.
+  const torch::Tensor rows = matrix.has_rows() ? matrix.rows : torch::empty({0, weight.size(1)}, hidden.options());
+  const torch::Tensor token_ids = matrix.has_rows() ? matrix.token_ids : torch::empty({0}, ids.options());
+  const torch::Tensor summed =
+      LinearCrossEntropyFunction::apply(hidden, weight.to(hidden.scalar_type()), rows, token_ids, ids, chunk_rows);
+  return {summed, ids.ne(kIgnoreIndex).sum()};
 }
 
 namespace reference {

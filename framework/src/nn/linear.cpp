@@ -115,12 +115,17 @@ AdaptedLinearImpl::AdaptedLinearImpl(std::shared_ptr<FrozenLinear> base, const L
 torch::Tensor AdaptedLinearImpl::weight_norm(c10::ScalarType dtype) const {
   torch::NoGradGuard no_grad;
   const auto precision = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  // In-place updates (the optimizer's, an adapter's load) move the versions; W is frozen.
+  const NormKey key{lora_A.data_ptr(), lora_B.data_ptr(), lora_A._version(), lora_B._version(), precision};
+  if (norm_.defined() && key == norm_key_) return norm_;
   const torch::Tensor A = lora_A.to(weight_squared_norms_.device(), precision), B = lora_B.to(A.device(), precision);
   const torch::Tensor weight_a = base_->product(A).t();  // [out, r]
   const double s = lora_.scaling();
   const torch::Tensor squared = weight_squared_norms_.to(precision) + 2 * s * (B * weight_a).sum(1) +
                                 s * s * (B * torch::matmul(B, torch::matmul(A, A.t()))).sum(1);
-  return squared.clamp_min(0).sqrt();
+  norm_ = squared.clamp_min(0).sqrt();
+  norm_key_ = key;
+  return norm_;
 }
 
 torch::Tensor AdaptedLinearImpl::forward(const torch::Tensor& x) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/fused_ops.h"
@@ -281,11 +282,14 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
     saved_modules_.emplace_back("lm_head", lm_head_whole_);
   }
   if (!options.trainable_tokens.empty() && !(saved("embed_tokens") && (saved("lm_head") || !lm_head.defined()))) {
+    std::set<int64_t> seen;
     for (const int64_t id : options.trainable_tokens) {
       SHARDLORA_CHECK(id >= 0 && id < config_.vocab_size, label, ": trainable token id ", id, " is outside the vocabulary of ",
                       config_.vocab_size);
+      SHARDLORA_CHECK(seen.insert(id).second, label, ": trainable token id ", id, " is listed twice");
     }
     token_index_ = torch::tensor(options.trainable_tokens, torch::kInt64).to(options.device);
+    token_slots_ = token_slots(token_index_, config_.vocab_size);
     if (!saved("embed_tokens")) embed_rows_ = register_parameter("embed_token_rows", embed_.index_select(0, token_index_).to(torch::kFloat32));
     if (lm_head.defined() && !saved("lm_head")) {
       lm_head_rows_ = register_parameter("lm_head_token_rows", lm_head.index_select(0, token_index_).to(torch::kFloat32));
@@ -447,25 +451,24 @@ torch::Tensor LlamaModelImpl::layer_forward(size_t index, const torch::Tensor& h
   return mid + mlp(layer, rms_norm(mid, layer.post_attention_norm));
 }
 
-torch::Tensor LlamaModelImpl::embedding_weight() const {
-  if (embed_whole_.defined()) return embed_whole_.to(embed_.scalar_type());
-  return embed_rows_.defined() ? embed_.index_copy(0, token_index_, embed_rows_.to(embed_.scalar_type())) : embed_;
+VocabMatrix LlamaModelImpl::embedding_matrix() const {
+  if (embed_whole_.defined()) return {embed_whole_};
+  return embed_rows_.defined() ? VocabMatrix{embed_, token_index_, embed_rows_, token_slots_} : VocabMatrix{embed_};
 }
 
-torch::Tensor LlamaModelImpl::lm_head_weight() const {
-  const torch::Tensor& frozen = lm_head_->weight();
-  if (lm_head_whole_.defined()) return lm_head_whole_.to(frozen.scalar_type());
-  if (lm_head_rows_.defined()) return frozen.index_copy(0, token_index_, lm_head_rows_.to(frozen.scalar_type()));
-  return config_.tie_word_embeddings ? embedding_weight() : frozen;
+VocabMatrix LlamaModelImpl::lm_head() const {
+  if (lm_head_whole_.defined()) return {lm_head_whole_};
+  if (lm_head_rows_.defined()) return {lm_head_->weight(), token_index_, lm_head_rows_, token_slots_};
+  return config_.tie_word_embeddings ? embedding_matrix() : VocabMatrix{lm_head_->weight()};
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& options) {
-  return torch::matmul(hidden_states(input_ids, options), lm_head_weight().t()).to(torch::kFloat32);
+  return project(hidden_states(input_ids, options), lm_head()).to(torch::kFloat32);
 }
 
 torch::Tensor LlamaModelImpl::next_token_logits(const torch::Tensor& input_ids, const ForwardOptions& options) {
   const torch::Tensor hidden = hidden_states(input_ids, options);
-  return torch::matmul(hidden.select(1, hidden.size(1) - 1), lm_head_weight().t()).to(torch::kFloat32);
+  return project(hidden.select(1, hidden.size(1) - 1), lm_head()).to(torch::kFloat32);
 }
 
 torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, const ForwardOptions& options) {
@@ -521,7 +524,7 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   torch::Tensor local_cos, local_sin;
   if (local_rotary_.inv_freq.defined()) std::tie(local_cos, local_sin) = tables(local_rotary_);
 
-  torch::Tensor h = torch::embedding(embedding_weight(), ids);
+  torch::Tensor h = embed(embedding_matrix(), ids, embed_.scalar_type());
   // Gemma3TextScaledWordEmbedding: times sqrt(hidden_size), rounded to the weights' dtype first.
   if (config_.gemma) h = h * torch::tensor(std::sqrt(static_cast<double>(config_.hidden_size))).to(h.scalar_type());
   // After Gemma's scaling, which transformers does inside the embedding module it hooks.

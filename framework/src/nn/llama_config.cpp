@@ -82,7 +82,7 @@ class Fields {
 
 // rope_theta and the scaling: transformers 5's rope_parameters {rope_type, rope_theta, ...}
 // or 4's top-level rope_theta with rope_scaling {rope_type | type, ...}.
-void parse_rope(const nlohmann::json& json, const Fields& fields, LlamaConfig* config) {
+void parse_rope(const Fields& fields, LlamaConfig* config) {
   config->rope_theta = fields.positive_number("rope_theta", 10000.0);
   config->partial_rotary_factor = fields.positive_number("partial_rotary_factor", 1.0);
   const auto check_rotary_dim = [&] {
@@ -334,7 +334,7 @@ LlamaConfig parse_llama_config(const nlohmann::json& given, const std::string& f
   }
   config.qk_norm = config.model_type == "qwen3" || config.gemma;
   if (config.gemma) parse_gemma3(json, fields, &config);
-  parse_rope(json, fields, &config);
+  parse_rope(fields, &config);
   return config;
 }
 

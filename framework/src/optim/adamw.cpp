@@ -298,6 +298,9 @@ void AdamW::update(ParamState& state, const kernels::AdamWScalars& scalars) {
     run_kernel(state.eight_bit, state.param.data_ptr<float>(), grad.data_ptr<float>(), state.span(state.tensors(), 0),
                state.numel, scalars, kernel_device(state.param.device()), nullptr, options_.threads);
   }
+  // The kernels write through raw pointers: say so as torch's in-place ops do (what is cached
+  // from the parameter, DoRA's weight norm, is keyed on its version).
+  state.param.unsafeGetTensorImpl()->bump_version();
 }
 
 void AdamW::zero_grad() {

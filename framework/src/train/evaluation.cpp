@@ -43,7 +43,7 @@ nn::SummedLoss summed_loss(nn::LlamaModel& model, const data::Batch& batch) {
   const torch::Tensor mask = target_mask(batch, hidden.device());
   const torch::Tensor targets = batch.labels.to(hidden.device()).narrow(1, 1, length - 1).masked_fill(mask.logical_not(), data::kIgnoreIndex);
   const torch::Tensor predicting = hidden.narrow(1, 0, length - 1).reshape({-1, hidden.size(-1)});
-  return nn::linear_cross_entropy(predicting, model->lm_head_weight(), targets.reshape({-1}));
+  return nn::linear_cross_entropy(predicting, model->lm_head(), targets.reshape({-1}));
 }
 
 double LossResult::perplexity() const { return std::exp(loss); }

@@ -197,11 +197,14 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
         e.rows.push_back(row("optimizer staging pages", staged * (eight_bit ? 2 + 4 + 4 : 8 + 4 + 4), true));
       }
       e.rows.push_back(row("activations", activation_bytes(true), true));
-      if (!recipe.get_strings("data.add_special_tokens").empty() || !recipe.get_strings("lora.modules_to_save").empty()) {
-        // Rows or matrices go in through whole matrices: the loss's fp32 gradient of lm_head,
-        // kept from forward to backward, and a copy of each matrix in the compute dtype.
-        e.rows.push_back(row("added token rows: lm_head gradient, matrix copies",
-                             c.vocab_size * c.hidden_size * (4 + 2 * dtype_bytes), true));
+      // Trained token rows take part where they stand (nn::VocabMatrix): nothing of [vocab,
+      // hidden]. An lm_head trained whole goes into the logits as a copy in the compute dtype,
+      // and the loss keeps its fp32 gradient from forward to backward.
+      const auto whole = recipe.get_strings("lora.modules_to_save");
+      const auto trained_whole = [&](const std::string& module) { return std::find(whole.begin(), whole.end(), module) != whole.end(); };
+      if (trained_whole("lm_head") || (c.tie_word_embeddings && trained_whole("embed_tokens"))) {
+        const auto vocab = c.vocab_size + static_cast<int64_t>(recipe.get_strings("data.add_special_tokens").size());
+        e.rows.push_back(row("lm_head trained whole: its copy, the loss's gradient", vocab * c.hidden_size * (4 + dtype_bytes), true));
       }
     }
     e.rows.push_back(transient_row(method != Method::FullFinetune));

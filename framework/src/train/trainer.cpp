@@ -395,7 +395,10 @@ Trainer::Trainer(const Recipe& recipe, dist::Communicator* comm, torch::Device d
   if (s.distributed()) {
     // One starting point for every rank, whatever each rank's RNG did while loading.
     torch::NoGradGuard no_grad;
-    for (auto& parameter : s.model->parameters()) comm->broadcast(parameter.data(), 0);
+    for (auto& parameter : s.model->parameters()) {
+      comm->broadcast(parameter.data(), 0);
+      parameter.unsafeGetTensorImpl()->bump_version();  // written through a raw pointer
+    }
     s.buckets = std::make_unique<dist::GradientBuckets>(s.model->parameters(), recipe.get_int("distributed.bucket_mb") << 20, *comm);
   }
   s.optimizer = std::make_unique<optim::AdamW>(s.model->parameters(), adamw_options_from(recipe, s.total_steps, s.model));

@@ -6,6 +6,8 @@
 
 #include <torch/torch.h>
 
+#include "shardlora/nn/vocab_matrix.h"
+
 namespace shardlora::nn {
 
 // Hugging Face's LlamaRMSNorm over the last dimension: normalize in float32, cast back,
@@ -25,11 +27,13 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const
 // for it). The fused path computes the logits `chunk_rows` rows at a time (0:
 // loss_chunk_rows) and keeps only their gradient with respect
 // to hidden (and weight, when it requires one): the [rows, vocab] logits never exist whole.
+// The matrix (a plain weight tensor, or a VocabMatrix whose trained rows take part where they
+// stand: their gradient is [n, hidden]) is cast to hidden's dtype.
 struct SummedLoss {
   torch::Tensor sum;    // float32 scalar
   torch::Tensor count;  // int64 scalar
 };
-SummedLoss linear_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& weight, const torch::Tensor& targets,
+SummedLoss linear_cross_entropy(const torch::Tensor& hidden, const VocabMatrix& matrix, const torch::Tensor& targets,
                                 int64_t chunk_rows = 0);
 
 // Rows per chunk when chunk_rows is 0: Liger's choice, a power of two near rows / ceil(vocab /

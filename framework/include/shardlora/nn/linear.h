@@ -106,9 +106,22 @@ class AdaptedLinearImpl : public torch::nn::Module {
   torch::Tensor merged_weight(c10::ScalarType dtype) const;
 
  private:
-  // ||W + scaling * B A|| per row, without gradient, in fp64 for fp64 and else in fp32.
+  // ||W + scaling * B A|| per row, without gradient, in fp64 for fp64 and else in fp32;
+  // computed again only when A or B has changed (decoding, recomputation under activation
+  // checkpointing and further micro-batches of a step reuse it).
   torch::Tensor weight_norm(c10::ScalarType dtype) const;
   torch::Tensor weight_squared_norms_;  // ||W||^2 per row, fp64, with DoRA
+  struct NormKey {
+    const void* a = nullptr;
+    const void* b = nullptr;
+    int64_t a_version = -1, b_version = -1;
+    c10::ScalarType precision = c10::ScalarType::Undefined;
+    bool operator==(const NormKey& o) const {
+      return a == o.a && b == o.b && a_version == o.a_version && b_version == o.b_version && precision == o.precision;
+    }
+  };
+  mutable NormKey norm_key_;
+  mutable torch::Tensor norm_;
 
   std::shared_ptr<FrozenLinear> base_;
   LoraOptions lora_;

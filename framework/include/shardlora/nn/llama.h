@@ -18,6 +18,7 @@
 #include "shardlora/nn/linear.h"
 #include "shardlora/nn/llama_config.h"
 #include "shardlora/nn/sharded_base.h"
+#include "shardlora/nn/vocab_matrix.h"
 #include "shardlora/quant/quant_state.h"
 
 namespace shardlora::nn {
@@ -41,8 +42,8 @@ struct ModelOptions {
   // New tokens (data.add_special_tokens): the vocabulary grows to at least `vocab_size` (0:
   // the checkpoint's), rows past the checkpoint's starting as the mean of its rows, as
   // transformers' resize_token_embeddings(mean_resizing) centres them; the rows of
-  // `trainable_tokens` in embed_tokens (and in an untied lm_head) are then trained, replacing
-  // the frozen rows as PEFT's trainable_token_indices does.
+  // `trainable_tokens` in embed_tokens (and in an untied lm_head) are then trained in place of
+  // the frozen rows, as PEFT's trainable_token_indices are (see vocab_matrix.h).
   int64_t vocab_size = 0;
   std::vector<int64_t> trainable_tokens;
   // PEFT's modules_to_save: "embed_tokens", "lm_head" (untied) trained whole, as fp32
@@ -86,11 +87,12 @@ class LlamaModelImpl : public torch::nn::Module {
   // input_ids [batch, seq] -> logits [batch, seq, vocab] in float32.
   torch::Tensor forward(const torch::Tensor& input_ids, const ForwardOptions& options = {});
   // The final normed hidden states [batch, seq, hidden] in the compute dtype: what the
-  // logits are computed from (the chunked loss takes them with lm_head_weight()).
+  // logits are computed from (the chunked loss takes them with lm_head()).
   torch::Tensor hidden_states(const torch::Tensor& input_ids, const ForwardOptions& options = {});
-  // embed_tokens and lm_head [vocab, hidden] with the trained token rows in place.
-  torch::Tensor embedding_weight() const;
-  torch::Tensor lm_head_weight() const;
+  // embed_tokens and lm_head [vocab, hidden], each with its trained token rows, or the fp32
+  // matrix of a module trained whole (a tied lm_head is embed_tokens).
+  VocabMatrix embedding_matrix() const;
+  VocabMatrix lm_head() const;
   // The trained rows [tokens, hidden] fp32 of embed_tokens and of an untied lm_head (undefined
   // without trainable tokens, or for a tied lm_head), and their token ids.
   const torch::Tensor& embed_token_rows() const { return embed_rows_; }
@@ -142,7 +144,7 @@ class LlamaModelImpl : public torch::nn::Module {
   RotaryFrequencies rotary_;  // at length 0; dynamic and longrope recompute per forward
   RotaryFrequencies local_rotary_;  // Gemma 3's windowed layers (rope_local_base_freq); else undefined
   std::shared_ptr<DenseLinear> lm_head_;
-  torch::Tensor token_index_, embed_rows_, lm_head_rows_;  // with trainable tokens
+  torch::Tensor token_index_, token_slots_, embed_rows_, lm_head_rows_;  // with trainable tokens
   torch::Tensor embed_whole_, lm_head_whole_;  // with modules_to_save
   std::vector<std::pair<std::string, torch::Tensor>> saved_modules_;
   std::vector<Layer> layers_;
