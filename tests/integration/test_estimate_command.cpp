@@ -190,6 +190,8 @@ TEST_F(Estimate, Phi4HasThePublishedShape) {
                               {"data.add_special_tokens=[<a>, <b>]", "lora.modules_to_save=[embed_tokens, lm_head]"})[2];
   EXPECT_EQ(whole.row("adapters (fp32)", true), 4 * (40 * per_layer + 2 * (100352 + 2) * 5120));
   EXPECT_EQ(whole.row("lm_head trained whole: its copy, the loss's gradient", true), (100352LL + 2) * 5120 * (4 + 2));
+  EXPECT_EQ(lora.row("embeddings, norms, lm_head", true) - whole.row("embeddings, norms, lm_head", true), 2 * 100352LL * 5120 * 2)
+      << "no frozen copy beside a matrix trained whole";
   const auto embeddings = estimate("phi-4-qlora.yaml", config_dir("phi-4"), 1, {"lora.modules_to_save=[embed_tokens]"})[2];
   EXPECT_EQ(embeddings.row("lm_head trained whole: its copy, the loss's gradient", true), 0) << "phi-4's lm_head is untied";
 }

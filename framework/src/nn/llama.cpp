@@ -263,7 +263,6 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
     if (lm_head.defined()) lm_head = grown(lm_head);
     config_.vocab_size = options.vocab_size;
   }
-  lm_head_ = std::make_shared<DenseLinear>(lm_head.defined() ? lm_head : embed_);
   const auto saved = [&](const std::string& module) {
     return std::find(options.modules_to_save.begin(), options.modules_to_save.end(), module) != options.modules_to_save.end();
   };
@@ -295,6 +294,10 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
       lm_head_rows_ = register_parameter("lm_head_token_rows", lm_head.index_select(0, token_index_).to(torch::kFloat32));
     }
   }
+  // A module trained whole computes from its fp32 parameter alone: its frozen copy goes
+  // (embed_ stays as an empty tensor of the embeddings' dtype and device).
+  if (lm_head.defined() && !lm_head_whole_.defined()) lm_head_ = std::make_shared<DenseLinear>(lm_head);
+  if (embed_whole_.defined()) embed_ = torch::empty({0, hidden}, embed_.options());
 
   // A decoder Linear's weight as the checkpoint holds it (bnb 4-bit or float), shape-checked.
   const auto read_weight = [&](const std::string& prefix, const std::string& module, int64_t out, int64_t in, bool bias) {

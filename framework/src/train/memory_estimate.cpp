@@ -183,7 +183,11 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
         e.rows.push_back(row("base weights (4-bit + quant state)", shard ? (quantized + world - 1) / world : quantized, true));
         if (shard) e.rows.push_back(row("all-gather buffer (2 layers)", 2 * quantized_bytes(linear_params / layers, blocksize, double_quant), true));
       }
-      e.rows.push_back(row("embeddings, norms, lm_head", dtype_bytes * float_params, true));
+      // A matrix trained whole is only its fp32 parameter (counted with the adapters).
+      const auto whole = recipe.get_strings("lora.modules_to_save");
+      const auto trained_whole = [&](const std::string& module) { return std::find(whole.begin(), whole.end(), module) != whole.end(); };
+      const int64_t frozen_params = float_params - static_cast<int64_t>(whole.size()) * c.vocab_size * c.hidden_size;
+      e.rows.push_back(row("embeddings, norms, lm_head", dtype_bytes * frozen_params, true));
       e.rows.push_back(row("adapters (fp32)", 4 * adapter_params, true));
       e.rows.push_back(row("adapter gradients (fp32)", 4 * adapter_params, true));
       const int64_t state = eight_bit ? 2 * adapter_params + 2 * ((adapter_params + 255) / 256) * 4 : 8 * adapter_params;
@@ -200,8 +204,6 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
       // Trained token rows take part where they stand (nn::VocabMatrix): nothing of [vocab,
       // hidden]. An lm_head trained whole goes into the logits as a copy in the compute dtype,
       // and the loss keeps its fp32 gradient from forward to backward.
-      const auto whole = recipe.get_strings("lora.modules_to_save");
-      const auto trained_whole = [&](const std::string& module) { return std::find(whole.begin(), whole.end(), module) != whole.end(); };
       if (trained_whole("lm_head") || (c.tie_word_embeddings && trained_whole("embed_tokens"))) {
         const auto vocab = c.vocab_size + static_cast<int64_t>(recipe.get_strings("data.add_special_tokens").size());
         e.rows.push_back(row("lm_head trained whole: its copy, the loss's gradient", vocab * c.hidden_size * (4 + dtype_bytes), true));

@@ -143,7 +143,7 @@ class LlamaModelImpl : public torch::nn::Module {
   torch::Tensor embed_, final_norm_;
   RotaryFrequencies rotary_;  // at length 0; dynamic and longrope recompute per forward
   RotaryFrequencies local_rotary_;  // Gemma 3's windowed layers (rope_local_base_freq); else undefined
-  std::shared_ptr<DenseLinear> lm_head_;
+  std::shared_ptr<DenseLinear> lm_head_;  // an untied lm_head not trained whole
   torch::Tensor token_index_, token_slots_, embed_rows_, lm_head_rows_;  // with trainable tokens
   torch::Tensor embed_whole_, lm_head_whole_;  // with modules_to_save
   std::vector<std::pair<std::string, torch::Tensor>> saved_modules_;
