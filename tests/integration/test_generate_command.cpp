@@ -1,10 +1,12 @@
 // `shardlora generate`: the executable's tokens equal nn::generate run here on the same model
 // (4-bit base by default, with and without an adapter, from ids or from text through the
 // model's tokenizer), it stops at the model's end-of-sequence id, and bad input is an error
-// with a non-zero exit.
+// with a non-zero exit; with an adapter that added tokens, it and `eval` take the adapter's
+// tokenizer.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <fstream>
 
 #include "shardlora/data/tokenizer.h"
@@ -13,10 +15,12 @@
 #include "shardlora/nn/hf_loader.h"
 #include "shardlora/nn/peft_adapter.h"
 #include "shardlora/nn/random_model.h"
+#include "shardlora/train/trainer.h"
 #include "shardlora_paths.h"
 #include "subprocess.h"
 #include "temp_dir.h"
 #include "tiny_hf_model.h"
+#include "tiny_training_run.h"
 
 using namespace shardlora;
 using namespace shardlora::testing;
@@ -163,4 +167,50 @@ TEST_F(GenerateCommand, BadInputIsAnErrorNamingIt) {
   const auto stub_tokenizer = run_process({shardlora_binary(), "generate", path("base"), "--prompt", "hello"});
   EXPECT_EQ(stub_tokenizer.exit_code, 1);
   EXPECT_NE(stub_tokenizer.err.find("tokenizer.json: model has no 'vocab'"), std::string::npos) << stub_tokenizer.err;
+}
+
+namespace {
+
+// An adapter with new tokens (data.add_special_tokens), as training writes it: `generate` and
+// `eval` read the adapter's tokenizer and grow the model to its rows.
+class NewTokenAdapter : public TinyTrainingRun {
+ protected:
+  void SetUp() override {
+    TinyTrainingRun::SetUp();
+    std::ofstream data(path("tokens.jsonl"));
+    for (int i = 0; i < 24; ++i) data << R"({"text": "<|cat|> sat on the <|mat|> )" << i % 5 << R"("})" << "\n";
+  }
+};
+
+}  // namespace
+
+TEST_F(NewTokenAdapter, GenerateAndEvalReadTheAdaptersTokenizerAndRows) {
+  train::Trainer(recipe("run", {"data.add_special_tokens=[<|cat|>, <|mat|>]", "data.train=" + path("tokens.jsonl")}))
+      .run(train::StartMode::Fresh);
+  const std::string adapter_dir = path("run/adapter");
+
+  const auto generated = run_process({shardlora_binary(), "generate", path("model"), "--adapter", adapter_dir, "--prompt",
+                                      "<|cat|> sat", "--max-new-tokens", "6", "--ignore-eos", "--json"});
+  ASSERT_EQ(generated.exit_code, 0) << generated.err;
+  const auto json = nlohmann::json::parse(generated.out);
+  const auto prompt = json["prompt_ids"].get<std::vector<int64_t>>();
+  EXPECT_EQ(prompt, data::load_tokenizer(adapter_dir)->encode("<|cat|> sat"));
+  EXPECT_EQ(prompt.front(), 259) << "one id for the new token: the adapter's tokenizer";
+  const nn::PeftAdapter adapter = nn::read_peft_adapter(adapter_dir);
+  nn::ModelOptions options;  // the command's defaults: NF4 base, bf16
+  nn::set_adapter_options(adapter, options);
+  nn::LlamaModel model = nn::load_hf_model(path("model"), options);
+  nn::load_adapter_weights(model, adapter, adapter_dir);
+  EXPECT_EQ(json["generated_ids"].get<std::vector<int64_t>>(), nn::generate(model, prompt, {.max_new_tokens = 6}));
+
+  // Each line's two new tokens are one id each with the adapter's tokenizer, 7 bytes each
+  // with the base model's.
+  const auto eval = [&](const std::string& which) {
+    const auto result = run_process({shardlora_binary(), "eval", path("run/recipe.yaml"), which, "--data", path("tokens.jsonl"), "--json"});
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    return nlohmann::json::parse(result.out);
+  };
+  const auto with_adapter = eval("--adapter=" + adapter_dir), base = eval("--base");
+  EXPECT_TRUE(std::isfinite(with_adapter["loss"].get<double>()));
+  EXPECT_EQ(base["tokens"].get<int64_t>() - with_adapter["tokens"].get<int64_t>(), 24 * 2 * 6);
 }
