@@ -14,7 +14,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -22,6 +21,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 
+#include "shardlora/io/durable_file.h"
 #include "shardlora/kernels/device.h"
 #include "shardlora/nn/fused_ops.h"
 #include "shardlora/nn/llama.h"
@@ -239,7 +239,12 @@ int main(int argc, char** argv) {
 
   const double flops_peak = peak_bf16_flops(device);
   const int64_t base_params = base_matmul_parameters(c);
-  nlohmann::json results = {{"device", device}, {"model", args.model}, {"layers", c.num_hidden_layers}, {"runs", nlohmann::json::array()}};
+  nlohmann::json results = {{"device", device},   {"model", args.model}, {"layers", c.num_hidden_layers},
+                             {"max_seq", args.max_seq}, {"runs", nlohmann::json::array()}};
+  // Written after every figure: what was measured survives scripts/gpu-bench's time limits.
+  const auto save = [&] {
+    if (!args.json.empty()) io::write_file_atomically(args.json, results.dump(2) + "\n");
+  };
   std::printf("%-4s %-6s %10s %7s %10s %10s   %s\n", "mb", "ckpt", "tokens/s", "MFU", "peak alloc", "reserved", "time per step (s)");
   bool valid = true;
   for (const Config config : {Config{1, true}, Config{1, false}, Config{2, true}, Config{2, false}}) {
@@ -269,6 +274,7 @@ int main(int argc, char** argv) {
     results["runs"].push_back({{"micro_batch", config.micro_batch}, {"checkpointing", config.checkpointing}, {"tokens_per_second", tokens_per_second},
                                {"mfu", mfu}, {"peak_allocated_gib", memory.allocated_gib}, {"peak_reserved_gib", memory.reserved_gib},
                                {"step_seconds", step}, {"parts", parts}, {"first_loss", first_loss}});
+    save();
   }
   // The longest sequence one row fits, with checkpointing.
   t.model->set_activation_checkpointing(true);
@@ -280,6 +286,8 @@ int main(int argc, char** argv) {
       train_step(t, ids);
       torch::cuda::synchronize();
       longest = seq;
+      results["longest_seq"] = longest;
+      save();
     } catch (const c10::Error& error) {  // out of memory (c10::OutOfMemoryError on libtorch 2.x)
       std::printf("seq %lld: %s\n", static_cast<long long>(seq), std::string(error.what()).substr(0, 80).c_str());
       break;
@@ -288,7 +296,7 @@ int main(int argc, char** argv) {
   std::printf("longest sequence that fits (micro-batch 1, checkpointing): %lld tokens%s\n", static_cast<long long>(longest),
               longest == args.max_seq ? " (the limit tried)" : "");
   results["longest_seq"] = longest;
-  if (!args.json.empty()) std::ofstream(args.json) << results.dump(2) << "\n";
+  save();
   if (!valid) {
     std::fprintf(stderr, "FAILED: a first loss is not finite\n");
     return 1;

@@ -26,15 +26,19 @@ def main():
         peer_runs = {(r["micro_batch"], r["checkpointing"]): r for r in peer["runs"]}
         for run in ours["runs"]:
             other = peer_runs.get((run["micro_batch"], run["checkpointing"]))
-            if not other:
+            if not other or other.get("out_of_memory"):
+                print(f"{run['micro_batch']:<4} {'on' if run['checkpointing'] else 'off':<5} {run['tokens_per_second']:>10.0f} "
+                      f"{'out of memory' if other else 'not run':>10}")
                 continue
             print(f"{run['micro_batch']:<4} {'on' if run['checkpointing'] else 'off':<5} {run['tokens_per_second']:>10.0f} "
                   f"{other['tokens_per_second']:>10.0f} {run['tokens_per_second'] / other['tokens_per_second']:>5.2f}x   "
                   f"{run['peak_allocated_gib']:>8.1f} {other['peak_allocated_gib']:>8.1f} "
                   f"{run['peak_allocated_gib'] / other['peak_allocated_gib']:>5.2f}x")
-        if peer.get("longest_seq"):
+        if peer.get("longest_seq") and ours.get("longest_seq"):
+            limit = " (ours reached the longest tried, --max-seq: the ratio is a lower bound)" \
+                if ours["longest_seq"] >= ours.get("max_seq", float("inf")) else ""
             print(f"longest sequence: ours {ours['longest_seq']}, peer {peer['longest_seq']}, "
-                  f"{ours['longest_seq'] / peer['longest_seq']:.1f}x")
+                  f"{ours['longest_seq'] / peer['longest_seq']:.1f}x{limit}")
     print("\nissue 21 targets (8B, seq 2048): tokens/s >= 1.3x the peer, peak memory <= 0.5x, >= 8,000 tokens/s, "
           "longest sequence >= 10x")
 

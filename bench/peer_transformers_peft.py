@@ -11,6 +11,7 @@ Prints a table and writes the figures as JSON (--json FILE).
 """
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -86,8 +87,17 @@ def main():
           f"{args.model}, {config.num_hidden_layers} layers, bf16 base (no bitsandbytes here), LoRA r=16 all-linear "
           f"({trainable / 1e6:.1f}M adapter parameters), sdpa, AdamW; built in {time.perf_counter() - start:.0f} s")
     results = {"device": device, "model": args.model, "layers": config.num_hidden_layers, "base": "bf16",
+               "max_seq": args.max_seq,
                "versions": {"transformers": transformers.__version__, "peft": peft.__version__, "torch": torch.__version__},
                "runs": []}
+
+    def save():  # after every figure: what was measured survives scripts/gpu-bench's time limits
+        if args.json:
+            partial = args.json + ".partial"
+            with open(partial, "w") as out:
+                json.dump(results, out, indent=2)
+            os.replace(partial, args.json)
+
     print(f"{'mb':<4} {'ckpt':<6} {'tokens/s':>10} {'peak alloc':>12} {'reserved':>10}")
     model.train()
     for micro_batch, checkpointing in [(1, True), (1, False), (2, True), (2, False)]:
@@ -99,8 +109,15 @@ def main():
         ids = torch.randint(config.vocab_size, (micro_batch, args.seq)).cuda()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        first_loss = train_step(model, optimizer, ids).item()
-        step = seconds_per_step(model, optimizer, ids, args.steps)
+        try:
+            first_loss = train_step(model, optimizer, ids).item()
+            step = seconds_per_step(model, optimizer, ids, args.steps)
+        except torch.cuda.OutOfMemoryError:
+            print(f"{micro_batch:<4} {'on' if checkpointing else 'off':<6} out of memory")
+            optimizer.zero_grad(set_to_none=True)
+            results["runs"].append({"micro_batch": micro_batch, "checkpointing": checkpointing, "out_of_memory": True})
+            save()
+            continue
         allocated = torch.cuda.max_memory_allocated() / 2**30
         reserved = torch.cuda.max_memory_reserved() / 2**30
         tokens_per_second = micro_batch * (args.seq - 1) / step
@@ -109,6 +126,7 @@ def main():
         results["runs"].append({"micro_batch": micro_batch, "checkpointing": checkpointing,
                                 "tokens_per_second": tokens_per_second, "peak_allocated_gib": allocated,
                                 "peak_reserved_gib": reserved, "step_seconds": step, "first_loss": first_loss})
+        save()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     longest, seq = 0, args.seq
     while seq <= args.max_seq:
@@ -117,15 +135,15 @@ def main():
             train_step(model, optimizer, torch.randint(config.vocab_size, (1, seq)).cuda())
             torch.cuda.synchronize()
             longest = seq
+            results["longest_seq"] = longest
+            save()
         except torch.cuda.OutOfMemoryError:
             print(f"seq {seq}: out of memory")
             break
         seq *= 2
     print(f"longest sequence that fits (micro-batch 1, checkpointing): {longest} tokens")
     results["longest_seq"] = longest
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(results, out, indent=2)
+    save()
 
 
 if __name__ == "__main__":
