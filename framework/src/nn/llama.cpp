@@ -255,12 +255,8 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config, const quant::TensorLoo
   }
   torch::Tensor lm_head = config.tie_word_embeddings ? torch::Tensor() : to_model(require(weights, "lm_head.weight", {config.vocab_size, hidden}, label));
   if (options.vocab_size > config.vocab_size) {
-    const auto grown = [&](const torch::Tensor& weight) {
-      const torch::Tensor mean = weight.to(torch::kFloat32).mean(0, true).to(dtype);
-      return torch::cat({weight, mean.expand({options.vocab_size - config.vocab_size, hidden})});
-    };
-    embed_ = grown(embed_);
-    if (lm_head.defined()) lm_head = grown(lm_head);
+    embed_ = grow_vocabulary(embed_, options.vocab_size);
+    if (lm_head.defined()) lm_head = grow_vocabulary(lm_head, options.vocab_size);
     config_.vocab_size = options.vocab_size;
   }
   const auto saved = [&](const std::string& module) {

@@ -52,10 +52,7 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
       used.insert(whole->first);
       return whole->second;
     }
-    torch::Tensor weight = view.to(torch::kFloat32);
-    if (vocab_size > weight.size(0)) {
-      weight = torch::cat({weight, weight.mean(0, true).expand({vocab_size - weight.size(0), weight.size(1)})});
-    }
+    torch::Tensor weight = grow_vocabulary(view.to(torch::kFloat32), vocab_size);
     const std::string key = peft_token_rows_key(module_path);
     if (const auto it = adapter.tensors.find(key); it != adapter.tensors.end()) {
       SHARDLORA_CHECK(it->second.sizes() == c10::IntArrayRef({static_cast<int64_t>(adapter.trainable_tokens.size()), weight.size(1)}),

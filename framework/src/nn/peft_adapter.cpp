@@ -227,27 +227,20 @@ void load_adapter_weights(LlamaModel& model, const PeftAdapter& adapter, const s
   SHARDLORA_CHECK(model->saved_modules().size() == adapter.modules_to_save.size(), label, ": the adapter trains ",
                   adapter.modules_to_save.size(), " whole modules (modules_to_save), the model ", model->saved_modules().size(),
                   " (lora.modules_to_save?)");
-  for (const auto& [module, weight] : model->saved_modules()) {
-    const std::string key = saved_module_key(model->config(), module);
+  // The adapter's tensor `key` into `into`, shape-checked; a missing one is an error if required.
+  const auto copy_tensor = [&](const std::string& key, const torch::Tensor& into, bool required) {
     const auto it = adapter.tensors.find(key);
-    SHARDLORA_CHECK(it != adapter.tensors.end(), label, ": missing tensor '", key, "'");
-    SHARDLORA_CHECK(it->second.sizes() == weight.sizes(), label, ": tensor '", key, "' has shape ", shape_text(it->second.sizes()),
-                    ", the model needs ", shape_text(weight.sizes()));
-    torch::NoGradGuard no_grad;
-    weight.copy_(it->second);
+    SHARDLORA_CHECK(it != adapter.tensors.end() || !required, label, ": missing tensor '", key, "'");
+    if (it == adapter.tensors.end()) return;
+    SHARDLORA_CHECK(it->second.sizes() == into.sizes(), label, ": tensor '", key, "' has shape ", shape_text(it->second.sizes()),
+                    ", the model needs ", shape_text(into.sizes()));
+    into.copy_(it->second);
     used.insert(key);
-  }
+  };
+  for (const auto& [module, weight] : model->saved_modules()) copy_tensor(saved_module_key(model->config(), module), weight, true);
   // PEFT writes no lm_head rows for an untied lm_head it was not asked to train: they stay the base's.
   for (const auto& [lm_head, rows] : {std::pair{false, model->embed_token_rows()}, std::pair{true, model->lm_head_token_rows()}}) {
-    if (!rows.defined()) continue;
-    const std::string key = token_rows_key(model->config(), lm_head);
-    const auto it = adapter.tensors.find(key);
-    SHARDLORA_CHECK(it != adapter.tensors.end() || lm_head, label, ": missing tensor '", key, "'");
-    if (it == adapter.tensors.end()) continue;
-    SHARDLORA_CHECK(it->second.sizes() == rows.sizes(), label, ": tensor '", key, "' has shape ", shape_text(it->second.sizes()),
-                    ", the model needs ", shape_text(rows.sizes()));
-    rows.copy_(it->second);
-    used.insert(key);
+    if (rows.defined()) copy_tensor(token_rows_key(model->config(), lm_head), rows, !lm_head);
   }
   for (const auto& [key, tensor] : adapter.tensors) {
     SHARDLORA_CHECK(used.count(key), label, ": tensor '", key, "' matches no adapted module of the model (target_modules?)");

@@ -9,6 +9,12 @@ torch::Tensor VocabMatrix::dense(torch::ScalarType dtype) const {
   return has_rows() ? matrix.index_copy(0, token_ids, rows.to(dtype)) : matrix;
 }
 
+torch::Tensor grow_vocabulary(const torch::Tensor& weight, int64_t vocab_size) {
+  if (vocab_size <= weight.size(0)) return weight;
+  const torch::Tensor mean = weight.to(torch::kFloat32).mean(0, true).to(weight.scalar_type());
+  return torch::cat({weight, mean.expand({vocab_size - weight.size(0), weight.size(1)})});
+}
+
 torch::Tensor token_slots(const torch::Tensor& token_ids, int64_t vocab) {
   const int64_t count = token_ids.numel();
   torch::Tensor slots = torch::full({vocab}, -1, token_ids.options().dtype(torch::kInt64));

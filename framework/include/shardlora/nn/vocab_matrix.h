@@ -29,6 +29,11 @@ struct VocabMatrix {
   torch::Tensor dense(torch::ScalarType dtype) const;
 };
 
+// `weight` [rows, hidden] grown to `vocab_size` rows, the new ones the mean row (taken in
+// float32, in weight's dtype): the centre transformers' resize_token_embeddings(mean_resizing)
+// draws them around. Unchanged when it has as many rows already.
+torch::Tensor grow_vocabulary(const torch::Tensor& weight, int64_t vocab_size);
+
 // VocabMatrix::slots for `token_ids` (distinct, else an error) in a vocabulary of `vocab`.
 torch::Tensor token_slots(const torch::Tensor& token_ids, int64_t vocab);
 
