@@ -6,7 +6,8 @@
 // model, fp32): peak RSS growth over the step with the chunked loss and with the chain's
 // whole fp32 logits, each in its own process, against the fp32 logits and their gradient;
 // and a step with trained token rows where they stand against the rows copied into the
-// matrices (token_rows_step).
+// matrices (token_rows_step); and sliding-window attention in bands of the window against
+// a dense [T, T] window mask (windowed_attention_step).
 // Timings keep freed memory in the heap (mallopt) so that page faults of fresh outputs,
 // which the chains take more of, do not decide the ratios.
 //
@@ -127,6 +128,15 @@ int64_t current_rss_bytes() {
   return static_cast<int64_t>(resident) * sysconf(_SC_PAGESIZE);
 }
 
+// Peak RSS growth, MiB, over one call of `step` (the process's first peak: run it first).
+double peak_growth_mib(const std::function<void()>& step) {
+  const int64_t before = current_rss_bytes();
+  step();
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss * 1024 - before) / (1 << 20);
+}
+
 StepMemory training_step_memory(const std::string& dir, bool chunked, const Args& args) {
   at::set_num_threads(args.threads);
   omp_set_num_threads(args.threads);
@@ -138,19 +148,15 @@ StepMemory training_step_memory(const std::string& dir, bool chunked, const Args
   torch::manual_seed(0);
   const torch::Tensor ids = torch::randint(model->config().vocab_size, {1, args.tokens}, torch::kInt64);
   const torch::Tensor inputs = ids.narrow(1, 0, args.tokens - 1), targets = ids.narrow(1, 1, args.tokens - 1).reshape({-1});
-  const int64_t before = current_rss_bytes();
   nn::SummedLoss loss;
-  if (chunked) {
+  const double grown_mib = peak_growth_mib([&] {
     const torch::Tensor hidden = model->hidden_states(inputs);
-    loss = nn::linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), model->lm_head(), targets);
-  } else {
-    const torch::Tensor hidden = model->hidden_states(inputs);
-    loss = nn::reference::linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), model->lm_head().dense(hidden.scalar_type()), targets);
-  }
-  loss.sum.backward();
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return {static_cast<double>(usage.ru_maxrss * 1024 - before) / (1 << 20), loss.sum.item<double>()};
+    const torch::Tensor rows = hidden.reshape({-1, hidden.size(-1)});
+    loss = chunked ? nn::linear_cross_entropy(rows, model->lm_head(), targets)
+                   : nn::reference::linear_cross_entropy(rows, model->lm_head().dense(hidden.scalar_type()), targets);
+    loss.sum.backward();
+  });
+  return {grown_mib, loss.sum.item<double>()};
 }
 
 // Trained token rows (nn::VocabMatrix) at Llama 3's vocabulary: the embedding and the loss of
@@ -190,14 +196,50 @@ TokenRowsStep token_rows_step(bool where_they_stand, const Args& args) {
                             : nn::linear_cross_entropy(h, head.dense(torch::kFloat32), targets);
     loss.sum.backward();
   };
-  const int64_t before = current_rss_bytes();
-  step();
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
   TokenRowsStep result;
-  result.grown_mib = static_cast<double>(usage.ru_maxrss * 1024 - before) / (1 << 20);
+  result.grown_mib = peak_growth_mib(step);
   result.loss = loss.sum.item<double>();
   result.row_gradient_norm = std::hypot(embed_rows.grad().norm().item<double>(), head_rows.grad().norm().item<double>());
+  result.step_ms = ms_per_call(args.iters, step);
+  return result;
+}
+
+// Sliding-window attention at Gemma 3 1B's shape (4 heads, 1 KV head of 256, window 512),
+// forward + backward: in bands of the window (nn::segmented_attention) against the dense
+// [T, T] window mask this code took before (HF's eager attention on libtorch 1.13). Peak RSS
+// growth over the first call, then milliseconds per call.
+struct WindowedAttention {
+  double grown_mib = 0, step_ms = 0;
+  double out_sum = 0, out_abs_sum = 0, grad_q_sum = 0, grad_q_abs_sum = 0;  // checksums: tensors do not cross in_child
+};
+constexpr int64_t kWindowHeads = 4, kWindowKvHeads = 1, kWindowHeadDim = 256, kWindow = 512, kWindowSeq = 4096;
+
+WindowedAttention windowed_attention_step(bool banded, const Args& args) {
+  at::set_num_threads(args.threads);
+  const int64_t seq = kWindowSeq, groups = kWindowHeads / kWindowKvHeads;
+  torch::manual_seed(0);
+  const torch::Tensor q = torch::randn({1, kWindowHeads, seq, kWindowHeadDim}).requires_grad_(true);
+  const torch::Tensor k = torch::randn({1, kWindowKvHeads, seq, kWindowHeadDim}).requires_grad_(true);
+  const torch::Tensor v = torch::randn({1, kWindowKvHeads, seq, kWindowHeadDim}).requires_grad_(true);
+  const torch::Tensor segments = torch::tensor({int64_t{0}, int64_t{0}, seq}, torch::kInt64).view({1, 3});
+  const torch::Tensor distance = torch::arange(seq).view({-1, 1}) - torch::arange(seq).view({1, -1});
+  const torch::Tensor allowed = distance.ge(0).logical_and(distance.lt(kWindow)).view({1, 1, seq, seq});
+  torch::Tensor out;
+  const auto step = [&] {
+    q.mutable_grad() = torch::Tensor();
+    if (banded) {
+      out = nn::segmented_attention(q, k, v, segments, kWindow);
+    } else {
+      const torch::Tensor scores = torch::matmul(q, k.repeat_interleave(groups, 1).transpose(2, 3)) / std::sqrt(double(kWindowHeadDim));
+      const torch::Tensor weights = torch::softmax(scores.masked_fill(allowed.logical_not(), -INFINITY), -1, torch::kFloat32);
+      out = torch::matmul(weights, v.repeat_interleave(groups, 1));
+    }
+    out.backward(torch::ones_like(out));
+  };
+  WindowedAttention result;
+  result.grown_mib = peak_growth_mib(step);
+  result.out_sum = out.sum().item<double>(), result.out_abs_sum = out.abs().sum().item<double>();
+  result.grad_q_sum = q.grad().sum().item<double>(), result.grad_q_abs_sum = q.grad().abs().sum().item<double>();
   result.step_ms = ms_per_call(args.iters, step);
   return result;
 }
@@ -317,6 +359,18 @@ int main(int argc, char** argv) {
                 standing.grown_mib / copied.grown_mib, copied.step_ms / standing.step_ms);
     valid = valid && std::fabs(standing.loss - copied.loss) <= 1e-4 * std::fabs(copied.loss) &&
             std::fabs(standing.row_gradient_norm - copied.row_gradient_norm) <= 1e-4 * copied.row_gradient_norm;
+
+    const WindowedAttention dense = in_child([&] { return windowed_attention_step(false, args); });
+    const WindowedAttention bands = in_child([&] { return windowed_attention_step(true, args); });
+    std::printf("\nsliding-window attention, Gemma 3 1B shape (%lld heads, %lld KV head of %lld), window %lld, seq %lld, fp32: "
+                "forward + backward\n",
+                static_cast<long long>(kWindowHeads), static_cast<long long>(kWindowKvHeads), static_cast<long long>(kWindowHeadDim),
+                static_cast<long long>(kWindow), static_cast<long long>(kWindowSeq));
+    std::printf("  dense [T, T] window mask (before) %8.0f MiB %9.1f ms\n", dense.grown_mib, dense.step_ms);
+    std::printf("  bands of the window               %8.0f MiB %9.1f ms\n", bands.grown_mib, bands.step_ms);
+    std::printf("  peak %.2fx, %.2fx faster\n", bands.grown_mib / dense.grown_mib, dense.step_ms / bands.step_ms);
+    const auto agree = [](double a, double b, double scale) { return std::fabs(a - b) <= 1e-4 * scale; };
+    valid = valid && agree(bands.out_sum, dense.out_sum, dense.out_abs_sum) && agree(bands.grad_q_sum, dense.grad_q_sum, dense.grad_q_abs_sum);
   }
   if (!valid) {
     std::fprintf(stderr, "FAILED: a fused result disagrees with its op chain\n");

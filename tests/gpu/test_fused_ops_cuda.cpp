@@ -107,14 +107,19 @@ TEST_F(FusedOpsCuda, AttentionPerDocumentMatchesTheDenseMask) {
   const auto [segments, longest] = nn::document_segments(docs);
   const torch::Tensor q = torch::randn({2, heads, seq, dim}, torch::kFloat64);
   const torch::Tensor k = torch::randn({2, kv_heads, seq, dim}, torch::kFloat64), v = torch::randn({2, kv_heads, seq, dim}, torch::kFloat64);
-  const torch::Tensor allowed = docs.unsqueeze(2).eq(docs.unsqueeze(1)).logical_and(torch::ones({seq, seq}, torch::kBool).tril()).unsqueeze(1);
+  const torch::Tensor distance = torch::arange(seq).view({-1, 1}) - torch::arange(seq).view({1, -1});
   const torch::Tensor scores =
       torch::matmul(q, k.repeat_interleave(heads / kv_heads, 1).transpose(2, 3)) / std::sqrt(static_cast<double>(dim));
-  const torch::Tensor expected =
-      torch::matmul(torch::softmax(scores.masked_fill(allowed.logical_not(), -INFINITY), -1), v.repeat_interleave(heads / kv_heads, 1));
-  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
-    const torch::Tensor out = nn::segmented_attention(q.to(gpu, dtype), k.to(gpu, dtype), v.to(gpu, dtype), segments);
-    expect_close(out, expected, dtype == torch::kFloat32 ? 1e-3 : kBf16, "attention " + std::string(torch::toString(dtype)));
+  for (const int64_t window : {0, 96}) {  // none; a sliding window shorter than the documents
+    const torch::Tensor allowed = docs.unsqueeze(2).eq(docs.unsqueeze(1)).logical_and(distance.ge(0))
+                                      .logical_and(window > 0 ? distance.lt(window) : distance.ge(0)).unsqueeze(1);
+    const torch::Tensor expected =
+        torch::matmul(torch::softmax(scores.masked_fill(allowed.logical_not(), -INFINITY), -1), v.repeat_interleave(heads / kv_heads, 1));
+    for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+      const torch::Tensor out = nn::segmented_attention(q.to(gpu, dtype), k.to(gpu, dtype), v.to(gpu, dtype), segments, window);
+      expect_close(out, expected, dtype == torch::kFloat32 ? 1e-3 : kBf16,
+                   "attention, window " + std::to_string(window) + ", " + std::string(torch::toString(dtype)));
+    }
   }
 }
 

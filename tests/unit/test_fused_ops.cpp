@@ -197,6 +197,40 @@ TEST(Attention, PerDocumentEqualsTheDenseMaskWithSharedKvHeads) {
   expect_close(nn::segmented_attention(q, k, v, whole), one_document, 1e-6, "one document per row");
 }
 
+TEST(Attention, SlidingWindowBandsEqualTheDenseWindowMaskForwardAndBackward) {
+  torch::manual_seed(6);
+  const int64_t heads = 4, kv_heads = 2, seq = 23, dim = 8;
+  std::vector<int64_t> packed(seq, 0);  // row 0: documents of 11, 3 and 9 tokens
+  for (int64_t t = 11; t < seq; ++t) packed[t] = t < 14 ? 1 : 2;
+  const torch::Tensor packed_row = torch::tensor(packed, torch::kInt64).view({1, seq});
+  for (const torch::Tensor& docs : {torch::cat({packed_row, torch::full({1, seq}, 7, torch::kInt64)}), torch::zeros({2, seq}, torch::kInt64)}) {
+    const torch::Tensor segments = nn::document_segments(docs).first;
+    for (const int64_t window : {1, 4, 5, 11, 30}) {
+      const std::string what = "window " + std::to_string(window) + ", " + std::to_string(segments.size(0)) + " segments: ";
+      const torch::Tensor q = torch::randn({2, heads, seq, dim}, torch::kFloat64).requires_grad_(true);
+      const torch::Tensor k = torch::randn({2, kv_heads, seq, dim}, torch::kFloat64).requires_grad_(true);
+      const torch::Tensor v = torch::randn({2, kv_heads, seq, dim}, torch::kFloat64).requires_grad_(true);
+      const torch::Tensor grad_out = torch::randn({2, heads, seq, dim}, torch::kFloat64);
+      // The definition, as HF's sliding-window mask: the same document, j <= i, i - j < window.
+      const torch::Tensor position = torch::arange(seq, torch::kInt64);
+      const torch::Tensor distance = position.view({-1, 1}) - position.view({1, -1});
+      const torch::Tensor allowed =
+          docs.unsqueeze(2).eq(docs.unsqueeze(1)).logical_and(distance.ge(0)).logical_and(distance.lt(window)).unsqueeze(1);
+      const torch::Tensor scores = torch::matmul(q, k.repeat_interleave(heads / kv_heads, 1).transpose(2, 3)) / std::sqrt(static_cast<double>(dim));
+      const torch::Tensor expected =
+          torch::matmul(torch::softmax(scores.masked_fill(allowed.logical_not(), -INFINITY), -1), v.repeat_interleave(heads / kv_heads, 1));
+      const auto expected_grads = torch::autograd::grad({expected}, {q, k, v}, {grad_out});
+      const torch::Tensor actual = nn::segmented_attention(q, k, v, segments, window);
+      const auto grads = torch::autograd::grad({actual}, {q, k, v}, {grad_out});
+      // (1e-6: the eager path takes its softmax in float32, as HF does)
+      expect_close(actual, expected, 1e-6, what + "out");
+      expect_close(grads[0], expected_grads[0], 1e-6, what + "d q");
+      expect_close(grads[1], expected_grads[1], 1e-6, what + "d k");
+      expect_close(grads[2], expected_grads[2], 1e-6, what + "d v");
+    }
+  }
+}
+
 TEST(FusedOps, Float64TakesTheOpChains) {
   const torch::Tensor x = torch::randn({2, 8}, torch::kFloat64), w = torch::randn({8}, torch::kFloat64);
   EXPECT_FALSE(nn::fused_ops_apply(x));

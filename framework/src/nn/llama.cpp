@@ -68,6 +68,27 @@ torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, c
 #endif
 }
 
+// Causal attention within `window` positions (j > i - window) of q over k, v of the same
+// length, with no [T, T] mask: queries in blocks of `window`, each over the keys from
+// window - 1 before its first query to its last, where the band i <= j <= i + window - 1 of
+// one [window, 2 window - 1] mask says which (memory and work O(T window), not O(T^2)).
+torch::Tensor windowed_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
+  const int64_t length = q.size(2);
+  if (length <= window) return causal_attention(q, k, v);
+  const auto longs = torch::TensorOptions(torch::kInt64).device(q.device());
+  const torch::Tensor offset = torch::arange(2 * window - 1, longs).view({1, -1}) - torch::arange(window, longs).view({-1, 1});
+  const torch::Tensor band = offset.ge(0).logical_and(offset.lt(window));
+  std::vector<torch::Tensor> blocks;
+  for (int64_t first = 0; first < length; first += window) {
+    const int64_t rows = std::min(window, length - first), keys_first = std::max<int64_t>(0, first - window + 1);
+    const int64_t keys = first + rows - keys_first;
+    const torch::Tensor mask = band.narrow(0, 0, rows).narrow(1, keys_first - (first - window + 1), keys);
+    blocks.push_back(masked_attention(q.narrow(2, first, rows), k.narrow(2, keys_first, keys), v.narrow(2, keys_first, keys),
+                                      mask.view({1, 1, rows, keys})));
+  }
+  return torch::cat(blocks, 2);
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
@@ -126,17 +147,21 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
 
 }  // namespace
 
-torch::Tensor segmented_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& segments) {
+torch::Tensor segmented_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& segments,
+                                  int64_t window) {
   const int64_t batch = q.size(0), seq = q.size(2);
   const auto s = segments.accessor<int64_t, 2>();
-  if (segments.size(0) == batch) return causal_attention(q, k, v);
+  const auto document_attention = [window](const torch::Tensor& dq, const torch::Tensor& dk, const torch::Tensor& dv) {
+    return window > 0 ? windowed_attention(dq, dk, dv, window) : causal_attention(dq, dk, dv);
+  };
+  if (segments.size(0) == batch) return document_attention(q, k, v);
   std::vector<torch::Tensor> rows;
   for (int64_t i = 0; i < segments.size(0);) {
     const int64_t row = s[i][0];
     std::vector<torch::Tensor> pieces;
     for (; i < segments.size(0) && s[i][0] == row; ++i) {
       const auto slice = [&](const torch::Tensor& t) { return t.narrow(0, row, 1).narrow(2, s[i][1], s[i][2]); };
-      pieces.push_back(causal_attention(slice(q), slice(k), slice(v)));
+      pieces.push_back(document_attention(slice(q), slice(k), slice(v)));
     }
     rows.push_back(pieces.size() == 1 ? pieces[0] : torch::cat(pieces, 2));
   }
@@ -434,7 +459,9 @@ torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, co
     cache->keys[index] = k;
     cache->values[index] = v;
   }
-  const torch::Tensor out = layout.scalar_type() == torch::kBool ? masked_attention(q, k, v, layout) : segmented_attention(q, k, v, layout);
+  const int64_t window = config_.layer_uses_window(static_cast<int64_t>(index)) ? config_.sliding_window.value_or(0) : 0;
+  const torch::Tensor out =
+      layout.scalar_type() == torch::kBool ? masked_attention(q, k, v, layout) : segmented_attention(q, k, v, layout, window);
   return layer.linears[config_.fused_projections ? 1 : 3]->forward(out.transpose(1, 2).reshape({batch, seq, heads * dim}));
 }
 
@@ -480,31 +507,22 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   const auto longs = torch::TensorOptions(torch::kInt64).device(device);
   const torch::Tensor positions =
       options.position_ids ? options.position_ids->to(device) : torch::arange(past, past + seq, longs).expand({batch, seq});
-  // Without a cache, attention runs per document (segmented_attention, no mask); a sliding
-  // window shorter than the longest document, or decoding after cached tokens, takes the
-  // dense masks: allowed[b, 1, i, j], token i may attend to j (j <= i counting cached
-  // tokens, same document), and that within the window (HF: by cache position, not position
-  // id): j > i - window.
+  // Attention runs per document (segmented_attention, no mask; windowed layers in bands of
+  // their window), a prompt's prefill too. Decoding after cached tokens takes dense masks:
+  // allowed[1, 1, i, j], token i may attend to j (j <= i counting cached tokens), and that
+  // within the window (HF: by cache position, not position id): j > i - window.
   torch::Tensor segments, allowed, windowed;
-  int64_t longest = past + seq;  // with a cache: how far back a token may look
-  if (!options.cache) {
-    std::tie(segments, longest) = options.document_ids ? document_segments(*options.document_ids)
-                                                       : document_segments(torch::zeros({batch, seq}, torch::kInt64));
-  }
-  const bool window_binds = config_.sliding_window && *config_.sliding_window < longest;
-  if (options.cache || window_binds) {
+  const bool after_cached = past > 0;
+  if (after_cached) {
     allowed = torch::arange(past + seq, longs).view({1, -1}).le(torch::arange(past, past + seq, longs).view({-1, 1})).view({1, 1, seq, past + seq});
-    if (options.document_ids) {
-      const torch::Tensor docs = options.document_ids->to(device);
-      allowed = allowed.logical_and(docs.unsqueeze(2).eq(docs.unsqueeze(1)).unsqueeze(1));
-    }
-    if (window_binds) {
+    if (config_.sliding_window && *config_.sliding_window < past + seq) {
       const torch::Tensor distance =
           torch::arange(past, past + seq, longs).view({-1, 1}) - torch::arange(past + seq, longs).view({1, -1});
       windowed = allowed.logical_and(distance.lt(*config_.sliding_window).view({1, 1, seq, past + seq}));
     }
+  } else {
+    segments = document_segments(options.document_ids ? *options.document_ids : torch::zeros({batch, seq}, torch::kInt64)).first;
   }
-  const torch::Tensor& unwindowed = options.cache ? allowed : segments;
   // HF LlamaRotaryEmbedding: angles in float32, cos / sin cast to the compute dtype (HF
   // repeats them for the second half of each head; the tables keep one half).
   // Dynamic NTK and LongRoPE choose their frequencies by the sequence's length (transformers:
@@ -534,8 +552,8 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   // (HF's enable_input_require_grads does the same); trained token rows already make it so.
   if (checkpoint && !h.requires_grad()) h = h.detach().requires_grad_(true);
   for (size_t index = 0; index < layers_.size(); ++index) {
-    const bool in_window = window_binds && config_.layer_uses_window(static_cast<int64_t>(index));
-    const torch::Tensor& layout = in_window ? windowed : unwindowed;
+    const bool in_window = windowed.defined() && config_.layer_uses_window(static_cast<int64_t>(index));
+    const torch::Tensor& layout = after_cached ? (in_window ? windowed : allowed) : segments;
     const bool local = local_cos.defined() && config_.layer_uses_window(static_cast<int64_t>(index));
     const torch::Tensor& layer_cos = local ? local_cos : cos;
     const torch::Tensor& layer_sin = local ? local_sin : sin;

@@ -139,19 +139,30 @@ std::vector<MemoryEstimate> estimate_memory(const Recipe& recipe, const nn::Llam
     dora_outputs += linear.out;
     dora_largest = std::max(dora_largest, linear.out * linear.in);
   }
+  // The positions each query attends to: a windowed layer's bands of its window reach at
+  // most 2 window - 1 (nn::segmented_attention).
+  const auto attended = [&](int64_t layer) {
+    return c.sliding_window && c.layer_uses_window(layer) ? std::min(seq, 2 * *c.sliding_window - 1) : seq;
+  };
+  int64_t most_attended = 0;
+  for (int64_t l = 0; l < layers; ++l) most_attended = std::max(most_attended, attended(l));
   const auto activation_bytes = [&](bool lora) {
     const LayerActivations per_layer =
         layer_activations(c, dtype_bytes, lora ? r : 0, lora && recipe.get_float("lora.dropout") > 0, dora_outputs);
-    const int64_t one_layer = tokens * per_layer.per_token + (eager_attention ? tokens * seq * per_layer.per_token_position : 0);
+    const auto one_layer = [&](int64_t positions) {
+      return tokens * per_layer.per_token + (eager_attention ? tokens * positions * per_layer.per_token_position : 0);
+    };
+    int64_t all_layers = 0;
+    for (int64_t l = 0; l < layers; ++l) all_layers += one_layer(attended(l));
     // Checkpointing keeps each layer's input and recomputes one layer at a time in backward.
-    const int64_t kept = checkpointing ? layers * tokens * c.hidden_size * dtype_bytes + one_layer : layers * one_layer;
+    const int64_t kept = checkpointing ? layers * tokens * c.hidden_size * dtype_bytes + one_layer(most_attended) : all_layers;
     return kept + tokens * c.hidden_size * dtype_bytes;  // and the embedding output
   };
   // What is live beside the kept activations only for a while, the larger of: one layer's
   // eager attention (fp32 scores, masked scores and their gradient) as it runs, and the
   // chunked loss (nn::linear_cross_entropy): one chunk of logits, overwritten by its
   // gradient, and the gradient with respect to the hidden states.
-  const int64_t attention_transient = eager_attention ? 3 * tokens * seq * c.num_attention_heads * 4 : 0;
+  const int64_t attention_transient = eager_attention ? 3 * tokens * most_attended * c.num_attention_heads * 4 : 0;
   const int64_t chunk_rows = nn::loss_chunk_rows(tokens, c.hidden_size, c.vocab_size);
   const int64_t loss_transient = chunk_rows * c.vocab_size * dtype_bytes + tokens * (c.hidden_size * dtype_bytes + 4);
   // With adapters, DoRA's norm of W + scaling * B A too: the largest base dequantized in fp32

@@ -110,7 +110,7 @@ class LlamaModelImpl : public torch::nn::Module {
   // Decoder layer `index` on h [batch, seq, hidden] (used by forward and by its recomputation).
   // layout: which positions attend to which, either a boolean mask [batch | 1, 1, seq,
   // past + seq] or, without a mask, the rows' documents as int64 [segments, 3] (row, start,
-  // length) on the host, causal within each.
+  // length) on the host, causal within each (and within the window on windowed layers).
   torch::Tensor layer_forward(size_t index, const torch::Tensor& h, const torch::Tensor& cos, const torch::Tensor& sin,
                               const torch::Tensor& layout, KvCache* cache);
 
@@ -154,10 +154,12 @@ class LlamaModelImpl : public torch::nn::Module {
 TORCH_MODULE(LlamaModel);
 
 // Attention of q [B, H, T, D] over k, v [B, KV, T, D] within each document of a packed batch,
-// causal, no mask: `segments` [S, 3] (row, start, length) on the host, every position of
-// every row in one segment, in order (SDPA with is_causal on libtorch 2.x, FlashAttention on
-// a GPU; a batch of one document per row is one call).
-torch::Tensor segmented_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& segments);
+// causal, no [T, T] mask: `segments` [S, 3] (row, start, length) on the host, every position
+// of every row in one segment, in order (SDPA with is_causal on libtorch 2.x, FlashAttention
+// on a GPU; a batch of one document per row is one call). A `window` > 0 keeps each query to
+// the last `window` positions (sliding-window layers), in bands of the window.
+torch::Tensor segmented_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& segments,
+                                  int64_t window = 0);
 
 // The segments of `document_ids` [B, T] (runs of one id; padding, -1, is a run too), as
 // segmented_attention takes them, and the longest.
