@@ -111,8 +111,9 @@ TEST_F(FusedOpsCuda, AttentionPerDocumentMatchesTheDenseMask) {
   const torch::Tensor scores =
       torch::matmul(q, k.repeat_interleave(heads / kv_heads, 1).transpose(2, 3)) / std::sqrt(static_cast<double>(dim));
   for (const int64_t window : {0, 96}) {  // none; a sliding window shorter than the documents
-    const torch::Tensor allowed = docs.unsqueeze(2).eq(docs.unsqueeze(1)).logical_and(distance.ge(0))
-                                      .logical_and(window > 0 ? distance.lt(window) : distance.ge(0)).unsqueeze(1);
+    torch::Tensor allowed = docs.unsqueeze(2).eq(docs.unsqueeze(1)).logical_and(distance.ge(0));
+    if (window > 0) allowed = allowed.logical_and(distance.lt(window));
+    allowed = allowed.unsqueeze(1);
     const torch::Tensor expected =
         torch::matmul(torch::softmax(scores.masked_fill(allowed.logical_not(), -INFINITY), -1), v.repeat_interleave(heads / kv_heads, 1));
     for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
