@@ -30,6 +30,13 @@ void expect_cached_logits_equal_full(LlamaModel& model) {
   for (int64_t t = 6; t < 10; ++t) pieces.push_back(model->forward(ids.narrow(1, t, 1), {.cache = &cache}));
   EXPECT_EQ(cache.length, 10);
   EXPECT_TRUE(torch::allclose(torch::cat(pieces, 1), full, 1e-5, 1e-5)) << std::get<0>((torch::cat(pieces, 1) - full).abs().max(-1));
+  // A windowed layer keeps the window - 1 tokens a next token may see, a full layer all of them.
+  const LlamaConfig& config = model->config();
+  for (size_t layer = 0; layer < cache.keys.size(); ++layer) {
+    const int64_t kept = config.layer_uses_window(static_cast<int64_t>(layer)) ? *config.sliding_window - 1 : 10;
+    EXPECT_EQ(cache.keys[layer].size(2), kept) << "layer " << layer;
+    EXPECT_EQ(cache.values[layer].size(2), kept) << "layer " << layer;
+  }
 }
 
 }  // namespace
@@ -48,14 +55,18 @@ TEST(Generation, GreedyWithCacheEqualsFullRecomputation) {
 }
 
 TEST(Generation, CachedLogitsEqualFullLogits) {
-  // Mistral's sliding window (3 tokens) must hold across the cached prefix as well.
+  // Sliding windows must hold across the cached prefix as well: Mistral's (3 tokens, every
+  // layer; shorter than the prefill) and Gemma 3's (4 tokens on its local layers, beside a
+  // full one).
   auto mistral_config = tiny_config("llama");
   mistral_config.model_type = "mistral";
   mistral_config.sliding_window = 3;
-  const Weights mistral_weights = random_weights(mistral_config, 22);
+  const auto gemma_config = tiny_config("gemma3_text", {{"num_hidden_layers", 3}, {"sliding_window", 4}, {"sliding_window_pattern", 3}});
+  const Weights mistral_weights = random_weights(mistral_config, 22), gemma_weights = random_weights(gemma_config, 23);
   ModelOptions options;
   options.compute_dtype = torch::kFloat32;
-  for (auto model : {make_model(), LlamaModel(mistral_config, lookup_in(mistral_weights), options, "test")}) {
+  for (auto model : {make_model(), LlamaModel(mistral_config, lookup_in(mistral_weights), options, "test"),
+                     LlamaModel(gemma_config, lookup_in(gemma_weights), options, "test")}) {
     expect_cached_logits_equal_full(model);
   }
 }

@@ -447,21 +447,28 @@ torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, co
   torch::Tensor k =
       rotate(head_normed(k_projected, layer.k_norm, kv_heads), cos, sin, kv_heads).view({batch, seq, kv_heads, dim}).transpose(1, 2);
   torch::Tensor v = v_projected.reshape({batch, seq, kv_heads, dim}).transpose(1, 2);
+  const int64_t window = config_.layer_uses_window(static_cast<int64_t>(index)) ? config_.sliding_window.value_or(0) : 0;
+  torch::Tensor mask = layout;
   if (cache) {
     if (cache->keys.size() <= index) {
       cache->keys.resize(index + 1);
       cache->values.resize(index + 1);
     }
     if (cache->keys[index].defined()) {
+      // A windowed layer's cache holds the last cached tokens only: the mask's columns for them.
+      const int64_t cached = cache->keys[index].size(2);
+      mask = layout.narrow(3, cache->length - cached, cached + seq);
       k = torch::cat({cache->keys[index], k}, 2);
       v = torch::cat({cache->values[index], v}, 2);
     }
-    cache->keys[index] = k;
-    cache->values[index] = v;
+    // A later token attends to the window - 1 tokens before it at most (as HF's sliding-window
+    // cache keeps): the rest are dropped. The view's storage goes with the next token's cat.
+    const int64_t kept = window > 0 ? std::min(k.size(2), window - 1) : k.size(2);
+    cache->keys[index] = k.narrow(2, k.size(2) - kept, kept);
+    cache->values[index] = v.narrow(2, v.size(2) - kept, kept);
   }
-  const int64_t window = config_.layer_uses_window(static_cast<int64_t>(index)) ? config_.sliding_window.value_or(0) : 0;
   const torch::Tensor out =
-      layout.scalar_type() == torch::kBool ? masked_attention(q, k, v, layout) : segmented_attention(q, k, v, layout, window);
+      mask.scalar_type() == torch::kBool ? masked_attention(q, k, v, mask) : segmented_attention(q, k, v, mask, window);
   return layer.linears[config_.fused_projections ? 1 : 3]->forward(out.transpose(1, 2).reshape({batch, seq, heads * dim}));
 }
 
