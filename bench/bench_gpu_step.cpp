@@ -8,9 +8,11 @@
 // the step's shapes), and the longest sequence that fits (doubling until out of memory).
 // Writes the figures as JSON (--json FILE) for scripts/gpu-bench to set beside the peer's
 // (bench/peer_transformers_peft.py). The first step's loss must be finite, else exit 1.
+// `--device cpu --model tiny` runs the same code on a tiny model on the CPU (a test runs it,
+// so the GPU run, when one comes, does not stop on a slip; no memory figures, MFU 0).
 //
-//   bench_gpu_step [--model 8b|70b-layers] [--layers N] [--seq 2048] [--steps 3]
-//                  [--max-seq 65536] [--json FILE]
+//   bench_gpu_step [--model 8b|70b-layers|tiny] [--device cuda|cpu] [--layers N] [--seq 2048]
+//                  [--steps 3] [--max-seq 65536] [--json FILE]
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -36,7 +38,7 @@ using namespace shardlora;
 namespace {
 
 struct Args {
-  std::string model = "8b";
+  std::string model = "8b", device = "cuda";
   int64_t layers = 0;  // 0: the config's (8b), 16 for the 70B stack
   int64_t seq = 2048, steps = 3, max_seq = 65536;
   std::string json;
@@ -44,6 +46,12 @@ struct Args {
 
 nn::LlamaConfig model_config(const Args& args) {
   const bool big = args.model == "70b-layers";
+  if (args.model == "tiny") {
+    return nn::parse_llama_config({{"model_type", "llama"}, {"vocab_size", 512}, {"hidden_size", 64}, {"intermediate_size", 128},
+                                   {"num_hidden_layers", args.layers ? args.layers : 2}, {"num_attention_heads", 4},
+                                   {"num_key_value_heads", 2}, {"rms_norm_eps", 1e-5}, {"max_position_embeddings", 131072}},
+                                  "tiny Llama");
+  }
   nlohmann::json c = {{"model_type", "llama"}, {"vocab_size", 128256}, {"hidden_size", big ? 8192 : 4096},
                       {"intermediate_size", big ? 28672 : 14336}, {"num_hidden_layers", args.layers ? args.layers : big ? 16 : 32},
                       {"num_attention_heads", big ? 64 : 32}, {"num_key_value_heads", 8}, {"rms_norm_eps", 1e-5},
@@ -78,14 +86,19 @@ struct Memory {
   double allocated_gib = 0, reserved_gib = 0;
 };
 
-void reset_peak_memory() {
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+void reset_peak_memory(const torch::Device& device) {
 #ifdef SHARDLORA_TORCH_CUDA
-  c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(0);
 #endif
 }
 
-Memory peak_memory() {
+Memory peak_memory(const torch::Device& device) {
 #ifdef SHARDLORA_TORCH_CUDA
+  if (!device.is_cuda()) return {};
   const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
   // Index 0 is StatType::AGGREGATE (its namespace moved between libtorch versions).
   return {stats.allocated_bytes[0].peak / double(1 << 30), stats.reserved_bytes[0].peak / double(1 << 30)};
@@ -94,18 +107,18 @@ Memory peak_memory() {
 #endif
 }
 
-void free_cached_memory() {
+void free_cached_memory(const torch::Device& device) {
 #ifdef SHARDLORA_TORCH_CUDA
-  c10::cuda::CUDACachingAllocator::emptyCache();
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
 #endif
 }
 
-double seconds_per_call(int64_t iters, const std::function<void()>& call) {
+double seconds_per_call(const torch::Device& device, int64_t iters, const std::function<void()>& call) {
   call();
-  torch::cuda::synchronize();
+  synchronize(device);
   const auto start = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < iters; ++i) call();
-  torch::cuda::synchronize();
+  synchronize(device);
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / static_cast<double>(iters);
 }
 
@@ -148,7 +161,9 @@ double peak_bf16_flops(const std::string& device) {
 // Each part of a step timed alone at the step's shapes, in seconds per step.
 nlohmann::json time_parts(Trainable& t, const nn::LlamaConfig& c, const Config& config, int64_t seq) {
   torch::NoGradGuard no_grad;
-  const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  const torch::Device device = t.model->parameters().front().device();
+  const auto timed = [&](const std::function<void()>& call) { return seconds_per_call(device, 3, call); };
+  const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16).device(device);
   const int64_t tokens = config.micro_batch * (seq - 1), layers = c.num_hidden_layers;
   const double passes = config.checkpointing ? 3 : 2;  // forward, backward (dequantize and matmul again), recompute
   // Dequantize and the base matmuls of one layer's seven Linears.
@@ -156,7 +171,7 @@ nlohmann::json time_parts(Trainable& t, const nn::LlamaConfig& c, const Config& 
   for (size_t i = 0; i < 7; ++i) {
     states.push_back(&dynamic_cast<const nn::QuantizedLinear&>(t.model->linears()[i].second->base()).state());
   }
-  const double dequantize = seconds_per_call(3, [&] {
+  const double dequantize = timed([&] {
     for (const auto* state : states) quant::dequantize(*state, torch::kBFloat16);
   });
   std::vector<torch::Tensor> weights, inputs;
@@ -164,7 +179,7 @@ nlohmann::json time_parts(Trainable& t, const nn::LlamaConfig& c, const Config& 
     weights.push_back(quant::dequantize(*state, torch::kBFloat16));
     inputs.push_back(torch::randn({tokens, state->shape[1]}, bf16));
   }
-  const double matmuls = seconds_per_call(3, [&] {
+  const double matmuls = timed([&] {
     for (size_t i = 0; i < weights.size(); ++i) torch::matmul(inputs[i], weights[i].t());
   });
   weights.clear();
@@ -174,18 +189,18 @@ nlohmann::json time_parts(Trainable& t, const nn::LlamaConfig& c, const Config& 
   const torch::Tensor k = kv.clone().requires_grad_(true), v = kv.clone().requires_grad_(true);
   const torch::Tensor segments = torch::tensor({int64_t{0}, int64_t{0}, seq}, torch::kInt64).view({1, 3}).repeat({config.micro_batch, 1});
   for (int64_t row = 0; row < config.micro_batch; ++row) segments[row][0] = row;
-  const double attention = seconds_per_call(3, [&] {
+  const double attention = timed([&] {
     torch::AutoGradMode grad(true);
     const torch::Tensor out = nn::segmented_attention(q, k, v, segments);
     out.backward(torch::ones_like(out));
-  }) + (config.checkpointing ? seconds_per_call(3, [&] { nn::segmented_attention(q, k, v, segments); }) : 0.0);
+  }) + (config.checkpointing ? timed([&] { nn::segmented_attention(q, k, v, segments); }) : 0.0);
   const torch::Tensor hidden = torch::randn({tokens, c.hidden_size}, bf16).requires_grad_(true);
-  const torch::Tensor targets = torch::randint(c.vocab_size, {tokens}, torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA));
-  const double loss = seconds_per_call(3, [&] {
+  const torch::Tensor targets = torch::randint(c.vocab_size, {tokens}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  const double loss = timed([&] {
     torch::AutoGradMode grad(true);
     nn::linear_cross_entropy(hidden, t.model->lm_head(), targets).sum.backward();
   });
-  const double optimizer = seconds_per_call(3, [&] { t.optimizer->step(); });
+  const double optimizer = timed([&] { t.optimizer->step(); });
   return {{"dequantize", dequantize * passes * layers}, {"base matmuls", matmuls * passes * layers},
           {"attention", attention * layers}, {"loss", loss}, {"optimizer", optimizer}};
 }
@@ -202,25 +217,35 @@ int main(int argc, char** argv) {
     }
     const std::string value = argv[++i];
     if (flag == "--model") args.model = value;
+    else if (flag == "--device") args.device = value;
     else if (flag == "--layers") args.layers = std::stoll(value);
     else if (flag == "--seq") args.seq = std::stoll(value);
     else if (flag == "--steps") args.steps = std::stoll(value);
     else if (flag == "--max-seq") args.max_seq = std::stoll(value);
     else if (flag == "--json") args.json = value;
     else {
-      std::fprintf(stderr, "usage: %s [--model 8b|70b-layers] [--layers N] [--seq N] [--steps N] [--max-seq N] [--json FILE]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--model 8b|70b-layers|tiny] [--device cuda|cpu] [--layers N] [--seq N] [--steps N] [--max-seq N] [--json FILE]\n", argv[0]);
       return 2;
     }
   }
-  if (!torch::cuda::is_available()) {
+  if (args.model != "8b" && args.model != "70b-layers" && args.model != "tiny") {
+    std::fprintf(stderr, "--model must be 8b, 70b-layers or tiny, not '%s'\n", args.model.c_str());
+    return 2;
+  }
+  if (args.device != "cuda" && args.device != "cpu") {
+    std::fprintf(stderr, "--device must be cuda or cpu, not '%s'\n", args.device.c_str());
+    return 2;
+  }
+  const bool on_gpu = args.device == "cuda";
+  if (on_gpu && !torch::cuda::is_available()) {
     std::printf("bench_gpu_step: skipped, no CUDA device (or a libtorch without CUDA)\n");
     return 0;
   }
   const nn::LlamaConfig c = model_config(args);
-  const std::string device = kernels::cuda_device_description(0);
+  const std::string device = on_gpu ? kernels::cuda_device_description(0) : "CPU";
   nn::ModelOptions options;
   options.compute_dtype = torch::kBFloat16;
-  options.device = torch::Device(torch::kCUDA, 0);
+  options.device = on_gpu ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
   options.lora = {.r = 16, .alpha = 32};
   const auto load_start = std::chrono::steady_clock::now();
   Trainable t{nn::LlamaModel(c, random_weights_on(c, options.device), options, "random " + args.model), nullptr};
@@ -251,12 +276,12 @@ int main(int argc, char** argv) {
     t.model->set_activation_checkpointing(config.checkpointing);
     torch::manual_seed(0);
     const torch::Tensor ids = torch::randint(c.vocab_size, {config.micro_batch, args.seq}, torch::kInt64).to(options.device);
-    free_cached_memory();
-    reset_peak_memory();
+    free_cached_memory(options.device);
+    reset_peak_memory(options.device);
     const double first_loss = train_step(t, ids).item<double>();
     valid = valid && std::isfinite(first_loss);
-    const double step = seconds_per_call(args.steps, [&] { train_step(t, ids); });
-    const Memory memory = peak_memory();
+    const double step = seconds_per_call(options.device, args.steps, [&] { train_step(t, ids); });
+    const Memory memory = peak_memory(options.device);
     const double tokens_per_second = config.micro_batch * (args.seq - 1) / step;
     const double flops_per_token = (config.checkpointing ? 6.0 : 4.0) * base_params + 6.0 * adapter_params;
     const double mfu = flops_peak > 0 ? tokens_per_second * flops_per_token / flops_peak : 0;
@@ -281,10 +306,10 @@ int main(int argc, char** argv) {
   int64_t longest = 0;
   for (int64_t seq = args.seq; seq <= args.max_seq; seq *= 2) {
     try {
-      free_cached_memory();
+      free_cached_memory(options.device);
       const torch::Tensor ids = torch::randint(c.vocab_size, {1, seq}, torch::kInt64).to(options.device);
       train_step(t, ids);
-      torch::cuda::synchronize();
+      synchronize(options.device);
       longest = seq;
       results["longest_seq"] = longest;
       save();
