@@ -26,16 +26,16 @@ void expect_cached_logits_equal_full(LlamaModel& model) {
   const torch::Tensor ids = torch::randint(40, {2, 10}, torch::kInt64);
   const torch::Tensor full = model->forward(ids);
   KvCache cache;
-  std::vector<torch::Tensor> pieces = {model->forward(ids.narrow(1, 0, 6), {.cache = &cache})};
-  for (int64_t t = 6; t < 10; ++t) pieces.push_back(model->forward(ids.narrow(1, t, 1), {.cache = &cache}));
+  // A prefill, three tokens at once after it (masked), then one at a time (over every held key).
+  std::vector<torch::Tensor> pieces = {model->forward(ids.narrow(1, 0, 4), {.cache = &cache}),
+                                       model->forward(ids.narrow(1, 4, 3), {.cache = &cache})};
+  for (int64_t t = 7; t < 10; ++t) pieces.push_back(model->forward(ids.narrow(1, t, 1), {.cache = &cache}));
   EXPECT_EQ(cache.length, 10);
   EXPECT_TRUE(torch::allclose(torch::cat(pieces, 1), full, 1e-5, 1e-5)) << std::get<0>((torch::cat(pieces, 1) - full).abs().max(-1));
   // A windowed layer keeps the window - 1 tokens a next token may see, a full layer all of them.
   const LlamaConfig& config = model->config();
-  for (size_t layer = 0; layer < cache.keys.size(); ++layer) {
-    const int64_t kept = config.layer_uses_window(static_cast<int64_t>(layer)) ? *config.sliding_window - 1 : 10;
-    EXPECT_EQ(cache.keys[layer].size(2), kept) << "layer " << layer;
-    EXPECT_EQ(cache.values[layer].size(2), kept) << "layer " << layer;
+  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+    EXPECT_EQ(cache.held(layer), config.layer_uses_window(layer) ? *config.sliding_window - 1 : 10) << "layer " << layer;
   }
 }
 

@@ -53,6 +53,16 @@ torch::Tensor masked_attention(const torch::Tensor& q, const torch::Tensor& k, c
 #endif
 }
 
+// q [B, H, T, D] over every key of k, v [B, KV, T', D] (one decoded token over its cache):
+// no mask, and each K / V head shared by its group of query heads without copies. Scores and
+// softmax as masked_attention on libtorch 1.13.
+torch::Tensor attention_over_every_key(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  const int64_t batch = q.size(0), heads = q.size(1), length = q.size(2), dim = q.size(3), kv_heads = k.size(1);
+  const torch::Tensor grouped = q.reshape({batch, kv_heads, heads / kv_heads * length, dim});
+  const torch::Tensor scores = torch::matmul(grouped, k.transpose(2, 3)) / std::sqrt(static_cast<double>(dim));
+  return torch::matmul(torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type()), v).view({batch, heads, length, dim});
+}
+
 // Causal attention of q over k, v of the same length, no mask in memory: on libtorch 2.x SDPA
 // with is_causal (FlashAttention on a GPU) and, from 2.5, K / V heads shared without copies.
 torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
@@ -450,25 +460,18 @@ torch::Tensor LlamaModelImpl::attention(Layer& layer, const torch::Tensor& x, co
   const int64_t window = config_.layer_uses_window(static_cast<int64_t>(index)) ? config_.sliding_window.value_or(0) : 0;
   torch::Tensor mask = layout;
   if (cache) {
-    if (cache->keys.size() <= index) {
-      cache->keys.resize(index + 1);
-      cache->values.resize(index + 1);
-    }
-    if (cache->keys[index].defined()) {
-      // A windowed layer's cache holds the last cached tokens only: the mask's columns for them.
-      const int64_t cached = cache->keys[index].size(2);
-      mask = layout.narrow(3, cache->length - cached, cached + seq);
-      k = torch::cat({cache->keys[index], k}, 2);
-      v = torch::cat({cache->values[index], v}, 2);
-    }
-    // A later token attends to the window - 1 tokens before it at most (as HF's sliding-window
-    // cache keeps): the rest are dropped. The view's storage goes with the next token's cat.
-    const int64_t kept = window > 0 ? std::min(k.size(2), window - 1) : k.size(2);
-    cache->keys[index] = k.narrow(2, k.size(2) - kept, kept);
-    cache->values[index] = v.narrow(2, v.size(2) - kept, kept);
+    const int64_t held = cache->held(index);
+    std::tie(k, v) = cache->append(index, k, v);
+    // A later token attends to the window - 1 tokens before it at most (HF's sliding-window
+    // cache keeps as many).
+    if (window > 0) cache->keep_last(index, window - 1);
+    // The mask's columns of the held tokens (a windowed layer's last ones only).
+    if (held > 0 && mask.defined()) mask = mask.narrow(3, cache->length - held, held + seq);
   }
-  const torch::Tensor out =
-      mask.scalar_type() == torch::kBool ? masked_attention(q, k, v, mask) : segmented_attention(q, k, v, mask, window);
+  torch::Tensor out;
+  if (!mask.defined()) out = attention_over_every_key(q, k, v);
+  else if (mask.scalar_type() == torch::kBool) out = masked_attention(q, k, v, mask);
+  else out = segmented_attention(q, k, v, mask, window);
   return layer.linears[config_.fused_projections ? 1 : 3]->forward(out.transpose(1, 2).reshape({batch, seq, heads * dim}));
 }
 
@@ -515,19 +518,20 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   const torch::Tensor positions =
       options.position_ids ? options.position_ids->to(device) : torch::arange(past, past + seq, longs).expand({batch, seq});
   // Attention runs per document (segmented_attention, no mask; windowed layers in bands of
-  // their window), a prompt's prefill too. Decoding after cached tokens takes dense masks:
+  // their window), a prompt's prefill too. One token after cached ones attends to every key
+  // a layer holds (no mask). Several tokens after cached ones take dense masks:
   // allowed[1, 1, i, j], token i may attend to j (j <= i counting cached tokens), and that
   // within the window (HF: by cache position, not position id): j > i - window.
   torch::Tensor segments, allowed, windowed;
   const bool after_cached = past > 0;
-  if (after_cached) {
+  if (after_cached && seq > 1) {
     allowed = torch::arange(past + seq, longs).view({1, -1}).le(torch::arange(past, past + seq, longs).view({-1, 1})).view({1, 1, seq, past + seq});
     if (config_.sliding_window && *config_.sliding_window < past + seq) {
       const torch::Tensor distance =
           torch::arange(past, past + seq, longs).view({-1, 1}) - torch::arange(past + seq, longs).view({1, -1});
       windowed = allowed.logical_and(distance.lt(*config_.sliding_window).view({1, 1, seq, past + seq}));
     }
-  } else {
+  } else if (!after_cached) {
     segments = document_segments(options.document_ids ? *options.document_ids : torch::zeros({batch, seq}, torch::kInt64)).first;
   }
   // HF LlamaRotaryEmbedding: angles in float32, cos / sin cast to the compute dtype (HF

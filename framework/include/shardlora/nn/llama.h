@@ -3,7 +3,8 @@
 // every transformers rope type), Qwen3's RMSNorm of each q and k head before RoPE, Phi-3's
 // fused qkv / gate_up projections and partial rotary,
 // grouped-query attention, causal within each document of a packed sequence (per document,
-// without a mask, unless a sliding window or a KV cache needs one), SwiGLU MLP, optionally tied embeddings. The decoder Linears are frozen (4-bit or
+// without a [T, T] mask; sliding windows in bands; a mask only for several tokens after a KV
+// cache), SwiGLU MLP, optionally tied embeddings. The decoder Linears are frozen (4-bit or
 // float) with LoRA adapters on the target modules; only the adapters are parameters.
 #pragma once
 
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "shardlora/dist/communicator.h"
+#include "shardlora/nn/kv_cache.h"
 #include "shardlora/nn/linear.h"
 #include "shardlora/nn/llama_config.h"
 #include "shardlora/nn/sharded_base.h"
@@ -52,13 +54,6 @@ struct ModelOptions {
   // Split the 4-bit decoder base over these ranks (distributed.strategy: shard; see
   // sharded_base.h); null: every rank holds it whole. Loading is then collective.
   dist::Communicator* shard_over = nullptr;
-};
-
-// Keys and values of the tokens seen so far, per layer [batch, kv_heads, length, head_dim],
-// for incremental decoding.
-struct KvCache {
-  std::vector<torch::Tensor> keys, values;
-  int64_t length = 0;
 };
 
 // Per-token inputs beside the ids, all [batch, seq] int64; defaults: positions 0..T-1 (after
