@@ -232,6 +232,9 @@ TEST(LlamaParity, Phi3FusedProjectionsPartialRotaryLongropeAndWindow) {
     const torch::Tensor positions = (torch::arange(9) * stride).expand({2, 9});
     expect_parity(config, ids, {.position_ids = positions}, positions, torch::zeros({2, 9}, torch::kInt64));
   }
+  // No position ids: the length that picks the factors is the token count (30, short factors:
+  // within the original 32), as transformers' largest position id + 1.
+  expect_parity(config, sample_ids(1, 30, config.vocab_size), {}, torch::arange(30).expand({1, 30}), torch::zeros({1, 30}, torch::kInt64));
   const auto phi4 = tiny_config("phi3", {{"rope_theta", 250000.0}});  // Phi-4: full rotary, no window, no scaling
   EXPECT_FALSE(phi4.sliding_window);
   expect_parity(phi4, ids, {}, torch::arange(9).expand({2, 9}), torch::zeros({2, 9}, torch::kInt64));

@@ -9,6 +9,7 @@
 
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/fused_ops.h"
+#include "shardlora/tensor/device_copy.h"
 
 namespace shardlora::nn {
 
@@ -513,10 +514,10 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   const int64_t past = options.cache ? options.cache->length : 0;
   SHARDLORA_CHECK(!(options.cache && options.document_ids), "document_ids cannot be combined with a KV cache");
   const auto device = embed_.device();
-  const auto ids = input_ids.to(device);
+  const auto ids = to_device(input_ids, device);
   const auto longs = torch::TensorOptions(torch::kInt64).device(device);
   const torch::Tensor positions =
-      options.position_ids ? options.position_ids->to(device) : torch::arange(past, past + seq, longs).expand({batch, seq});
+      options.position_ids ? to_device(*options.position_ids, device) : torch::arange(past, past + seq, longs).expand({batch, seq});
   // Attention runs per document (segmented_attention, no mask; windowed layers in bands of
   // their window), a prompt's prefill too. One token after cached ones attends to every key
   // a layer holds (no mask). Several tokens after cached ones take dense masks:
@@ -537,11 +538,11 @@ torch::Tensor LlamaModelImpl::hidden_states(const torch::Tensor& input_ids, cons
   // HF LlamaRotaryEmbedding: angles in float32, cos / sin cast to the compute dtype (HF
   // repeats them for the second half of each head; the tables keep one half).
   // Dynamic NTK and LongRoPE choose their frequencies by the sequence's length (transformers:
-  // the largest position id + 1), which costs these two a read of the positions.
+  // the largest position id + 1), read where the ids were given (the host, in training).
   RotaryFrequencies rotary = rotary_;
   if (rotary_depends_on_length(config_)) {
-    rotary = rotary_frequencies(config_, positions.max().item<int64_t>() + 1);
-    rotary.inv_freq = rotary.inv_freq.to(device);
+    rotary = rotary_frequencies(config_, options.position_ids ? options.position_ids->max().item<int64_t>() + 1 : past + seq);
+    rotary.inv_freq = to_device(rotary.inv_freq, device);
   }
   const auto dtype = options_.compute_dtype;
   const auto tables = [&](const RotaryFrequencies& frequencies) {

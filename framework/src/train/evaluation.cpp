@@ -5,6 +5,7 @@
 #include "shardlora/data/example.h"
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/generation.h"
+#include "shardlora/tensor/device_copy.h"
 
 namespace shardlora::train {
 namespace {
@@ -27,14 +28,6 @@ class EvalMode {
   torch::NoGradGuard no_grad_;
 };
 
-// `tensor` on `device`; onto a GPU from pinned memory, without blocking: a blocking copy from
-// the host first waits for the work queued on the stream (the previous micro-batch's
-// backward), a host sync per micro-batch.
-torch::Tensor to_device(const torch::Tensor& tensor, const torch::Device& device) {
-  if (!device.is_cuda() || !tensor.is_cpu()) return tensor.to(device);
-  return tensor.pin_memory().to(device, /*non_blocking=*/true);
-}
-
 }  // namespace
 
 torch::Tensor target_mask(const data::Batch& batch, torch::Device device) {
@@ -45,16 +38,13 @@ torch::Tensor target_mask(const data::Batch& batch, torch::Device device) {
 }
 
 nn::SummedLoss summed_loss(nn::LlamaModel& model, const data::Batch& batch) {
-  const torch::Device device = model->device();
-  data::Batch on_device = batch;
-  for (torch::Tensor* tensor : {&on_device.input_ids, &on_device.labels, &on_device.position_ids, &on_device.document_ids}) {
-    *tensor = to_device(*tensor, device);
-  }
-  // The model reads the documents' bounds on the host.
   const torch::Tensor hidden =
-      model->hidden_states(on_device.input_ids, {.position_ids = on_device.position_ids, .document_ids = batch.document_ids});
+      model->hidden_states(batch.input_ids, {.position_ids = batch.position_ids, .document_ids = batch.document_ids});
   const int64_t length = batch.input_ids.size(1);
-  const torch::Tensor mask = target_mask(on_device, device);
+  data::Batch on_device = batch;  // what the mask and the targets read, copied without a host sync
+  on_device.labels = to_device(batch.labels, hidden.device());
+  on_device.document_ids = to_device(batch.document_ids, hidden.device());
+  const torch::Tensor mask = target_mask(on_device, hidden.device());
   const torch::Tensor targets = on_device.labels.narrow(1, 1, length - 1).masked_fill(mask.logical_not(), data::kIgnoreIndex);
   const torch::Tensor predicting = hidden.narrow(1, 0, length - 1).reshape({-1, hidden.size(-1)});
   return nn::linear_cross_entropy(predicting, model->lm_head(), targets.reshape({-1}));
