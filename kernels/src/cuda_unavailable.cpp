@@ -44,6 +44,7 @@ void cuda_event_destroy(Event) { no_cuda("cuda_event_destroy"); }
 void cuda_event_record(Event, Stream) { no_cuda("cuda_event_record"); }
 void cuda_stream_wait_event(Stream, Event) { no_cuda("cuda_stream_wait_event"); }
 bool cuda_event_query(Event) { no_cuda("cuda_event_query"); }
+void cuda_event_synchronize(Event) { no_cuda("cuda_event_synchronize"); }
 void cuda_copy_async(void*, const void*, size_t, Stream) { no_cuda("cuda_copy_async"); }
 
 void dequantize_4bit_cuda(const Packed4bit&, void*, DType, Stream) { no_cuda("dequantize_4bit"); }

@@ -94,6 +94,8 @@ bool cuda_event_query(Event event) {
   return true;
 }
 
+void cuda_event_synchronize(Event event) { SHARDLORA_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event))); }
+
 void cuda_copy_async(void* dst, const void* src, size_t bytes, Stream stream) {
   SHARDLORA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)));
 }

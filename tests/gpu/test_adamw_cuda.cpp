@@ -67,3 +67,26 @@ TEST(CudaAdamW, EveryPlacementEqualsTheCpuStepsBitForBit) {
     }
   }
 }
+
+// A non-finite gradient skips the step in the cpu placement too: the gradients queued for the
+// host that step are never used, and the next steps equal the CPU's bit for bit.
+TEST(CudaAdamW, CpuPlacementSkipsANonFiniteStepLikeTheCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (or a libtorch without CUDA)";
+  AdamWOptions options;
+  options.lr = 1e-2;
+  const auto run = [&](const torch::Device& device, Placement placement) {
+    AdamWOptions variant = options;
+    variant.placement = placement;
+    auto params = params_on(device);
+    AdamW adamw(params, variant);
+    for (int64_t step = 0; step < 4; ++step) {
+      set_gradients(params, step);
+      if (step == 1) params[1].mutable_grad()[7].fill_(std::nan(""));
+      EXPECT_EQ(adamw.step().applied, step != 1) << "step " << step << " on " << device;
+    }
+    for (auto& p : params) p = p.detach().cpu();
+    return params;
+  };
+  const auto expected = run(torch::kCPU, Placement::Cpu), actual = run(torch::Device(torch::kCUDA, 0), Placement::Cpu);
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_TRUE(torch::equal(actual[i], expected[i])) << "parameter " << i;
+}

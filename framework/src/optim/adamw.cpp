@@ -34,6 +34,11 @@ void run_kernel(bool eight_bit, float* param, const float* grad, const StateSpan
   }
 }
 
+void check_gradient(const torch::Tensor& param, const torch::Tensor& grad) {
+  SHARDLORA_CHECK(grad.scalar_type() == torch::kFloat32 && grad.is_contiguous() && grad.sizes() == param.sizes(),
+                  "AdamW: the gradient of a ", param.sizes(), " parameter must be a contiguous float32 tensor of its shape");
+}
+
 }  // namespace
 
 std::optional<Placement> placement_from_name(const std::string& name) {
@@ -173,6 +178,52 @@ class AdamW::Pager {
   std::vector<kernels::Event> loaded_, updated_;
 };
 
+// Cpu placement with parameters on a GPU: every gradient is queued for the host on a copy
+// stream as the step begins, behind the backward already queued, and every updated
+// parameter goes back on a second one as soon as its host update ends. The host waits only
+// for the gradient it updates next, so the copies hide under the gradient norm and the other
+// parameters' updates (the gradients are final only when backward and the token
+// normalisation have run, and clipping needs all of them: the update cannot start earlier).
+class AdamW::HostTransfers {
+ public:
+  explicit HostTransfers(size_t params)
+      : download_(kernels::cuda_stream_create()), upload_(kernels::cuda_stream_create()), queued_(kernels::cuda_event_create()) {
+    for (size_t i = 0; i < params; ++i) downloaded_.push_back(kernels::cuda_event_create());
+  }
+
+  ~HostTransfers() {
+    for (auto event : downloaded_) kernels::cuda_event_destroy(event);
+    kernels::cuda_event_destroy(queued_);
+    kernels::cuda_stream_destroy(upload_);
+    kernels::cuda_stream_destroy(download_);
+  }
+
+  void download(const std::vector<ParamState>& params) {
+    for (const ParamState& state : params) {
+      if (state.param.grad().defined()) check_gradient(state.param, state.param.grad());  // before any copy is queued
+    }
+    kernels::cuda_event_record(queued_, nullptr);  // libtorch's work runs on the legacy default stream
+    kernels::cuda_stream_wait_event(download_, queued_);
+    for (size_t i = 0; i < params.size(); ++i) {
+      const torch::Tensor& grad = params[i].param.grad();
+      if (!grad.defined()) continue;
+      kernels::cuda_copy_async(params[i].host_grad.data_ptr(), grad.data_ptr(), grad.nbytes(), download_);
+      kernels::cuda_event_record(downloaded_[i], download_);
+    }
+  }
+
+  void wait_for_gradient(size_t index) { kernels::cuda_event_synchronize(downloaded_[index]); }
+
+  void upload(const ParamState& state) {
+    kernels::cuda_copy_async(state.param.data_ptr(), state.host_param.data_ptr(), state.host_param.nbytes(), upload_);
+  }
+
+ private:
+  kernels::Stream download_, upload_;
+  kernels::Event queued_;
+  std::vector<kernels::Event> downloaded_;
+};
+
 AdamW::AdamW(std::vector<torch::Tensor> params, const AdamWOptions& options) : options_(options) {
   SHARDLORA_CHECK(!params.empty(), "AdamW: no parameters to optimize");
   SHARDLORA_CHECK(options.lr >= 0, "AdamW: lr must be non-negative, found ", options.lr);
@@ -234,6 +285,7 @@ AdamW::AdamW(std::vector<torch::Tensor> params, const AdamWOptions& options) : o
   if (options.placement == Placement::Paged && device.is_cuda()) {
     pager_ = std::make_unique<Pager>(options.page_elements, options.staging_pages, device);
   }
+  if (options.placement == Placement::Cpu && device.is_cuda()) host_transfers_ = std::make_unique<HostTransfers>(params_.size());
 }
 
 AdamW::~AdamW() = default;
@@ -244,6 +296,8 @@ StepReport AdamW::step(const SquaredNormReduce& reduce) {
   StepReport report;
   report.lr = current_lr();
   ++schedule_step_;
+  const bool on_gpu = params_.front().param.is_cuda();
+  if (host_transfers_) host_transfers_->download(params_);  // under the norm and the updates
   // Per-tensor norms accumulated in fp32 (torch's cascade sum, as clip_grad_norm_ does: no
   // fp64 copy of a gradient), squared and summed in fp64, read back with one synchronization.
   std::vector<torch::Tensor> norms;
@@ -255,6 +309,7 @@ StepReport AdamW::step(const SquaredNormReduce& reduce) {
   report.grad_norm = std::sqrt(squared_norm);
   if (!std::isfinite(report.grad_norm)) {
     ++skipped_;
+    if (host_transfers_) kernels::cuda_synchronize();  // no download outlives this step: zero_grad writes the gradients
     return report;
   }
   // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
@@ -269,31 +324,25 @@ StepReport AdamW::step(const SquaredNormReduce& reduce) {
                                                                          options_.eps, options_.weight_decay, updates_, grad_scale));
     }
   }
-  const bool on_gpu = params_.front().param.is_cuda();
-  if (on_gpu) {
-    for (ParamState& state : params_) {
-      if (state.host_grad.defined() && state.param.grad().defined()) state.host_grad.copy_(state.param.grad(), true);
-    }
-    kernels::cuda_synchronize();  // gradients complete (and on the host for the cpu placement)
-  }
-  for (ParamState& state : params_) update(state, scalars.at(state.lr_multiplier));
+  if (on_gpu && !host_transfers_) kernels::cuda_synchronize();  // gradients complete before other streams read them
+  for (size_t i = 0; i < params_.size(); ++i) update(i, scalars.at(params_[i].lr_multiplier));
   if (on_gpu) kernels::cuda_synchronize();
   report.applied = true;
   return report;
 }
 
-void AdamW::update(ParamState& state, const kernels::AdamWScalars& scalars) {
+void AdamW::update(size_t index, const kernels::AdamWScalars& scalars) {
+  ParamState& state = params_[index];
   const torch::Tensor grad = state.param.grad();
   if (!grad.defined()) return;
-  SHARDLORA_CHECK(grad.scalar_type() == torch::kFloat32 && grad.is_contiguous() && grad.sizes() == state.param.sizes(),
-                  "AdamW: the gradient of a ", state.param.sizes(), " parameter must be a contiguous float32 tensor of its shape");
+  check_gradient(state.param, grad);
   if (pager_) {
     pager_->update(state, grad, scalars, options_.threads);
-  } else if (state.host_param.defined()) {
+  } else if (host_transfers_) {
+    host_transfers_->wait_for_gradient(index);
     run_kernel(state.eight_bit, state.host_param.data_ptr<float>(), state.host_grad.data_ptr<float>(),
                state.span(state.tensors(), 0), state.numel, scalars, kernels::Device::cpu(), nullptr, options_.threads);
-    torch::NoGradGuard no_grad;
-    state.param.copy_(state.host_param, /*non_blocking=*/true);
+    host_transfers_->upload(state);
   } else {
     run_kernel(state.eight_bit, state.param.data_ptr<float>(), grad.data_ptr<float>(), state.span(state.tensors(), 0),
                state.numel, scalars, kernel_device(state.param.device()), nullptr, options_.threads);

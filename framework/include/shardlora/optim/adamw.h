@@ -98,11 +98,13 @@ class AdamW {
  private:
   struct ParamState;
   class Pager;
-  void update(ParamState& state, const kernels::AdamWScalars& scalars);
+  class HostTransfers;
+  void update(size_t index, const kernels::AdamWScalars& scalars);
 
   AdamWOptions options_;
   std::vector<ParamState> params_;
   std::unique_ptr<Pager> pager_;
+  std::unique_ptr<HostTransfers> host_transfers_;
   int64_t updates_ = 0, skipped_ = 0, schedule_step_ = 0;
 };
 

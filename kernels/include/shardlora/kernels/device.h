@@ -56,6 +56,7 @@ void cuda_event_record(Event event, Stream stream);
 void cuda_stream_wait_event(Stream stream, Event event);
 // Whether the work before the event's last record has finished (never blocks: timeouts poll it).
 bool cuda_event_query(Event event);
+void cuda_event_synchronize(Event event);  // blocks the host until the event's work is done
 void cuda_copy_async(void* dst, const void* src, size_t bytes, Stream stream);
 
 }  // namespace shardlora::kernels
