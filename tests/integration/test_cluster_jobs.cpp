@@ -148,6 +148,7 @@ class LocalSlurm : public ClusterJob {
     slurm_dir_ = slurm_dir;
     const auto started = run_process({kSource + "/tests/integration/slurm/local-slurm", "start", slurm_dir_}, 60.0);
     ASSERT_EQ(started.exit_code, 0) << started.out << started.err;
+    ASSERT_FALSE(started.timed_out) << "a daemon kept local-slurm's output open";
     ::setenv("SLURM_CONF", (slurm_dir_ + "/slurm.conf").c_str(), 1);
     // mpirun in the batch job runs as root here; sbatch passes the environment on.
     ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
@@ -200,10 +201,13 @@ class LocalSlurm : public ClusterJob {
   }
 
   std::string slurm_dir_;
+  // Long enough that the job still runs when it is requeued or signalled after its first
+  // checkpoint (25) or log line (5); each further step is time on two ranks.
+  static constexpr int kSteps = 60;
 };
 
 TEST_F(LocalSlurm, ARequeuedJobResumesFromItsCheckpointAndCompletes) {
-  const std::string job = submit({"--gpus-per-node", "0", "--ntasks-per-node", "2"}, "run", 200);
+  const std::string job = submit({"--gpus-per-node", "0", "--ntasks-per-node", "2"}, "run", kSteps);
   ASSERT_FALSE(job.empty());
   ASSERT_TRUE(wait_for([&] { return fs::exists(path("run/checkpoint-000025")); }, 120))
       << job_field(job, "JobState") << "\n" << read_file(path("run/slurm-" + job + ".out"));
@@ -215,14 +219,15 @@ TEST_F(LocalSlurm, ARequeuedJobResumesFromItsCheckpointAndCompletes) {
   EXPECT_NE(log.find("restart 1"), std::string::npos) << log;
   // Resumed, not started over: the restarted job logs no step before the first checkpoint.
   const std::string restarted = log.substr(std::min(log.find("restart 1"), log.size()));
-  EXPECT_EQ(restarted.find("step 5/200 "), std::string::npos) << log;
-  EXPECT_NE(restarted.find("step 200/200 "), std::string::npos) << log;
-  expect_complete_run("run", 200);
+  const std::string of_steps = "/" + std::to_string(kSteps) + " ";
+  EXPECT_EQ(restarted.find("step 5" + of_steps), std::string::npos) << log;
+  EXPECT_NE(restarted.find("step " + std::to_string(kSteps) + of_steps), std::string::npos) << log;
+  expect_complete_run("run", kSteps);
 }
 
 TEST_F(LocalSlurm, TheTimeLimitWarningCheckpointsRequeuesAndTheJobCompletes) {
   // What --signal=B:TERM@120 sends before the time limit, sent now.
-  const std::string job = submit({"--gpus-per-node", "0", "--ntasks-per-node", "2", "--launcher", "srun"}, "run", 200);
+  const std::string job = submit({"--gpus-per-node", "0", "--ntasks-per-node", "2", "--launcher", "srun"}, "run", kSteps);
   ASSERT_FALSE(job.empty());
   ASSERT_TRUE(wait_for([&] { return !logged_steps("run").empty(); }, 120)) << read_file(path("run/slurm-" + job + ".out"));
   EXPECT_EQ(run_process({"scancel", "--batch", "--signal=TERM", job}).exit_code, 0);
@@ -231,7 +236,7 @@ TEST_F(LocalSlurm, TheTimeLimitWarningCheckpointsRequeuesAndTheJobCompletes) {
   EXPECT_NE(log.find("2 tasks by srun"), std::string::npos) << log;
   EXPECT_NE(log.find("topology: 2 ranks on 1 node (2 per node, Slurm), backend tcp"), std::string::npos) << log;
   EXPECT_NE(log.find("requeueing job " + job), std::string::npos) << log;
-  expect_complete_run("run", 200);
+  expect_complete_run("run", kSteps);
 }
 
 }  // namespace

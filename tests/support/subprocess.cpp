@@ -13,7 +13,9 @@ namespace shardlora::testing {
 
 ProcessResult run_process(const std::vector<std::string>& argv, double timeout_seconds) {
   int out_pipe[2], err_pipe[2];
-  if (pipe(out_pipe) != 0 || pipe(err_pipe) != 0) throw std::runtime_error("pipe failed");
+  // Close-on-exec: only the child's stdout and stderr (dup2 clears the flag) reach the program,
+  // so a daemon it starts cannot hold the pipes open and keep us reading until the timeout.
+  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
   const pid_t pid = fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
