@@ -17,7 +17,8 @@ bool cpu_has_sse41() {
 }
 
 bool cpu_has_avx2() {
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                __builtin_cpu_supports("f16c");
   return supported && g_simd_enabled.load(std::memory_order_relaxed);
 }
 

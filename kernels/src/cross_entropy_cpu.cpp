@@ -1,13 +1,14 @@
-// cross_entropy_rows on the CPU: OpenMP threads over rows. Per row three passes (max, sum of
-// exponentials, gradient), AVX2 eight logits at a time with the reference's operations and
-// lane order; a row's last vocab % 8 logits go through the scalar forms on the same lanes.
-// Without AVX2 the reference runs on each row.
+// cross_entropy_rows on the CPU: OpenMP threads over rows. Per row three passes (max; sum of
+// exponentials, kept in a per-thread row of scratch; gradient from them), AVX2 eight logits
+// at a time with the reference's operations and lane order; a row's last vocab % 8 logits
+// go through the scalar forms on the same lanes. Without AVX2 the reference runs on each row.
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "common/avx2_math.h"
 #include "common/load_element.h"
@@ -18,8 +19,11 @@ namespace {
 
 using avx2::at;
 
+// exps: vocab floats of scratch when write_gradient (each e^(z - m) is kept from the sum's
+// pass for the gradient's: the same values, so computed once), else unused.
 template <DType kDType>
-SHARDLORA_TARGET_AVX2 void row_avx2(void* z, int64_t target, float* loss, int64_t vocab, bool write_gradient) {
+SHARDLORA_TARGET_AVX2 void row_avx2(void* z, int64_t target, float* loss, int64_t vocab, bool write_gradient,
+                                    float* exps) {
   using In = InputElement<kDType>;
   const auto* values = static_cast<const typename In::type*>(z);
   const int64_t vector_end = vocab - vocab % 8;
@@ -34,10 +38,16 @@ SHARDLORA_TARGET_AVX2 void row_avx2(void* z, int64_t target, float* loss, int64_
   const __m256 shift = _mm256_set1_ps(m);
   lanes = _mm256_setzero_ps();
   for (int64_t c = 0; c < vector_end; c += 8) {
-    lanes = _mm256_add_ps(lanes, avx2::exp_approx(_mm256_sub_ps(avx2::load8<kDType>(at<kDType>(z, c)), shift)));
+    const __m256 e = avx2::exp_approx(_mm256_sub_ps(avx2::load8<kDType>(at<kDType>(z, c)), shift));
+    if (write_gradient) _mm256_storeu_ps(exps + c, e);
+    lanes = _mm256_add_ps(lanes, e);
   }
   _mm256_store_ps(lane, lanes);
-  for (int64_t c = vector_end; c < vocab; ++c) lane[c % kSumLanes] += exp_approx(In::to_float(values[c]) - m);
+  for (int64_t c = vector_end; c < vocab; ++c) {
+    const float e = exp_approx(In::to_float(values[c]) - m);
+    if (write_gradient) exps[c] = e;
+    lane[c % kSumLanes] += e;
+  }
   const float sum = combine_lanes(lane);
 
   const bool valid = target >= 0 && target < vocab;
@@ -50,13 +60,10 @@ SHARDLORA_TARGET_AVX2 void row_avx2(void* z, int64_t target, float* loss, int64_
     return;
   }
   const __m256 scale = _mm256_set1_ps(inverse);
-  for (int64_t c = 0; c < vector_end; c += 8) {
-    const __m256 p = _mm256_mul_ps(avx2::exp_approx(_mm256_sub_ps(avx2::load8<kDType>(at<kDType>(z, c)), shift)), scale);
-    avx2::store8<kDType>(at<kDType>(z, c), p);
-  }
+  for (int64_t c = 0; c < vector_end; c += 8) avx2::store8<kDType>(at<kDType>(z, c), _mm256_mul_ps(_mm256_loadu_ps(exps + c), scale));
   auto* out = static_cast<typename In::type*>(z);
-  for (int64_t c = vector_end; c < vocab; ++c) out[c] = OutputElement<kDType>::from_float(exp_approx(In::to_float(values[c]) - m) * inverse);
-  out[target] = OutputElement<kDType>::from_float(exp_approx(target_logit - m) * inverse - 1.0f);
+  for (int64_t c = vector_end; c < vocab; ++c) out[c] = OutputElement<kDType>::from_float(exps[c] * inverse);
+  out[target] = OutputElement<kDType>::from_float(exps[target] * inverse - 1.0f);
 }
 
 }  // namespace
@@ -66,13 +73,17 @@ void cross_entropy_rows_cpu(void* logits, const int64_t* targets, float* losses,
   const bool simd = cpu_has_avx2();
   dispatch_float_dtype(dtype, [&](auto tag) {
     constexpr DType kDType = decltype(tag)::value;
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < shape.rows; ++r) {
-      void* row = at<kDType>(logits, r * shape.vocab);
-      if (!simd || targets[r] == ignore_index) {
-        cross_entropy_rows_ref(row, targets + r, losses + r, {1, shape.vocab}, ignore_index, write_gradient, dtype);
-      } else {
-        row_avx2<kDType>(row, targets[r], losses + r, shape.vocab, write_gradient);
+#pragma omp parallel
+    {
+      std::vector<float> exps(simd && write_gradient ? static_cast<size_t>(shape.vocab) : 0);
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < shape.rows; ++r) {
+        void* row = at<kDType>(logits, r * shape.vocab);
+        if (!simd || targets[r] == ignore_index) {
+          cross_entropy_rows_ref(row, targets + r, losses + r, {1, shape.vocab}, ignore_index, write_gradient, dtype);
+        } else {
+          row_avx2<kDType>(row, targets[r], losses + r, shape.vocab, write_gradient, exps.data());
+        }
       }
     }
   });

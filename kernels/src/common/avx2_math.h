@@ -15,22 +15,23 @@
 namespace shardlora::kernels::avx2 {
 
 SHARDLORA_TARGET_AVX2 inline __m256 exp_approx(__m256 x) {
-  const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-  const __m256 overflow = _mm256_cmp_ps(x, _mm256_set1_ps(kExpMaxInput), _CMP_GT_OQ);
   const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(kExpMinInput), _CMP_LT_OQ);
-  const __m256 clamped = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpMinInput)), _mm256_set1_ps(kExpMaxInput));
+  const __m256 clamped =
+      _mm256_min_ps(_mm256_set1_ps(kExpClampHigh), _mm256_max_ps(_mm256_set1_ps(kExpMinInput), x));
   const __m256 magic = _mm256_set1_ps(kRoundMagic);
-  const __m256 n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(clamped, _mm256_set1_ps(kLog2e)), magic), magic);
-  __m256 r = _mm256_sub_ps(clamped, _mm256_mul_ps(n, _mm256_set1_ps(kLn2High)));
-  r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(kLn2Low)));
-  __m256 p = _mm256_set1_ps(kExpPoly[0]);
-  for (int i = 1; i < 6; ++i) p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(kExpPoly[i]));
-  const __m256 y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0f));
-  const __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  __m256 result = _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
-  result = _mm256_andnot_ps(underflow, result);
-  result = _mm256_blendv_ps(result, _mm256_set1_ps(__builtin_inff()), overflow);
-  return _mm256_blendv_ps(result, x, nan);
+  const __m256 shifted = _mm256_fmadd_ps(clamped, _mm256_set1_ps(kLog2e), magic);
+  const __m256 n = _mm256_sub_ps(shifted, magic);
+  __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-kLn2High), clamped);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(-kLn2Low), r);
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  const __m256 low = _mm256_fmadd_ps(_mm256_set1_ps(kExpPoly[4]), r, _mm256_set1_ps(kExpPoly[5]));
+  const __m256 mid = _mm256_fmadd_ps(_mm256_set1_ps(kExpPoly[2]), r, _mm256_set1_ps(kExpPoly[3]));
+  const __m256 high = _mm256_fmadd_ps(_mm256_set1_ps(kExpPoly[0]), r, _mm256_set1_ps(kExpPoly[1]));
+  const __m256 p = _mm256_fmadd_ps(_mm256_fmadd_ps(high, r2, mid), r2, low);
+  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0f));
+  const __m256i exponent =
+      _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(shifted), 23), _mm256_set1_epi32(127 << 23));
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(exponent)));
 }
 
 SHARDLORA_TARGET_AVX2 inline __m256 sigmoid_approx(__m256 g) {
