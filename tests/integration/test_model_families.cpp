@@ -32,6 +32,8 @@ class ModelFamilies : public TempDirTest {
   torch::Tensor logits(const std::string& dir, const std::string& adapter_dir) { return model_logits(dir, adapter_dir, 259); }
 
   // chat.jsonl and recipe.yaml (data.template left at auto) training `model_dir` into run/.
+  // lr 1e-2 (both recipes): at 5e-2 with alpha/r = 8 the tiny Gemma 3 trains into a state where
+  // rounding its merged weights to fp32 moves its logits by ~1e-4 (its base moves them ~2e-7).
   void write_chat_recipe(const std::string& model_dir, int steps) {
     std::ofstream data(path("chat.jsonl"));
     for (int i = 0; i < 8; ++i) {
@@ -40,7 +42,7 @@ class ModelFamilies : public TempDirTest {
     }
     std::ofstream(path("recipe.yaml")) << "model:\n  path: " << model_dir << "\n  dtype: fp32\n"
                                        << "data:\n  train: " << path("chat.jsonl") << "\n  max_seq_len: 64\n"
-                                       << "lora:\n  r: 4\noptimizer:\n  lr: 5.0e-2\ntraining:\n  max_steps: " << steps << "\n"
+                                       << "lora:\n  r: 4\noptimizer:\n  lr: 1.0e-2\ntraining:\n  max_steps: " << steps << "\n"
                                        << "output:\n  dir: " << path("run") << "\n";
   }
 };
@@ -76,7 +78,7 @@ TEST_P(EveryCommand, InitQuantizeTrainMergeGenerate) {
   data.close();
   std::ofstream(path("recipe.yaml")) << "model:\n  path: " << path("nf4") << "\n  dtype: fp32\n"
                                      << "data:\n  train: " << path("chat.jsonl") << "\n  template: chatml\n  max_seq_len: 64\n"
-                                     << "lora:\n  r: 4\noptimizer:\n  lr: 5.0e-2\nschedule:\n  warmup_steps: 0\n"
+                                     << "lora:\n  r: 4\noptimizer:\n  lr: 1.0e-2\nschedule:\n  warmup_steps: 0\n"
                                      << "training:\n  max_steps: 6\n  log_every: 1\n"
                                      << "output:\n  dir: " << path("run") << "\n";
   const auto trained = shardlora({"train", path("recipe.yaml")});
