@@ -92,7 +92,7 @@ class Ranks {
   // Supervises until every rank has exited; returns the launcher's exit status.
   int supervise(const sigset_t& signals, double grace_s) {
     std::optional<int> first_failure;
-    std::optional<Clock::time_point> kill_at;
+    Clock::time_point kill_at = Clock::time_point::max();  // max: no kill pending
     int stop_requests = 0;
     while (!pids_.empty()) {
       timespec tick{0, 100 * 1000 * 1000};
@@ -124,10 +124,10 @@ class Ranks {
           kill_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(grace_s));
         }
       }
-      if (kill_at && Clock::now() > *kill_at) {
+      if (Clock::now() > kill_at) {
         std::cerr << "shardlora launch: " << pids_.size() << " rank(s) still running after " << grace_s << " s: killing them" << std::endl;
         signal_all(SIGKILL);
-        kill_at.reset();
+        kill_at = Clock::time_point::max();
       }
     }
     return first_failure.value_or(0);
