@@ -29,6 +29,7 @@ CudaRuntimeInfo cuda_runtime_info() {
 }
 
 std::string cuda_device_description(int) { no_cuda("cuda_device_description"); }
+int cuda_compute_capability(int) { no_cuda("cuda_compute_capability"); }
 void* cuda_malloc(size_t) { no_cuda("cuda_malloc"); }
 void cuda_free(void*) { no_cuda("cuda_free"); }
 void cuda_copy_to_device(void*, const void*, size_t) { no_cuda("cuda_copy_to_device"); }

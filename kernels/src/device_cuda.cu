@@ -35,6 +35,13 @@ std::string cuda_device_description(int index) {
   return text;
 }
 
+int cuda_compute_capability(int index) {
+  int major = 0, minor = 0;
+  SHARDLORA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
+  SHARDLORA_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
+  return 10 * major + minor;
+}
+
 void* cuda_malloc(size_t bytes) {
   void* pointer = nullptr;
   SHARDLORA_CUDA_CHECK(cudaMalloc(&pointer, bytes));

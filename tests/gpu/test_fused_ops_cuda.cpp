@@ -1,12 +1,16 @@
 // The fused ops on a GPU (their CUDA kernels through the autograd functions of
 // nn/fused_ops.h) against the op chains they replace in float64 on the CPU, forward and every
 // gradient; and attention per document (SDPA with is_causal: FlashAttention for bf16) against
-// the dense-mask definition. Skipped without a CUDA device.
+// the dense-mask definition, and the sliding window through FlashAttention's window
+// arguments forward and backward. Skipped without a CUDA device.
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include "fused_op_checks.h"
+#include "shardlora/kernels/device.h"
+#include "shardlora/nn/flash_attention.h"
 #include "shardlora/nn/fused_ops.h"
 #include "shardlora/nn/llama.h"
 
@@ -121,6 +125,42 @@ TEST_F(FusedOpsCuda, AttentionPerDocumentMatchesTheDenseMask) {
       expect_close(out, expected, dtype == torch::kFloat32 ? 1e-3 : kBf16,
                    "attention, window " + std::to_string(window) + ", " + std::string(torch::toString(dtype)));
     }
+  }
+}
+
+TEST_F(FusedOpsCuda, FlashWindowMatchesTheDenseWindowMaskForwardAndBackward) {
+  const bool flash_expected = (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)) &&
+                              kernels::cuda_compute_capability(0) >= 80;
+  const torch::Tensor probe = torch::zeros({1, 4, 8, 128}, torch::TensorOptions(torch::kBFloat16).device(gpu));
+  ASSERT_EQ(nn::flash_window_attention_applies(probe), flash_expected) << "libtorch " << TORCH_VERSION;
+  if (!flash_expected) GTEST_SKIP() << "FlashAttention's window needs libtorch 2.5 and sm_80; the window runs in bands";
+  torch::manual_seed(4);
+  const int64_t heads = 32, kv_heads = 8, seq = 640, dim = 128;
+  const torch::Tensor q = torch::randn({2, heads, seq, dim}, torch::kFloat64).requires_grad_(true);
+  const torch::Tensor k = torch::randn({2, kv_heads, seq, dim}, torch::kFloat64).requires_grad_(true);
+  const torch::Tensor v = torch::randn({2, kv_heads, seq, dim}, torch::kFloat64).requires_grad_(true);
+  const torch::Tensor grad_out = torch::randn({2, heads, seq, dim}, torch::kFloat64);
+  const torch::Tensor distance = torch::arange(seq).view({-1, 1}) - torch::arange(seq).view({1, -1});
+  for (const int64_t window : {1, 96, 257}) {
+    const std::string what = "window " + std::to_string(window) + ": ";
+    const torch::Tensor allowed = distance.ge(0).logical_and(distance.lt(window)).view({1, 1, seq, seq});
+    const torch::Tensor scores =
+        torch::matmul(q, k.repeat_interleave(heads / kv_heads, 1).transpose(2, 3)) / std::sqrt(static_cast<double>(dim));
+    const torch::Tensor expected =
+        torch::matmul(torch::softmax(scores.masked_fill(allowed.logical_not(), -INFINITY), -1), v.repeat_interleave(heads / kv_heads, 1));
+    const auto expected_grads = torch::autograd::grad({expected}, {q, k, v}, {grad_out});
+    // As the model hands them over: transposed views of [B, T, heads, D].
+    const auto leaf = [&](const torch::Tensor& t) {
+      return t.detach().transpose(1, 2).contiguous().to(gpu, torch::kBFloat16).requires_grad_(true);
+    };
+    const torch::Tensor lq = leaf(q), lk = leaf(k), lv = leaf(v);
+    const torch::Tensor out = nn::flash_window_attention(lq.transpose(1, 2), lk.transpose(1, 2), lv.transpose(1, 2), window);
+    auto grads = torch::autograd::grad({out}, {lq, lk, lv}, {grad_out.to(gpu, torch::kBFloat16)});
+    for (torch::Tensor& g : grads) g = g.transpose(1, 2);
+    expect_close(out, expected, kBf16, what + "out");
+    expect_close(grads[0], expected_grads[0], kBf16 * 5, what + "d q");
+    expect_close(grads[1], expected_grads[1], kBf16 * 5, what + "d k");
+    expect_close(grads[2], expected_grads[2], kBf16 * 5, what + "d v");
   }
 }
 

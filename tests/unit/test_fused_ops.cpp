@@ -8,6 +8,7 @@
 #include "shardlora/kernels/check.h"
 #include "shardlora/nn/fused_ops.h"
 #include "shardlora/nn/llama.h"
+#include "shardlora/tensor/named_op_call.h"
 #include "fused_op_checks.h"
 
 using namespace shardlora;
@@ -229,6 +230,47 @@ TEST(Attention, SlidingWindowBandsEqualTheDenseWindowMaskForwardAndBackward) {
       expect_close(grads[2], expected_grads[2], 1e-6, what + "d v");
     }
   }
+}
+
+// The flash window path's plumbing on this libtorch: operators called by their schema's
+// argument names, as flash_window_attention calls FlashAttention's.
+TEST(NamedOpCall, CallsAnOperatorByArgumentNamesWithDefaultsAndAutograd) {
+  torch::manual_seed(8);
+  const torch::Tensor x = torch::randn({3, 5}, torch::kFloat64).requires_grad_(true);
+  const torch::Tensor weights = torch::randn({3, 5}, torch::kFloat64);
+  for (const int64_t dim : {0, 1}) {
+    // Named out of the schema's order; dtype left to its default (None).
+    const std::vector<c10::IValue> returns = call_op_by_argument_names("aten::softmax", "int", {{"dim", dim}, {"self", x}});
+    ASSERT_EQ(returns.size(), 1u);
+    const torch::Tensor y = returns[0].toTensor();
+    const torch::Tensor expected = torch::softmax(x, dim);
+    EXPECT_TRUE(torch::equal(y, expected)) << "dim " << dim;
+    const torch::Tensor grad = torch::autograd::grad({(y * weights).sum()}, {x})[0];
+    EXPECT_TRUE(torch::equal(grad, torch::autograd::grad({(expected * weights).sum()}, {x})[0])) << "dim " << dim;
+  }
+}
+
+TEST(NamedOpCall, SaysWhatThisLibtorchLacks) {
+  EXPECT_TRUE(op_has_arguments("aten::softmax", "int", {"self", "dim", "dtype"}));
+  EXPECT_FALSE(op_has_arguments("aten::softmax", "int", {"self", "window_size_left"}));
+  EXPECT_FALSE(op_has_arguments("aten::softmax", "no_such_overload", {}));
+  EXPECT_FALSE(op_has_arguments("aten::no_such_op", "", {}));
+  const torch::Tensor x = torch::randn({2, 2});
+  const auto error_of = [](const auto& call) {
+    try {
+      call();
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error_of([] { call_op_by_argument_names("aten::no_such_op", "", {}); }).find("has no operator aten::no_such_op"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { call_op_by_argument_names("aten::softmax", "int", {{"self", x}, {"dim", 1}, {"window", 2}}); })
+                .find("aten::softmax.int in libtorch " TORCH_VERSION " has no argument 'window'"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { call_op_by_argument_names("aten::softmax", "int", {{"self", x}}); }).find("argument 'dim' has no default"),
+            std::string::npos);
 }
 
 TEST(FusedOps, Float64TakesTheOpChains) {

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "shardlora/kernels/check.h"
+#include "shardlora/nn/flash_attention.h"
 #include "shardlora/nn/fused_ops.h"
 #include "shardlora/tensor/device_copy.h"
 
@@ -80,12 +81,14 @@ torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, c
 }
 
 // Causal attention within `window` positions (j > i - window) of q over k, v of the same
-// length, with no [T, T] mask: queries in blocks of `window`, each over the keys from
-// window - 1 before its first query to its last, where the band i <= j <= i + window - 1 of
-// one [window, 2 window - 1] mask says which (memory and work O(T window), not O(T^2)).
+// length, with no [T, T] mask: FlashAttention's window where it applies; else queries in
+// blocks of `window`, each over the keys from window - 1 before its first query to its last,
+// where the band i <= j <= i + window - 1 of one [window, 2 window - 1] mask says which
+// (memory and work O(T window), not O(T^2)).
 torch::Tensor windowed_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t window) {
   const int64_t length = q.size(2);
   if (length <= window) return causal_attention(q, k, v);
+  if (flash_window_attention_applies(q)) return flash_window_attention(q, k, v, window);
   const auto longs = torch::TensorOptions(torch::kInt64).device(q.device());
   const torch::Tensor offset = torch::arange(2 * window - 1, longs).view({1, -1}) - torch::arange(window, longs).view({-1, 1});
   const torch::Tensor band = offset.ge(0).logical_and(offset.lt(window));

@@ -35,6 +35,9 @@ CudaRuntimeInfo cuda_runtime_info();
 // Name and memory of one visible device, e.g. "NVIDIA H100 80GB HBM3 (79.1 GiB)".
 std::string cuda_device_description(int index);
 
+// Its compute capability as 10 * major + minor (90 for sm_90).
+int cuda_compute_capability(int index);
+
 // Raw device memory for tests and benchmarks; the framework allocates through libtorch.
 void* cuda_malloc(size_t bytes);
 void cuda_free(void* pointer);
