@@ -7,7 +7,7 @@
 namespace shardlora::kernels {
 namespace {
 
-std::atomic<bool> g_simd_enabled{true};
+std::atomic<bool> g_simd_enabled{true}, g_avx512_enabled{true};
 
 }  // namespace
 
@@ -25,7 +25,7 @@ bool cpu_has_avx2() {
 bool cpu_has_avx512() {
   static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                 __builtin_cpu_supports("avx512vl");
-  return supported && cpu_has_avx2();
+  return supported && cpu_has_avx2() && g_avx512_enabled.load(std::memory_order_relaxed);
 }
 
 const char* cpu_kernel_isa() {
@@ -35,5 +35,7 @@ const char* cpu_kernel_isa() {
 }
 
 void set_cpu_simd_enabled(bool enabled) { g_simd_enabled.store(enabled, std::memory_order_relaxed); }
+
+void set_cpu_avx512_enabled(bool enabled) { g_avx512_enabled.store(enabled, std::memory_order_relaxed); }
 
 }  // namespace shardlora::kernels

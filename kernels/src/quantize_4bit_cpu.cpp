@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "common/avx2_math.h"
+#include "common/avx512_math.h"
 #include "common/load_element.h"
 #include "common/quantize_value.h"
 #include "quantize_4bit_impl.h"
@@ -53,24 +54,13 @@ SHARDLORA_TARGET_AVX2 __m256i codes8_avx2(__m256 x) {
 // NF4 by a branchless binary search over the 15 pivots (one 16-entry permute per step, +inf
 // past the last), FP4 by mask compares. The same products and the same code as counting
 // the pivots exceeded.
-template <DType kIn>
-SHARDLORA_TARGET_AVX512 __m512 load16(const typename InputElement<kIn>::type* src) {
-  if constexpr (kIn == DType::F32) {
-    return _mm512_loadu_ps(src);
-  } else {
-    const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-    if constexpr (kIn == DType::F16) return _mm512_cvtph_ps(half);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
-  }
-}
-
 template <DType kIn, QuantType kType>
 SHARDLORA_TARGET_AVX512 void codes_avx512(const typename InputElement<kIn>::type* src, int64_t count, float scale, uint8_t* codes) {
   const __m512 s = _mm512_set1_ps(scale);
   constexpr float nf4_pivots[16] = {SHARDLORA_NF4_PIVOTS, __builtin_inff()};
   const __m512 table = _mm512_loadu_ps(nf4_pivots);
   for (int64_t i = 0; i < count; i += 16) {
-    const __m512 x = _mm512_mul_ps(load16<kIn>(src + i), s);
+    const __m512 x = _mm512_mul_ps(avx512::load16<kIn>(src + i), s);
     __m512i code = _mm512_setzero_si512();
     if constexpr (kType == QuantType::NF4) {
       for (int step = 8; step > 0; step /= 2) {

@@ -203,11 +203,20 @@ TEST(FusedMath, CrossEntropyReferenceIsTheFp64SoftmaxLoss) {
   EXPECT_EQ(untouched, logits);
 }
 
-// CPU kernels against the references, with SIMD on and off.
-class FusedCpu : public ::testing::TestWithParam<bool> {
+// CPU kernels against the references on each path: scalar, AVX2 (AVX-512 turned off), and
+// the best this CPU has.
+enum class SimdPath { Scalar, Avx2, Best };
+
+class FusedCpu : public ::testing::TestWithParam<SimdPath> {
  protected:
-  void SetUp() override { set_cpu_simd_enabled(GetParam()); }
-  void TearDown() override { set_cpu_simd_enabled(true); }
+  void SetUp() override {
+    set_cpu_simd_enabled(GetParam() != SimdPath::Scalar);
+    set_cpu_avx512_enabled(GetParam() == SimdPath::Best);
+  }
+  void TearDown() override {
+    set_cpu_simd_enabled(true);
+    set_cpu_avx512_enabled(true);
+  }
 };
 
 TEST_P(FusedCpu, RmsNormEqualsReference) {
@@ -271,7 +280,8 @@ TEST_P(FusedCpu, RopeEqualsReference) {
 }
 
 TEST_P(FusedCpu, CrossEntropyEqualsReference) {
-  for (const int64_t vocab : {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{13}, int64_t{1000}, int64_t{32771}}) {
+  // After the sixteens (AVX-512) an eight (1000), a part of one (32771) or both (29).
+  for (const int64_t vocab : {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{13}, int64_t{29}, int64_t{1000}, int64_t{32771}}) {
     const int64_t rows = 11;
     const auto targets = cross_entropy_targets(rows, vocab, true, 20);
     for (const DType dtype : kFloatDTypes) {
@@ -289,8 +299,10 @@ TEST_P(FusedCpu, CrossEntropyEqualsReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, FusedCpu, ::testing::Bool(),
-                         [](const auto& info) { return info.param ? "simd" : "scalar"; });
+INSTANTIATE_TEST_SUITE_P(Paths, FusedCpu, ::testing::Values(SimdPath::Scalar, SimdPath::Avx2, SimdPath::Best),
+                         [](const auto& info) {
+                           return std::string(info.param == SimdPath::Scalar ? "scalar" : info.param == SimdPath::Avx2 ? "avx2" : "best");
+                         });
 
 TEST(FusedKernels, RejectBadArguments) {
   float x[4] = {1, 2, 3, 4}, inv[2];
