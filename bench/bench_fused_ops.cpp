@@ -9,9 +9,10 @@
 // matrices (token_rows_step); and sliding-window attention in bands of the window against
 // a dense [T, T] window mask (windowed_attention_step).
 // Timings keep freed memory in the heap (mallopt) so that page faults of fresh outputs,
-// which the chains take more of, do not decide the ratios.
+// which the chains take more of, do not decide the ratios; --fresh-pages times them with
+// glibc's defaults instead (large blocks mapped anew per allocation, as in a CPU run).
 //
-//   bench_fused_ops [--tokens 2048] [--dtype fp32|bf16] [--iters 3] [--threads N] [--skip-step]
+//   bench_fused_ops [--tokens 2048] [--dtype fp32|bf16] [--iters 3] [--threads N] [--skip-step] [--fresh-pages]
 #include <malloc.h>
 #include <omp.h>
 #include <sys/resource.h>
@@ -39,6 +40,7 @@ struct Args {
   torch::ScalarType dtype = torch::kFloat32;
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   bool step = true;
+  bool fresh_pages = false;
 };
 
 struct Timing {
@@ -264,19 +266,20 @@ int main(int argc, char** argv) {
     else if (flag == "--iters") args.iters = std::stoll(value());
     else if (flag == "--threads") args.threads = std::stoi(value());
     else if (flag == "--skip-step") args.step = false;
+    else if (flag == "--fresh-pages") args.fresh_pages = true;
     else if (flag == "--dtype") {
       const auto dtype = scalar_type_from_name(value());
       if (!dtype || !is_float_type(*dtype)) throw std::runtime_error("--dtype: fp32, bf16 or fp16");
       args.dtype = *dtype;
     } else {
-      std::fprintf(stderr, "usage: %s [--tokens N] [--dtype fp32|bf16] [--iters N] [--threads N] [--skip-step]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--tokens N] [--dtype fp32|bf16] [--iters N] [--threads N] [--skip-step] [--fresh-pages]\n", argv[0]);
       return 2;
     }
   }
   const int64_t hidden = 4096, intermediate = 14336, heads = 32, head_dim = 128, vocab = 128256;
-  std::printf("fused ops vs the op chains they replace, CPU, %s, %lld tokens, %d threads, %lld iterations (ms per call)\n",
+  std::printf("fused ops vs the op chains they replace, CPU, %s, %lld tokens, %d threads, %lld iterations (ms per call), %s\n",
               torch_dtype_name(args.dtype).c_str(), static_cast<long long>(args.tokens), args.threads,
-              static_cast<long long>(args.iters));
+              static_cast<long long>(args.iters), args.fresh_pages ? "fresh pages per allocation" : "freed memory kept in the heap");
   struct Timings {
     Timing rms, swiglu, rope, loss;
     // The logits' matmul alone, which both sides of the loss row take. Only in fp32: libtorch's
@@ -286,8 +289,10 @@ int main(int argc, char** argv) {
   const Timings timings = in_child([&] {
     // Freed tensors stay in the heap (as a caching allocator keeps them on a GPU), so both
     // sides are timed computing, not faulting in fresh pages for every output.
-    mallopt(M_MMAP_THRESHOLD, 1 << 30);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    if (!args.fresh_pages) {
+      mallopt(M_MMAP_THRESHOLD, 1 << 30);
+      mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    }
     at::set_num_threads(args.threads);
     omp_set_num_threads(args.threads);  // the fused CPU kernels' threads
     torch::manual_seed(0);
@@ -311,7 +316,9 @@ int main(int argc, char** argv) {
     const torch::Tensor targets = torch::randint(vocab, {n}, torch::kInt64), loss_input = torch::randn({n, loss_hidden}, options);
     t.loss = time_loss([&](const torch::Tensor& h) { return nn::reference::linear_cross_entropy(h, weight, targets); },
                        [&](const torch::Tensor& h) { return nn::linear_cross_entropy(h, weight, targets); }, loss_input, args);
-    if (args.dtype == torch::kFloat32) t.loss_matmul_ms = ms_per_call(args.iters, [&] { torch::matmul(loss_input, weight.t()); });
+    // (With fresh pages the lone product faults in its whole [T, V] output, which the fused
+    // side, with one buffer for its chunks, does not: no longer the same on both sides.)
+    if (args.dtype == torch::kFloat32 && !args.fresh_pages) t.loss_matmul_ms = ms_per_call(args.iters, [&] { torch::matmul(loss_input, weight.t()); });
     return t;
   });
   std::printf("%-28s %9s %9s %7s   %9s %9s %7s   %s\n", "op", "chain fwd", "fused", "ratio", "chain f+b", "fused", "ratio",

@@ -109,10 +109,14 @@ struct LinearCrossEntropyFunction : public torch::autograd::Function<LinearCross
     torch::Tensor dweight = weight_grad ? torch::zeros(weight.sizes(), fp32) : torch::Tensor();
     torch::Tensor drows = rows_grad ? torch::zeros(token_rows.sizes(), fp32) : torch::Tensor();
     if (chunk_rows <= 0) chunk_rows = loss_chunk_rows(rows, hidden.size(1), vocab);
+    // One buffer for every chunk's logits: a fresh one per chunk (hundreds of MiB) would be
+    // mapped and faulted in anew each time on the CPU.
+    const torch::Tensor logits_buffer = torch::empty({std::min(chunk_rows, rows), vocab}, hidden.options());
     for (int64_t first = 0; first < rows; first += chunk_rows) {
       const int64_t count = std::min(chunk_rows, rows - first);
       const torch::Tensor h = hidden.narrow(0, first, count);
-      torch::Tensor logits = torch::matmul(h, weight.t()).contiguous();
+      torch::Tensor logits = logits_buffer.narrow(0, 0, count);
+      at::mm_out(logits, h, weight.t());
       if (has_rows) logits.index_copy_(1, token_ids, torch::matmul(h, row_weight.t()));
       kernels::cross_entropy_rows(logits.data_ptr(), targets.data_ptr<int64_t>() + first, losses.data_ptr<float>() + first,
                                   {count, vocab}, kIgnoreIndex, hidden_grad || weight_grad || rows_grad, dtype_of(logits),
