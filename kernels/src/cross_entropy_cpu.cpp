@@ -51,7 +51,8 @@ SHARDLORA_TARGET_AVX512 __m256 exp_sum_avx512(const void* z, int64_t end, float 
 }
 
 // exps: vocab floats of scratch when write_gradient (each e^(z - m) is kept from the sum's
-// pass for the gradient's: the same values, so computed once), else unused.
+// pass for the gradient's: the same values, so computed once), else unused. avx512: the sum
+// pass sixteen at a time.
 template <DType kDType>
 SHARDLORA_TARGET_AVX2 void row_avx2(void* z, int64_t target, float* loss, int64_t vocab, bool write_gradient,
                                     float* exps, bool avx512) {
@@ -67,7 +68,8 @@ SHARDLORA_TARGET_AVX2 void row_avx2(void* z, int64_t target, float* loss, int64_
   const float m = *std::max_element(lane, lane + kSumLanes);
 
   float* kept = write_gradient ? exps : nullptr;
-  lanes = avx512 ? exp_sum_avx512<kDType>(z, vector_end, m, kept) : exp_sum_avx2<kDType>(z, 0, vector_end, m, kept, _mm256_setzero_ps());
+  lanes = avx512 ? exp_sum_avx512<kDType>(z, vector_end, m, kept)
+                 : exp_sum_avx2<kDType>(z, 0, vector_end, m, kept, _mm256_setzero_ps());
   _mm256_store_ps(lane, lanes);
   for (int64_t c = vector_end; c < vocab; ++c) {
     const float e = exp_approx(In::to_float(values[c]) - m);
