@@ -10,13 +10,15 @@
 // a dense [T, T] window mask (windowed_attention_step).
 // Timings keep freed memory in the heap (mallopt) so that page faults of fresh outputs,
 // which the chains take more of, do not decide the ratios; --fresh-pages times them with
-// glibc's defaults instead (large blocks mapped anew per allocation, as in a CPU run).
+// glibc's defaults instead (large blocks mapped anew per allocation, as in a CPU run). Each
+// op and its chain run in turns, --iters rounds, and their medians are compared.
 //
 //   bench_fused_ops [--tokens 2048] [--dtype fp32|bf16] [--iters 3] [--threads N] [--skip-step] [--fresh-pages]
 #include <malloc.h>
 #include <omp.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -24,6 +26,7 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "child_process.h"
 #include "shardlora/nn/fused_ops.h"
@@ -47,11 +50,28 @@ struct Timing {
   double chain_forward_ms = 0, chain_step_ms = 0, fused_forward_ms = 0, fused_step_ms = 0, max_relative_error = 0;
 };
 
-double ms_per_call(int64_t iters, const std::function<void()>& call) {
-  call();  // warm-up: first touch, allocator caches
-  const auto start = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < iters; ++i) call();
-  return 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / static_cast<double>(iters);
+// Median milliseconds per call of each of `calls`, timed in turns (one call of each per
+// round, the order reversed every other round) after a warm-up call of each (first touch,
+// allocator caches): so that the machine's drift during a run, which on a shared 2-core VM
+// moves one libtorch matmul by 25%, falls on the op and its chain alike.
+std::vector<double> median_ms_in_turns(int64_t iters, const std::vector<std::function<void()>>& calls) {
+  for (const auto& call : calls) call();
+  std::vector<std::vector<double>> ms(calls.size());
+  for (int64_t round = 0; round < iters; ++round) {
+    for (size_t k = 0; k < calls.size(); ++k) {
+      const size_t which = round % 2 == 0 ? k : calls.size() - 1 - k;
+      const auto start = std::chrono::steady_clock::now();
+      calls[which]();
+      ms[which].push_back(1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+  }
+  std::vector<double> medians;
+  for (auto& times : ms) {
+    std::sort(times.begin(), times.end());
+    const size_t n = times.size();
+    medians.push_back(n % 2 == 1 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]));
+  }
+  return medians;
 }
 
 double relative_error(const torch::Tensor& actual, const torch::Tensor& expected) {
@@ -91,16 +111,19 @@ Timing time_op(const Op& chain, const Op& fused, const std::vector<torch::Tensor
       op({copies[0].clone()});
     };
   };
-  t.chain_forward_ms = ms_per_call(args.iters, forward(chain));
-  t.fused_forward_ms = ms_per_call(args.iters, forward(fused));
-  t.chain_step_ms = ms_per_call(args.iters, [&] { step(chain); });
-  t.fused_step_ms = ms_per_call(args.iters, [&] { step(fused); });
+  const auto forwards = median_ms_in_turns(args.iters, {forward(chain), forward(fused)});
+  const auto steps = median_ms_in_turns(args.iters, {[&] { step(chain); }, [&] { step(fused); }});
+  t.chain_forward_ms = forwards[0], t.fused_forward_ms = forwards[1];
+  t.chain_step_ms = steps[0], t.fused_step_ms = steps[1];
   return t;
 }
 
 // The loss ops reduce to a scalar: timed as the trainer runs them (sum, then backward).
+// matmul, when given, is the logits' product both sides take, timed alone in the same turns
+// as the forwards (into matmul_ms).
 Timing time_loss(const std::function<nn::SummedLoss(const torch::Tensor&)>& chain,
-                 const std::function<nn::SummedLoss(const torch::Tensor&)>& fused, const torch::Tensor& hidden, const Args& args) {
+                 const std::function<nn::SummedLoss(const torch::Tensor&)>& fused, const torch::Tensor& hidden,
+                 const std::function<void()>& matmul, double& matmul_ms, const Args& args) {
   const auto step = [&](const auto& loss) {
     const torch::Tensor leaf = hidden.detach().requires_grad_(true);
     const nn::SummedLoss summed = loss(leaf);
@@ -110,10 +133,14 @@ Timing time_loss(const std::function<nn::SummedLoss(const torch::Tensor&)>& chai
   Timing t;
   const auto expected = step(chain), actual = step(fused);
   t.max_relative_error = std::max(relative_error(actual.first, expected.first), relative_error(actual.second, expected.second));
-  t.chain_forward_ms = ms_per_call(args.iters, [&] { torch::NoGradGuard g; chain(hidden); });
-  t.fused_forward_ms = ms_per_call(args.iters, [&] { torch::NoGradGuard g; fused(hidden); });
-  t.chain_step_ms = ms_per_call(args.iters, [&] { step(chain); });
-  t.fused_step_ms = ms_per_call(args.iters, [&] { step(fused); });
+  std::vector<std::function<void()>> forwards = {[&] { torch::NoGradGuard g; chain(hidden); },
+                                                 [&] { torch::NoGradGuard g; fused(hidden); }};
+  if (matmul) forwards.push_back(matmul);
+  const auto forward_ms = median_ms_in_turns(args.iters, forwards);
+  const auto step_ms = median_ms_in_turns(args.iters, {[&] { step(chain); }, [&] { step(fused); }});
+  t.chain_forward_ms = forward_ms[0], t.fused_forward_ms = forward_ms[1];
+  if (matmul) matmul_ms = forward_ms[2];
+  t.chain_step_ms = step_ms[0], t.fused_step_ms = step_ms[1];
   return t;
 }
 
@@ -202,7 +229,7 @@ TokenRowsStep token_rows_step(bool where_they_stand, const Args& args) {
   result.grown_mib = peak_growth_mib(step);
   result.loss = loss.sum.item<double>();
   result.row_gradient_norm = std::hypot(embed_rows.grad().norm().item<double>(), head_rows.grad().norm().item<double>());
-  result.step_ms = ms_per_call(args.iters, step);
+  result.step_ms = median_ms_in_turns(args.iters, {step})[0];
   return result;
 }
 
@@ -242,7 +269,7 @@ WindowedAttention windowed_attention_step(bool banded, const Args& args) {
   result.grown_mib = peak_growth_mib(step);
   result.out_sum = out.sum().item<double>(), result.out_abs_sum = out.abs().sum().item<double>();
   result.grad_q_sum = q.grad().sum().item<double>(), result.grad_q_abs_sum = q.grad().abs().sum().item<double>();
-  result.step_ms = ms_per_call(args.iters, step);
+  result.step_ms = median_ms_in_turns(args.iters, {step})[0];
   return result;
 }
 
@@ -277,7 +304,7 @@ int main(int argc, char** argv) {
     }
   }
   const int64_t hidden = 4096, intermediate = 14336, heads = 32, head_dim = 128, vocab = 128256;
-  std::printf("fused ops vs the op chains they replace, CPU, %s, %lld tokens, %d threads, %lld iterations (ms per call), %s\n",
+  std::printf("fused ops vs the op chains they replace, CPU, %s, %lld tokens, %d threads, %lld rounds (median ms per call, chain and fused in turns), %s\n",
               torch_dtype_name(args.dtype).c_str(), static_cast<long long>(args.tokens), args.threads,
               static_cast<long long>(args.iters), args.fresh_pages ? "fresh pages per allocation" : "freed memory kept in the heap");
   struct Timings {
@@ -314,11 +341,13 @@ int main(int argc, char** argv) {
     const int64_t loss_hidden = 64;
     const torch::Tensor weight = torch::randn({vocab, loss_hidden}, options) * 0.3;
     const torch::Tensor targets = torch::randint(vocab, {n}, torch::kInt64), loss_input = torch::randn({n, loss_hidden}, options);
-    t.loss = time_loss([&](const torch::Tensor& h) { return nn::reference::linear_cross_entropy(h, weight, targets); },
-                       [&](const torch::Tensor& h) { return nn::linear_cross_entropy(h, weight, targets); }, loss_input, args);
     // (With fresh pages the lone product faults in its whole [T, V] output, which the fused
     // side, with one buffer for its chunks, does not: no longer the same on both sides.)
-    if (args.dtype == torch::kFloat32 && !args.fresh_pages) t.loss_matmul_ms = ms_per_call(args.iters, [&] { torch::matmul(loss_input, weight.t()); });
+    std::function<void()> matmul;
+    if (args.dtype == torch::kFloat32 && !args.fresh_pages) matmul = [&] { torch::matmul(loss_input, weight.t()); };
+    t.loss = time_loss([&](const torch::Tensor& h) { return nn::reference::linear_cross_entropy(h, weight, targets); },
+                       [&](const torch::Tensor& h) { return nn::linear_cross_entropy(h, weight, targets); }, loss_input,
+                       matmul, t.loss_matmul_ms, args);
     return t;
   });
   std::printf("%-28s %9s %9s %7s   %9s %9s %7s   %s\n", "op", "chain fwd", "fused", "ratio", "chain f+b", "fused", "ratio",

@@ -6,6 +6,7 @@
 
 #include "common/float_math.h"
 #include "common/load_element.h"
+#include "cross_entropy_groups.h"
 #include "shardlora/kernels/cross_entropy.h"
 
 namespace shardlora::kernels {
@@ -25,12 +26,10 @@ void cross_entropy_rows_ref(void* logits, const int64_t* targets, float* losses,
         continue;
       }
       const bool valid = t >= 0 && t < shape.vocab;
-      float lane[kSumLanes];
-      std::fill(lane, lane + kSumLanes, -std::numeric_limits<float>::infinity());
-      for (int64_t c = 0; c < shape.vocab; ++c) lane[c % kSumLanes] = std::max(lane[c % kSumLanes], In::to_float(z[c]));
-      const float m = *std::max_element(lane, lane + kSumLanes);
-      std::fill(lane, lane + kSumLanes, 0.0f);
-      for (int64_t c = 0; c < shape.vocab; ++c) lane[c % kSumLanes] += exp_approx(In::to_float(z[c]) - m);
+      float m = -std::numeric_limits<float>::infinity(), lane[kSumLanes] = {};
+      for (int64_t first = 0; first < shape.vocab; first += kCrossEntropyGroup) {
+        add_group_scalar<kDType>(z, first, std::min(first + kCrossEntropyGroup, shape.vocab), m, lane, nullptr);
+      }
       const float sum = combine_lanes(lane);
       const float target_logit = valid ? In::to_float(z[t]) : std::numeric_limits<float>::quiet_NaN();
       losses[r] = (m + std::log(sum)) - target_logit;

@@ -2,6 +2,7 @@
 // RoPE, SwiGLU and row cross-entropy.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -50,6 +51,26 @@ inline std::vector<int64_t> cross_entropy_targets(int64_t rows, int64_t vocab, b
   for (int64_t r = 0; r < rows; ++r) targets[r] = (r % 5 == 3) ? -100 : static_cast<int64_t>(rng() % vocab);
   if (with_invalid && rows > 1) targets[1] = vocab;
   return targets;
+}
+
+// Cross-entropy logits [rows, vocab], normal times scale, with two rows (when rows > 2) that
+// take the running max's rarer steps: row 0 ascends, so its max rises in every group of 64;
+// row 2 starts with up to 70 logits of -inf (a whole group and a part of the next) and holds
+// values near -100 after them, whose e^(z - 0) would underflow. Its target is its last logit.
+struct CrossEntropyCase {
+  std::vector<float> logits;
+  std::vector<int64_t> targets;
+};
+
+inline CrossEntropyCase cross_entropy_case(int64_t rows, int64_t vocab, float scale, uint32_t seed) {
+  CrossEntropyCase cases{scaled_normal_values(rows * vocab, scale, seed), cross_entropy_targets(rows, vocab, true, seed + 1)};
+  if (rows <= 2) return cases;
+  for (int64_t c = 0; c < vocab; ++c) cases.logits[c] = scale * (static_cast<float>(c) / static_cast<float>(vocab) - 0.5f);
+  float* row = cases.logits.data() + 2 * vocab;
+  const int64_t infinite = std::min<int64_t>(70, vocab - 1);
+  for (int64_t c = 0; c < vocab; ++c) row[c] = c < infinite ? -INFINITY : row[c] - 100.0f;
+  cases.targets[2] = vocab - 1;
+  return cases;
 }
 
 // fp64 definitions (no intermediate rounding), for the references' own accuracy tests.

@@ -174,8 +174,7 @@ TEST(FusedMath, RopeReferenceIsTheFp64RotationAndBackwardItsInverse) {
 
 TEST(FusedMath, CrossEntropyReferenceIsTheFp64SoftmaxLoss) {
   const int64_t rows = 6, vocab = 1000;
-  const auto logits = scaled_normal_values(rows * vocab, 4.0f, 9);
-  const auto targets = cross_entropy_targets(rows, vocab, true, 10);
+  const auto [logits, targets] = cross_entropy_case(rows, vocab, 4.0f, 9);
   std::vector<float> z = logits, losses(rows);
   cross_entropy_rows_ref(z.data(), targets.data(), losses.data(), {rows, vocab}, -100, true, DType::F32);
   for (int64_t r = 0; r < rows; ++r) {
@@ -280,12 +279,14 @@ TEST_P(FusedCpu, RopeEqualsReference) {
 }
 
 TEST_P(FusedCpu, CrossEntropyEqualsReference) {
-  // After the sixteens (AVX-512) an eight (1000), a part of one (32771) or both (29).
-  for (const int64_t vocab : {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{13}, int64_t{29}, int64_t{1000}, int64_t{32771}}) {
+  // Shorter than a group of 64; whole groups (64, 128); whole groups and then a shorter one
+  // of eights (1000), of a part of one (32771, 65) or of both (29 + 64).
+  for (const int64_t vocab : {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{13}, int64_t{29}, int64_t{64}, int64_t{65},
+                              int64_t{93}, int64_t{128}, int64_t{1000}, int64_t{32771}}) {
     const int64_t rows = 11;
-    const auto targets = cross_entropy_targets(rows, vocab, true, 20);
+    const auto [values, targets] = cross_entropy_case(rows, vocab, 6.0f, 20);
     for (const DType dtype : kFloatDTypes) {
-      const auto logits = encode(scaled_normal_values(rows * vocab, 6.0f, 21), dtype);
+      const auto logits = encode(values, dtype);
       for (const bool gradient : {true, false}) {
         std::vector<uint8_t> expected = logits, actual = logits;
         std::vector<float> loss_ref(rows), loss_cpu(rows);
