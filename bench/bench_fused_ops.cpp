@@ -303,6 +303,10 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (args.iters < 1 || args.tokens < 2 || args.threads < 1) {
+    std::fprintf(stderr, "%s: --iters and --threads take 1 or more, --tokens 2 or more\n", argv[0]);
+    return 2;
+  }
   const int64_t hidden = 4096, intermediate = 14336, heads = 32, head_dim = 128, vocab = 128256;
   std::printf("fused ops vs the op chains they replace, CPU, %s, %lld tokens, %d threads, %lld rounds (median ms per call, chain and fused in turns), %s\n",
               torch_dtype_name(args.dtype).c_str(), static_cast<long long>(args.tokens), args.threads,
