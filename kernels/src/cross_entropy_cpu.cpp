@@ -52,13 +52,14 @@ SHARDLORA_TARGET_AVX2 __m256 whole_groups_avx2(const void* z, int64_t groups_end
     __m256 group_max = v[0];
     for (int i = 1; i < kGroupVectors8; ++i) group_max = _mm256_max_ps(group_max, v[i]);
     lanes = _mm256_mul_ps(lanes, _mm256_set1_ps(raise_running_max(running, horizontal_max(group_max))));
-    const __m256 shift = _mm256_set1_ps(group_shift(running));
+    const float shift = group_shift(running);
+    const __m256 shift_lanes = _mm256_set1_ps(shift);
     for (int i = 0; i < kGroupVectors8; ++i) {
-      const __m256 e = avx2::exp_approx(_mm256_sub_ps(v[i], shift));
+      const __m256 e = avx2::exp_approx(_mm256_sub_ps(v[i], shift_lanes));
       if (exps) _mm256_storeu_ps(exps + c + 8 * i, e);
       lanes = _mm256_add_ps(lanes, e);
     }
-    if (exps) shifts[c / kCrossEntropyGroup] = group_shift(running);
+    if (exps) shifts[c / kCrossEntropyGroup] = shift;
   }
   m = running;
   return lanes;
@@ -75,15 +76,16 @@ SHARDLORA_TARGET_AVX512 __m256 whole_groups_avx512(const void* z, int64_t groups
     const __m512 v2 = avx512::load16<kDType>(at<kDType>(z, c + 32)), v3 = avx512::load16<kDType>(at<kDType>(z, c + 48));
     const __m512 group_max = _mm512_max_ps(_mm512_max_ps(v0, v1), _mm512_max_ps(v2, v3));
     lanes = _mm256_mul_ps(lanes, _mm256_set1_ps(raise_running_max(running, horizontal_max(group_max))));
-    const __m512 shift = _mm512_set1_ps(group_shift(running));
+    const float shift = group_shift(running);
+    const __m512 shift_lanes = _mm512_set1_ps(shift);
     int64_t at_c = c;
     for (const __m512 v : {v0, v1, v2, v3}) {
-      const __m512 e = avx512::exp_approx(_mm512_sub_ps(v, shift));
+      const __m512 e = avx512::exp_approx(_mm512_sub_ps(v, shift_lanes));
       if (exps) _mm512_storeu_ps(exps + at_c, e);
       lanes = avx512::add_to_lanes(lanes, e);
       at_c += 16;
     }
-    if (exps) shifts[c / kCrossEntropyGroup] = group_shift(running);
+    if (exps) shifts[c / kCrossEntropyGroup] = shift;
   }
   m = running;
   return lanes;
